@@ -76,9 +76,27 @@ def event_names(bits: int) -> list[str]:
 class Entry:
     """One tracked connection. `expires_at` is absolute, in the engine's clock."""
 
-    __slots__ = ("acct", "created", "events", "expires_at", "expect_count", "heap_at", "helper",
-                 "helper_data", "id", "labels", "mark", "master", "nat", "orig", "proto", "reply",
-                 "status", "timeout", "zone")
+    __slots__ = (
+        "acct",
+        "created",
+        "events",
+        "expect_count",
+        "expires_at",
+        "heap_at",
+        "helper",
+        "helper_data",
+        "id",
+        "labels",
+        "mark",
+        "master",
+        "nat",
+        "orig",
+        "proto",
+        "reply",
+        "status",
+        "timeout",
+        "zone",
+    )
 
     def __init__(self, orig: Tuple, reply: Tuple, zone: int, now: float, entry_id: int) -> None:
         self.orig = orig

@@ -294,6 +294,9 @@ class Conntrack:
         if entry.status & IPS_CONFIRMED:
             self.deliver(entry, now)
             return res
+        if entry.status & IPS_DYING:  # killed by its tracker before it was inserted
+            self.stats["insert_failed"] += 1
+            return CtResult(None, INVALID_CTINFO, l4proto.DROP, "entry died before commit")
         zmap = self._zones.setdefault(entry.zone, {})
         clash = zmap.get(entry.orig) or zmap.get(entry.reply)
         if clash is not None:
@@ -326,7 +329,10 @@ class Conntrack:
                template: Template = DEFAULT_TEMPLATE) -> CtResult:
         """track + help + confirm: what iptables does for every packet, and what
         `action ct commit` does in tc."""
-        res = self.track(pkt, now, template)
+        return self.commit_tracked(self.track(pkt, now, template), pkt, now)
+
+    def commit_tracked(self, res: CtResult, pkt: Packet, now: float) -> CtResult:
+        """help + confirm for a packet track() has already classified."""
         if res.entry is None:
             return res
         if self.help(res, pkt, now) != l4proto.ACCEPT:

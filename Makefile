@@ -1,0 +1,27 @@
+# The single entry point: `make run` (the main job) and `make test`.
+PYTHON ?= python3
+
+.PHONY: setup run test lint bench fixtures
+
+setup:
+	$(PYTHON) -m pip install -q -e '.[dev]'
+
+run: setup
+	ctlab ct replay scenarios/examples/tcp-handshake.json
+
+lint:
+	ruff check node syncbus scenarios tests
+	mypy
+
+test: lint
+	$(PYTHON) -m pytest -q
+
+bench:
+	ctlab bench all
+
+# Re-record the kernel fixtures (root; needs ../shared/tools/kernel_oracle).
+fixtures:
+	for f in tests/fixtures/oracle/cases/*.json; do \
+	  $(PYTHON) ../shared/tools/kernel_oracle/oracle.py run $$f \
+	    --out tests/fixtures/oracle/results/$$(basename $$f) || exit 1; \
+	done

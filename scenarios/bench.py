@@ -1,0 +1,107 @@
+"""`ctlab bench`: the performance figures of DESIGN.md section 6.
+
+Benchmarks, not tests: they measure and print; nothing asserts a threshold.
+With --json the last line of stdout is one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import platform
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable
+from typing import Any
+
+from node.conntrack import Conntrack, Sysctl
+from node.packet import IPPROTO_TCP, TCP_ACK, TCP_SYN, Packet, Tcp, TcpOptions
+
+FLOWS = 1000
+PAYLOAD = b"x" * 64
+
+
+def _addr(i: int, side: int) -> bytes:
+    # 198.18.0.0/15: clients in 198.18/16, servers in 198.19/16
+    return bytes((198, 18 + side, (i >> 8) & 0xFF, i & 0xFF))
+
+
+def _tcp(src: bytes, dst: bytes, sport: int, dport: int, flags: int, seq: int, ack: int,
+         payload: bytes = b"", options: TcpOptions | None = None) -> Packet:
+    return Packet(4, src, dst, IPPROTO_TCP,
+                  Tcp(sport, dport, seq, ack, flags, 65535, 0, options or TcpOptions()),
+                  payload, length=40 + len(payload))
+
+
+def established_flows(ct: Conntrack, n: int, now: float) -> list[tuple[Packet, Packet]]:
+    """Open n TCP connections (3-way handshake, window scaling) and return for
+    each one an (original, reply) pair of data packets that stay in window."""
+    pairs = []
+    opts = TcpOptions(mss=1460, wscale=7, sackok=True)
+    for i in range(n):
+        c, s = _addr(i, 0), _addr(i, 1)
+        cp, sp = 10000 + (i % 50000), 443
+        ct.commit(_tcp(c, s, cp, sp, TCP_SYN, 1000, 0, options=opts), now)
+        ct.commit(_tcp(s, c, sp, cp, TCP_SYN | TCP_ACK, 5000, 1001, options=opts), now)
+        ct.commit(_tcp(c, s, cp, sp, TCP_ACK, 1001, 5001), now)
+        # Data is re-sent at the same sequence numbers (retransmission-free: each
+        # copy acknowledges the other side, so both stay inside the window).
+        pairs.append((_tcp(c, s, cp, sp, TCP_ACK, 1001, 5001, PAYLOAD),
+                      _tcp(s, c, sp, cp, TCP_ACK, 5001, 1001 + len(PAYLOAD), PAYLOAD)))
+    return pairs
+
+
+def bench_ct(seconds: float) -> dict[str, Any]:
+    """ct_pps: established TCP packets/s through the engine (track + confirm,
+    window tracking on); bytes_per_conn: memory per committed TCP entry."""
+    ct = Conntrack(Sysctl(nf_conntrack_max=2_000_000), events=False)
+    now = 1000.0
+    pairs = established_flows(ct, FLOWS, now)
+    packets = [p for pair in pairs for p in pair]
+    commit = ct.commit
+    done = 0
+    gc.disable()
+    try:
+        started = time.perf_counter()
+        deadline = started + seconds
+        while time.perf_counter() < deadline:
+            for pkt in packets:
+                commit(pkt, now)
+            done += len(packets)
+        elapsed = time.perf_counter() - started
+    finally:
+        gc.enable()
+    return {"ct_pps": round(done / elapsed), "bytes_per_conn": _bytes_per_conn(50_000)}
+
+
+def _bytes_per_conn(n: int) -> int:
+    gc.collect()
+    tracemalloc.start()
+    ct = Conntrack(Sysctl(nf_conntrack_max=2_000_000), events=False)
+    base = tracemalloc.get_traced_memory()[0]
+    established_flows(ct, n, 1000.0)  # the returned packets are garbage at once
+    gc.collect()
+    used = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    assert len(ct) == n
+    return round(used / n)
+
+
+BENCHES: dict[str, Callable[[float], dict[str, Any]]] = {"ct": bench_ct}
+
+
+def run_bench(what: str, *, as_json: bool, seconds: float) -> int:
+    names = list(BENCHES) if what == "all" else [what]
+    figures: dict[str, Any] = {}
+    for name in names:
+        print(f"bench {name} ...", file=sys.stderr)
+        result = BENCHES[name](seconds)
+        figures.update(result)
+        if not as_json:
+            for key, value in result.items():
+                print(f"{key:>20}: {value}")
+    if as_json:
+        figures["python"] = platform.python_version()
+        print(json.dumps(figures))
+    return 0

@@ -1,0 +1,213 @@
+"""Replay kernel-oracle cases through the conntrack engine (`ctlab ct replay`).
+
+The oracle's lab is a router R whose conntrack sees every packet; this module
+models R with the engine, in R's order of hooks:
+
+  raw PREROUTING    the case's raw rules, then the helper and zone CT rules:
+                    the first CT/NOTRACK target a packet matches gives its template
+  conntrack         Conntrack.track()
+  mangle PREROUTING classification (what we report), then connmark/connlabel
+                    and the case's mangle rules
+  POSTROUTING       helper, then confirm (every forwarded packet is committed)
+
+Time is virtual: a `sleep` step advances it and nothing really sleeps. Pure:
+no I/O here; the CLI reads files and prints.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from node.conntrack import Conntrack, Sysctl, Template, tuple_of
+from node.conntrack.entry import CTINFO_STATE, IP_CT_UNTRACKED
+from node.conntrack.events import CtView
+from node.conntrack.table import CtResult
+from node.packet import Icmp, Packet
+from scenarios.casefile import Case, IptRule, Sleep
+
+START_TIME = 1000.0  # virtual clock origin; only differences matter
+# The keys the oracle records under "kernel" that `ct replay` reproduces.
+KEYS = ("ctstate", "ctdir", "proto_state", "flags", "status", "timeout", "mark", "zone",
+        "labels", "helper", "orig", "reply", "master")
+
+
+@dataclass(frozen=True, slots=True)
+class CtRuleSet:
+    """R's raw table as the oracle builds it, in evaluation order."""
+
+    rules: tuple[IptRule, ...]
+
+
+def _raw_rules(case: Case, zones: Iterable[int]) -> list[IptRule]:
+    """Mirror the oracle's prepare_case(): raw_rules first; then, for every
+    per-packet zone and finally the case's default zone, its helper rules and
+    its zone rule."""
+    s = case.settings
+    rules = list(s.raw_rules)
+    variants = [z for z in zones if z != s.zone] + [s.zone]
+    for zone in variants:
+        only_zone = zone if zone != s.zone else None
+        for helper in s.helpers:
+            rules.append(IptRule.ct_helper(helper.name, helper.proto, helper.port, zone,
+                                           only_zone=only_zone))
+        if zone:
+            rules.append(IptRule.ct_zone(zone, only_zone=only_zone))
+    return rules
+
+
+def _template(rules: list[IptRule], pkt: Packet, pkt_zone: int) -> Template:
+    for rule in rules:
+        if rule.is_ct_target() and rule.matches(pkt, pkt_zone):
+            return rule.template()
+    return Template()
+
+
+def _view_dict(view: CtView | None) -> dict[str, Any]:
+    if view is None:
+        return {k: None for k in KEYS[2:]}
+    timeout = view.timeout
+    tcp = None
+    if view.protoinfo is not None:
+        p = view.protoinfo
+        tcp = {k: p[k] for k in ("wscale_orig", "wscale_reply", "flags_orig", "flags_reply")
+               if k in p}
+    return {
+        "proto_state": view.proto_state,
+        "flags": view.flags,
+        "status": view.status_list(),
+        # ctnetlink reports whole seconds left, read a moment after the packet
+        "timeout": max(0, math.floor(timeout - 1e-3)),
+        "mark": view.mark,
+        "zone": view.zone,
+        "labels": view.labels_list(),
+        "helper": view.helper,
+        "orig": view.orig.to_dict(),
+        "reply": view.reply.to_dict(),
+        "master": view.master.to_dict() if view.master else None,
+        "tcp": tcp,
+    }
+
+
+class Replayer:
+    """One case's router: a fresh conntrack table with the case's sysctls."""
+
+    def __init__(self, case: Case) -> None:
+        self.case = case
+        self.ct = Conntrack(Sysctl().with_values(case.settings.sysctl))
+        zones = {step.zone for step in case.steps if not isinstance(step, Sleep)}
+        self.rules = _raw_rules(case, sorted(zones))
+        self.mangle = list(case.settings.mangle_rules)
+        self.now = START_TIME
+
+    def step(self, pkt: Packet, zone: int) -> dict[str, Any]:
+        ct = self.ct
+        now = self.now
+        ct.expire(now)
+        if not pkt.ip_csum_ok:  # ip_rcv() drops it before any hook
+            return {"ctstate": "NONE", "ctdir": None, "delivered": False,
+                    **_view_dict(None), "expectations": self._expectations()}
+        template = _template(self.rules, pkt, zone)
+        res = ct.track(pkt, now, template)
+        state, direction = _classify(res)
+        if res.entry is not None:
+            self._mangle(res, state, pkt, zone)
+        delivered = res.verdict != 0
+        if res.entry is not None and res.ctinfo != IP_CT_UNTRACKED:
+            res = ct.commit_tracked(res, pkt, now)
+            delivered = res.verdict != 0
+        elif state == "NONE":
+            delivered = False
+        ct.take_events()
+        view = self._packet_entry(pkt, template.zone)
+        return {"ctstate": state, "ctdir": direction, "delivered": delivered,
+                **_view_dict(view), "expectations": self._expectations()}
+
+    def _mangle(self, res: CtResult, state: str, pkt: Packet, zone: int) -> None:
+        s = self.case.settings
+        entry = res.entry
+        assert entry is not None
+        if state == "NEW":
+            if s.connmark is not None:
+                self.ct.set_mark(entry, s.connmark, 0xFFFFFFFF)
+            if s.connlabel is not None:
+                self.ct.set_labels(entry, 1 << s.connlabel, 0)
+        for rule in self.mangle:
+            if rule.matches(pkt, zone, ctstate=state):
+                rule.apply_to_entry(self.ct, entry)
+
+    def _packet_entry(self, pkt: Packet, zone: int) -> CtView | None:
+        key_pkt = pkt.l4.inner if isinstance(pkt.l4, Icmp) and pkt.l4.inner else pkt
+        t = tuple_of(key_pkt)
+        entry = self.ct.find(t, zone)
+        if entry is None and self.case.settings.raw_rules:
+            # with raw rules the oracle looks the entry up in any zone
+            for e in self.ct.entries():
+                if t in (e.orig, e.reply):
+                    entry = e
+                    break
+        return self.ct.view(entry, self.now) if entry is not None else None
+
+    def _expectations(self) -> list[dict[str, object]]:
+        return [e.to_dict(self.now) for e in self.ct.expect]
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _classify(res: CtResult) -> tuple[str, str | None]:
+    """The CTCLASS counter that moves: INVALID, UNTRACKED, STATE/DIRECTION, or NONE
+    when conntrack dropped the packet before mangle."""
+    if res.verdict == 0:
+        return "NONE", None
+    if res.ctinfo == IP_CT_UNTRACKED:
+        return "UNTRACKED", None
+    if res.entry is None:
+        return "INVALID", None
+    return CTINFO_STATE[res.ctinfo], "REPLY" if res.direction else "ORIGINAL"
+
+
+def replay_case(case: Case) -> dict[str, Any]:
+    """The case with each packet echoed and the engine's answer under "ctlab"."""
+    r = Replayer(case)
+    packets: list[dict[str, Any]] = []
+    for step in case.steps:
+        if isinstance(step, Sleep):
+            r.sleep(step.seconds)
+            packets.append(dict(step.raw))
+            continue
+        rec = {k: v for k, v in step.raw.items() if k != "kernel"}
+        rec["ip_hex"] = step.data.hex()
+        rec["ctlab"] = r.step(step.packet, step.zone)
+        if "kernel" in step.raw:
+            rec["kernel"] = step.raw["kernel"]
+        packets.append(rec)
+    return {"name": case.name, "packets": packets}
+
+
+def replay(cases: Iterable[Case]) -> dict[str, Any]:
+    return {"cases": [replay_case(c) for c in cases]}
+
+
+# ---------------------------------------------------------------- comparison
+COMPARED = ("ctstate", "ctdir", "proto_state", "flags", "status", "mark", "zone", "labels",
+            "helper")
+
+
+def differences(kernel: dict[str, Any], ours: dict[str, Any],
+                keys: Iterable[str] = COMPARED, tolerance: int = 2) -> list[str]:
+    """Where the engine's answer differs from the kernel's recorded one."""
+    out = []
+    for key in keys:
+        k, o = kernel.get(key), ours.get(key)
+        if key == "status":
+            k, o = sorted(k or []), sorted(o or [])
+        if k != o:
+            out.append(f"{key}: kernel {k!r}, ctlab {o!r}")
+    kt, ot = kernel.get("timeout"), ours.get("timeout")
+    if (kt is None) != (ot is None) or (kt is not None and ot is not None
+                                        and abs(kt - ot) > tolerance):
+        out.append(f"timeout: kernel {kt!r}, ctlab {ot!r}")
+    return out
