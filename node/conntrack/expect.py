@@ -2,16 +2,31 @@
 expects, e.g. FTP's data connection; the first packet matching it creates a
 RELATED child entry with status EXPECTED and a master.
 
-Matching follows nf_ct_exp_equal(): the packet's tuple masked by the
-expectation's mask must equal the expectation's tuple, in the master's zone.
-A zero source port in the mask means "any source port".
+Transcribed from Linux 6.18 net/netfilter/nf_conntrack_expect.c:
+  Expectation.matches()  nf_ct_exp_equal(): the packet's tuple masked by the
+                         expectation's mask equals the expectation's tuple
+  ExpectTable.related()  nf_ct_expect_related(): __nf_ct_expect_check() (an
+                         identical expectation of the same master is replaced,
+                         an overlapping one of another master is refused with
+                         EBUSY, the helper policy's max_expected evicts the
+                         oldest, the table limit refuses), then insertion with
+                         the policy's timeout
+  ExpectTable.take()     nf_ct_find_expectation(): newest match first; the
+                         master must be confirmed and alive; unlinked unless
+                         PERMANENT or the lookup asks to keep it (act_ct
+                         without commit)
+An expectation lives in its master's zone. Only the source address and port
+can be wildcards (nf_ct_expect_init() with a NULL saddr or src port).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from node.conntrack.entry import IPS_CONFIRMED, IPS_DYING
 from node.conntrack.tuple import Tuple
 
 if TYPE_CHECKING:
@@ -22,20 +37,26 @@ NF_CT_EXPECT_INACTIVE = 0x2
 NF_CT_EXPECT_USERSPACE = 0x4
 EXPECT_FLAG_NAMES = {NF_CT_EXPECT_PERMANENT: "PERMANENT", NF_CT_EXPECT_INACTIVE: "INACTIVE",
                      NF_CT_EXPECT_USERSPACE: "USERSPACE"}
+NF_CT_EXPECT_CLASS_DEFAULT = 0
+
+# What nf_ct_expect_related() returns (0 or a negative errno).
+EALREADY = -114
+EBUSY = -16
+EMFILE = -24
 
 
 @dataclass(slots=True)
 class Expectation:
-    tuple: Tuple  # what the child's original tuple looks like (src fields may be wildcards)
+    tuple: Tuple  # what the child's original tuple looks like (wildcard fields are 0)
     src_any_addr: bool  # mask: source address is a wildcard
     src_any_port: bool  # mask: source port is a wildcard
     master: Entry
-    helper: str | None  # helper the child gets (None for FTP/TFTP data)
+    helper: str | None  # helper the child gets (exp->assign_helper; None for FTP/TFTP data)
     expires_at: float
     timeout: float
     flags: int = 0
-    cls: int = 0
-    fn: str | None = None
+    cls: int = NF_CT_EXPECT_CLASS_DEFAULT
+    fn: str | None = None  # expectfn by name, e.g. "nat-follow-master" (none modelled yet)
 
     @property
     def zone(self) -> int:
@@ -48,26 +69,37 @@ class Expectation:
                 and (self.src_any_addr or t.src == e.src)
                 and (self.src_any_port or t.sport == e.sport))
 
-    def to_dict(self, now: float) -> dict[str, object]:
-        mask: dict[str, object] = {"proto": self.tuple.to_dict()["proto"]}
-        width = 32 if self.tuple.family == 4 else 128
-        import ipaddress
+    def same_as(self, other: Expectation) -> bool:
+        """expect_matches(): same tuple, same mask, same zone."""
+        return (self.tuple == other.tuple and self.src_any_addr == other.src_any_addr
+                and self.src_any_port == other.src_any_port and self.zone == other.zone)
 
-        mask["src"] = str(ipaddress.ip_address(0 if self.src_any_addr else (1 << width) - 1)
-                          if width == 32 else
-                          ipaddress.IPv6Address(0 if self.src_any_addr else (1 << 128) - 1))
-        mask["dst"] = "255.255.255.255" if width == 32 else "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
-        mask["sport"] = 0 if self.src_any_port else 0xFFFF
-        mask["dport"] = 0xFFFF
-        return {"master": self.master.orig.to_dict(), "tuple": self.tuple.to_dict(),
-                "mask": mask, "timeout": max(0, int(self.expires_at - now)),
+    def clashes(self, other: Expectation) -> bool:
+        """expect_clash(): equal on the part both masks cover, in the same zone."""
+        a, b = self.tuple, other.tuple
+        return (a.family == b.family and a.proto == b.proto and a.dst == b.dst
+                and a.dport == b.dport and self.zone == other.zone
+                and (self.src_any_addr or other.src_any_addr or a.src == b.src)
+                and (self.src_any_port or other.src_any_port or a.sport == b.sport))
+
+    def to_dict(self, now: float) -> dict[str, object]:
+        """As ctnetlink dumps it (the oracle's "expectations" entries)."""
+        t = self.tuple
+        full = b"\xff" * len(t.src)
+        mask = Tuple(t.family, t.proto, b"\x00" * len(t.src) if self.src_any_addr else full,
+                     full, 0 if self.src_any_port else 0xFFFF, 0xFFFF)
+        return {"master": self.master.orig.to_dict(), "tuple": t.to_dict(),
+                "mask": mask.to_dict(),
+                # whole seconds left, read a moment after the packet (as ctnetlink)
+                "timeout": max(0, math.floor(self.expires_at - now - 1e-3)),
                 "zone": self.zone, "helper": self.master.helper,
                 "flags": [n for b, n in EXPECT_FLAG_NAMES.items() if self.flags & b],
-                "class": self.cls}
+                "class": self.cls, "fn": self.fn}
 
 
 class ExpectTable:
-    """All expectations of one conntrack table. Small by design (a handful per master)."""
+    """All expectations of one conntrack table, oldest first. Small by design
+    (a helper policy allows a handful per master)."""
 
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
@@ -76,36 +108,84 @@ class ExpectTable:
     def __len__(self) -> int:
         return len(self._items)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Expectation]:
         return iter(list(self._items))
 
-    def add(self, exp: Expectation) -> bool:
-        """nf_ct_expect_related(): replaces an identical expectation of the same
-        master; refuses when the table is full."""
-        for i, old in enumerate(self._items):
-            if old.master is exp.master and old.tuple == exp.tuple:
-                self._items[i] = exp
-                return True
-        if len(self._items) >= self.max_entries:
-            return False
-        self._items.append(exp)
-        exp.master.expect_count += 1
-        return True
+    def of(self, master: Entry) -> list[Expectation]:
+        """The master's expectations, oldest first."""
+        if not master.expect_count:
+            return []
+        return [e for e in self._items if e.master is master]
 
-    def take(self, t: Tuple, zone: int, now: float) -> Expectation | None:
-        """The expectation `t` fulfils, unlinked unless it is permanent."""
-        for i, exp in enumerate(self._items):
-            if exp.expires_at <= now or exp.zone != zone or not exp.matches(t):
+    def related(self, exp: Expectation, max_expected: int = 0,
+                now: float | None = None) -> int:
+        """nf_ct_expect_related(exp, 0): 0 when inserted, else a negative errno
+        (EALREADY, EBUSY, EMFILE); `max_expected` is the helper policy's limit
+        for the expectation's class (0: no limit). `now` defaults to the
+        expectation's creation time (expires_at - timeout)."""
+        if now is None:
+            now = exp.expires_at - exp.timeout
+        deadline = self.next_deadline()
+        if deadline is not None and deadline <= now:
+            self.expire(now)  # their timers have fired
+        items = self._items
+        for i in range(len(items) - 1, -1, -1):  # the hash chain, newest first
+            old = items[i]
+            if old.master is exp.master and old.same_as(exp):
+                if old.cls != exp.cls:
+                    return EALREADY
+                self._unlink(i)
+                break
+            if old.clashes(exp):
+                return EBUSY
+        if max_expected:
+            mine = [i for i, e in enumerate(items) if e.master is exp.master and e.cls == exp.cls]
+            if len(mine) >= max_expected:
+                self._unlink(mine[0])  # evict_oldest_expect()
+                if len(mine) - 1 >= max_expected:
+                    return EMFILE
+        if len(items) >= self.max_entries:
+            return EMFILE  # "nf_conntrack: expectation table full"
+        items.append(exp)
+        exp.master.expect_count += 1
+        return 0
+
+    def add(self, exp: Expectation, max_expected: int = 0, now: float | None = None) -> bool:
+        """related() as a yes/no."""
+        return self.related(exp, max_expected, now) == 0
+
+    def unexpect(self, exp: Expectation) -> bool:
+        """nf_ct_unexpect_related(): remove it if it is still there."""
+        for i, e in enumerate(self._items):
+            if e is exp:
+                self._unlink(i)
+                return True
+        return False
+
+    def _unlink(self, i: int) -> None:
+        exp = self._items.pop(i)
+        exp.master.expect_count -= 1
+
+    def take(self, t: Tuple, zone: int, now: float, unlink: bool = True) -> Expectation | None:
+        """The expectation `t` fulfils. Unlinked unless PERMANENT or `unlink` is
+        False (the kernel keeps it when the template is not confirmed: act_ct
+        and OVS without commit)."""
+        items = self._items
+        for i in range(len(items) - 1, -1, -1):
+            exp = items[i]
+            if exp.flags & NF_CT_EXPECT_INACTIVE or exp.expires_at <= now \
+                    or exp.zone != zone or not exp.matches(t):
                 continue
-            if exp.flags & NF_CT_EXPECT_INACTIVE:
-                continue
-            if not exp.flags & NF_CT_EXPECT_PERMANENT:
-                del self._items[i]
-                exp.master.expect_count -= 1
+            status = exp.master.status
+            if not status & IPS_CONFIRMED or status & IPS_DYING:
+                return None  # "these are not the droids you are looking for"
+            if unlink and not exp.flags & NF_CT_EXPECT_PERMANENT:
+                self._unlink(i)
             return exp
         return None
 
     def remove_master(self, master: Entry) -> None:
+        """nf_ct_remove_expectations(): the master is going away."""
         if master.expect_count:
             self._items = [e for e in self._items if e.master is not master]
             master.expect_count = 0

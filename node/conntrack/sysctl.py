@@ -69,7 +69,8 @@ class Sysctl:
             try:
                 value = int(str(raw_value).strip())
             except ValueError:
-                raise SysctlError(f"net.netfilter.{name}: {raw_value!r} is not an integer") from None
+                raise SysctlError(
+                    f"net.netfilter.{name}: {raw_value!r} is not an integer") from None
             if value < 0 or value > 0xFFFFFFFF:
                 raise SysctlError(f"net.netfilter.{name}: {value} is out of range")
             changes[name] = value

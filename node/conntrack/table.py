@@ -38,6 +38,7 @@ from node.conntrack.entry import (
     IPS_DYING,
     IPS_EXPECTED,
     IPS_FIXED_TIMEOUT,
+    IPS_HELPER,
     IPS_SEEN_REPLY,
     ORIGINAL,
     REPLY,
@@ -173,7 +174,7 @@ class Conntrack:
         proto = pkt.proto
         zone = template.zone
         l4 = pkt.l4
-        if proto == IPPROTO_ICMP or proto == IPPROTO_ICMPV6:
+        if proto in (IPPROTO_ICMP, IPPROTO_ICMPV6):
             if not isinstance(l4, Icmp) or (proto == IPPROTO_ICMP) != (pkt.family == 4):
                 return self._count_invalid("short or misplaced ICMP header")
             if not pkt.l4_csum_ok and self.sysctl.nf_conntrack_checksum:
@@ -183,7 +184,7 @@ class Conntrack:
                 return UNTRACKED
             if (l4.type in ICMP_ERROR_TYPES) if proto == IPPROTO_ICMP else l4.type < 128:
                 return self._related_error(pkt, l4, zone, now)
-        elif proto == IPPROTO_TCP or proto == IPPROTO_UDP:
+        elif proto in (IPPROTO_TCP, IPPROTO_UDP):
             if l4 is None:
                 return self._count_invalid("truncated L4 header")
         elif proto == IPPROTO_GRE and isinstance(l4, Gre) and l4.version == 1 \
@@ -269,6 +270,7 @@ class Conntrack:
             helper = self.helpers.get(template.helper)
             if helper is not None and helper.proto == t.proto:
                 entry.helper = template.helper
+                entry.status |= IPS_HELPER  # __nf_ct_try_assign_helper()
         return entry
 
     def _early_drop(self, now: float) -> bool:
@@ -372,8 +374,8 @@ class Conntrack:
     def deliver(self, entry: Entry, now: float) -> None:
         """nf_ct_deliver_cached_events(): one ctnetlink message for the cached bits."""
         bits = entry.events
-        if not bits or not entry.status & IPS_CONFIRMED:
-            return
+        if not bits or not entry.status & IPS_CONFIRMED or entry.status & IPS_DYING:
+            return  # (a dying entry: killed by its tracker, e.g. TCP's RST before a reply)
         entry.events = 0
         if self.emit_events:
             self._events.append(CtEvent(event_type(bits), bits, self.view(entry, now), now))

@@ -386,7 +386,7 @@ def _t(src: bytes, dst: bytes, sport: int, dport: int):  # type: ignore[no-untyp
 # ---------------------------------------------------------------- sysctl
 
 def test_unknown_sysctl_is_rejected() -> None:
-    with pytest.raises(SysctlError, match="unknown sysctl net.netfilter.nf_conntrack_nope"):
+    with pytest.raises(SysctlError, match=r"unknown sysctl net\.netfilter\.nf_conntrack_nope"):
         Sysctl().with_values({"nf_conntrack_nope": 1})
 
 
