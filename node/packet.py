@@ -17,7 +17,8 @@ the one build() would compute, and keeps TCP options and IPv6 extension headers
 as raw bytes. Leave them None/empty when constructing packets and build()
 computes correct values.
 
-The wire code itself is in `node.wire`; this module holds the data model and the
+The wire code is in `node.packet_codec` (parse/build re-exported here); this module
+holds the data model and the
 convenience constructors (`tcp()`, `udp()`, `icmp_echo()`, `icmp_error()`, `gre()`,
 `ip_packet()`), which return packets in their parsed form (`length` set, options
 as on the wire), so `parse(build(p)) == p` for them.
@@ -54,9 +55,10 @@ TCP_FLAG_LETTERS = {"F": TCP_FIN, "S": TCP_SYN, "R": TCP_RST, "P": TCP_PSH,
 # ICMP types whose second word is (identifier, sequence): conntrack's "query" types.
 ICMP_QUERY_TYPES = frozenset({0, 8, 13, 14, 15, 16, 17, 18})
 ICMPV6_QUERY_TYPES = frozenset({128, 129, 139, 140})
-# ICMP types that quote the offending packet (RFC 792/4443; nf_conntrack_proto_icmp*.c).
+# ICMP types that quote the offending packet: icmp_is_err() for ICMP; for ICMPv6 every
+# type below 128 (RFC 4443 2.1; nf_conntrack_icmpv6_error() treats them all as errors).
 ICMP_ERROR_TYPES = frozenset({3, 4, 5, 11, 12})
-ICMPV6_ERROR_TYPES = frozenset({1, 2, 3, 4})
+ICMPV6_ERROR_TYPES = frozenset(range(128))
 ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY, ICMP_DEST_UNREACH = 8, 0, 3
 ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY, ICMPV6_DEST_UNREACH = 128, 129, 1
 
@@ -119,10 +121,11 @@ class Icmp:
     """ICMP or ICMPv6 (the packet's proto says which).
 
     For error types the packet's `payload` holds the quoted bytes exactly as on
-    the wire, and `inner` is their lenient decoding (ports/ids from the first 8
-    bytes of the quoted L4 header; `inner.truncated` if bytes are missing; inner
-    checksums are not verified). build() writes `payload`, or `build(inner)` when
-    the payload is empty.
+    the wire, and `inner` is their lenient decoding: None unless the quoted IP
+    header is complete; `inner.l4` set from 4 bytes on for TCP/UDP (the ports,
+    all conntrack reads), 8 for ICMP, the rest zero; `inner.truncated` if bytes
+    are missing; inner checksums kept as on the wire, not verified. build()
+    writes `payload`, or `build(inner)` when the payload is empty.
     """
 
     type: int
@@ -206,7 +209,9 @@ def tcp_flags(value: str | int) -> int:
 # ------------------------------------------------------------------ constructors
 #
 # They return the parsed form of what they build (`parse(build(p))`): `length`
-# set, TCP options as on the wire, the inner packet of ICMP errors decoded.
+# set, TCP options as on the wire, the inner packet of ICMP errors decoded. So
+# they raise PacketError for what would not parse; craft such bytes with
+# `build(Packet(...))`.
 
 
 class IpFields(TypedDict, total=False):
@@ -237,14 +242,12 @@ def _addr(value: str | bytes) -> bytes:
 def ip_packet(src: str | bytes, dst: str | bytes, proto: int, l4: L4 = None,
               payload: bytes = b"", **ip: Unpack[IpFields]) -> Packet:
     """Any IP packet; the family follows from the addresses (text or packed)."""
-    from node import wire
-
     s, d = _addr(src), _addr(dst)
     if len(s) != len(d):
         raise PacketError(f"src {ip_str(s)} and dst {ip_str(d)} are of different families")
     pkt = Packet(family=4 if len(s) == 4 else 6, src=s, dst=d, proto=proto, l4=l4,
                  payload=payload, **ip)
-    return wire.parse(wire.build(pkt))
+    return parse(build(pkt))
 
 
 def tcp(src: str | bytes, dst: str | bytes, sport: int, dport: int, flags: str | int = "S",
@@ -280,10 +283,8 @@ def icmp_error(src: str | bytes, dst: str | bytes, inner: Packet | bytes,
                inner_len: int | None = None, **ip: Unpack[IpFields]) -> Packet:
     """An ICMP(v6) error quoting `inner` (a packet or its bytes), cut to
     `inner_len` bytes if given. `type` defaults to destination unreachable."""
-    from node import wire
-
     v6 = len(_addr(src)) == 16
-    quoted = inner if isinstance(inner, bytes) else wire.build(inner)
+    quoted = inner if isinstance(inner, bytes) else build(inner)
     if inner_len is not None:
         quoted = quoted[:inner_len]
     if type is None:
@@ -304,13 +305,37 @@ def gre(src: str | bytes, dst: str | bytes, payload: bytes = b"", key: int | Non
 
 def with_bad_l4_csum(pkt: Packet) -> Packet:
     """`pkt` with a wrong L4 checksum (the correct one xor 0x5a5a, as the oracle does)."""
-    from node import wire
-
-    return replace(pkt, l4_csum=wire.l4_checksum(pkt) ^ 0x5A5A, l4_csum_ok=False)
+    return replace(pkt, l4_csum=l4_checksum(pkt) ^ 0x5A5A, l4_csum_ok=False)
 
 
 def with_bad_ip_csum(pkt: Packet) -> Packet:
     """`pkt` (IPv4) with a wrong header checksum (the correct one xor 0x5a5a)."""
-    from node import wire
+    return replace(pkt, ip_csum=ip_checksum(pkt) ^ 0x5A5A, ip_csum_ok=False)
 
-    return replace(pkt, ip_csum=wire.ip_checksum(pkt) ^ 0x5A5A, ip_csum_ok=False)
+
+# ------------------------------------------------------------------ the codec
+#
+# Defined in node.packet_codec, which needs the classes above (hence the import
+# down here); these wrappers keep `node.packet` the one import for users.
+
+from node import packet_codec as _codec  # noqa: E402
+
+
+def parse(data: bytes | bytearray | memoryview) -> Packet:
+    """Decode a raw IPv4/IPv6 packet (see node.packet_codec.parse)."""
+    return _codec.parse(data)
+
+
+def build(pkt: Packet) -> bytes:
+    """Encode a packet, computing lengths and checksums (see node.packet_codec.build)."""
+    return _codec.build(pkt)
+
+
+def l4_checksum(pkt: Packet) -> int:
+    """The correct L4 checksum of `pkt` (whatever `pkt.l4_csum` says)."""
+    return _codec.l4_checksum(pkt)
+
+
+def ip_checksum(pkt: Packet) -> int:
+    """The correct IPv4 header checksum of `pkt` (whatever `pkt.ip_csum` says)."""
+    return _codec.ip_checksum(pkt)
