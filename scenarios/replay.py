@@ -25,7 +25,7 @@ from node.conntrack import Conntrack, Sysctl, Template, tuple_of
 from node.conntrack.entry import CTINFO_STATE, IP_CT_UNTRACKED
 from node.conntrack.events import CtView
 from node.conntrack.table import CtResult
-from node.packet import Icmp, Packet
+from node.packet import Packet
 from scenarios.casefile import Case, IptRule, Sleep
 
 START_TIME = 1000.0  # virtual clock origin; only differences matter
@@ -102,7 +102,9 @@ class Replayer:
         self.mangle = list(case.settings.mangle_rules)
         self.now = START_TIME
 
-    def step(self, pkt: Packet, zone: int) -> dict[str, Any]:
+    def step(self, pkt: Packet, zone: int, key: Packet | None = None) -> dict[str, Any]:
+        """One packet through R. `key` is the packet whose entry the oracle reports
+        (for an ICMP error, the quoted packet as specified); default `pkt`."""
         ct = self.ct
         now = self.now
         ct.expire(now)
@@ -121,7 +123,7 @@ class Replayer:
         elif state == "NONE":
             delivered = False
         ct.take_events()
-        view = self._packet_entry(pkt, template.zone)
+        view = self._packet_entry(key or pkt, template.zone)
         return {"ctstate": state, "ctdir": direction, "delivered": delivered,
                 **_view_dict(view), "expectations": self._expectations()}
 
@@ -139,8 +141,7 @@ class Replayer:
                 rule.apply_to_entry(self.ct, entry)
 
     def _packet_entry(self, pkt: Packet, zone: int) -> CtView | None:
-        key_pkt = pkt.l4.inner if isinstance(pkt.l4, Icmp) and pkt.l4.inner else pkt
-        t = tuple_of(key_pkt)
+        t = tuple_of(pkt)
         entry = self.ct.find(t, zone)
         if entry is None and self.case.settings.raw_rules:
             # with raw rules the oracle looks the entry up in any zone
@@ -180,7 +181,7 @@ def replay_case(case: Case) -> dict[str, Any]:
             continue
         rec = {k: v for k, v in step.raw.items() if k != "kernel"}
         rec["ip_hex"] = step.data.hex()
-        rec["ctlab"] = r.step(step.packet, step.zone)
+        rec["ctlab"] = r.step(step.packet, step.zone, step.quoted)
         if "kernel" in step.raw:
             rec["kernel"] = step.raw["kernel"]
         packets.append(rec)

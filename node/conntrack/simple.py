@@ -58,6 +58,44 @@ class UdpTracker(_Stateless):
         return ACCEPT
 
 
+class UdpLiteTracker(UdpTracker):
+    """UDP-Lite: udplite_error() then the UDP rules. The kernel checks the
+    checksum over the coverage with protocol 17 in the pseudo-header
+    (nf_checksum_partial(..., IPPROTO_UDP, ...)), so a checksum computed as RFC 3828
+    says (protocol 136) fails while nf_conntrack_checksum=1: we do the same."""
+
+    def packet(self, ct: Conntrack, entry: Entry, pkt: Packet, direction: int, ctinfo: int,
+               now: float) -> int:
+        seg = pkt.payload
+        if len(seg) < 8:
+            return INVALID  # "short packet"
+        cscov = int.from_bytes(seg[4:6], "big") or len(seg)
+        if cscov < 8 or cscov > len(seg):
+            return INVALID  # "invalid checksum coverage"
+        if not seg[6] and not seg[7]:
+            return INVALID  # "checksum missing": UDP-Lite mandates checksums
+        if ct.sysctl.nf_conntrack_checksum and \
+                inet_checksum(pseudo_header(pkt.src, pkt.dst, 17, len(seg)) + seg[:cscov]):
+            return INVALID  # "bad checksum"
+        return UdpTracker.packet(self, ct, entry, pkt, direction, ctinfo, now)
+
+
+def pseudo_header(src: bytes, dst: bytes, proto: int, length: int) -> bytes:
+    if len(src) == 4:
+        return src + dst + bytes((0, proto)) + length.to_bytes(2, "big")
+    return src + dst + length.to_bytes(4, "big") + bytes((0, 0, 0, proto))
+
+
+def inet_checksum(data: bytes) -> int:
+    """The Internet checksum of `data` (0 when `data` carries a correct checksum)."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
 class IcmpTracker(_Stateless):
     """Echo, timestamp, information and address-mask queries; 30 s."""
 

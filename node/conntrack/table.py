@@ -39,6 +39,7 @@ from node.conntrack.entry import (
     IPS_EXPECTED,
     IPS_FIXED_TIMEOUT,
     IPS_HELPER,
+    IPS_OFFLOAD,
     IPS_SEEN_REPLY,
     ORIGINAL,
     REPLY,
@@ -46,7 +47,14 @@ from node.conntrack.entry import (
 )
 from node.conntrack.events import CtEvent, CtView, event_type
 from node.conntrack.expect import ExpectTable
-from node.conntrack.simple import GenericTracker, GreTracker, IcmpTracker, UdpTracker
+from node.conntrack.sctp import SctpTracker
+from node.conntrack.simple import (
+    GenericTracker,
+    GreTracker,
+    IcmpTracker,
+    UdpLiteTracker,
+    UdpTracker,
+)
 from node.conntrack.sysctl import DEFAULT, Sysctl
 from node.conntrack.tcp import TcpTracker
 from node.conntrack.tuple import Tuple, tuple_of
@@ -62,13 +70,15 @@ from node.packet import (
 )
 
 IPPROTO_UDPLITE = 136
+IPPROTO_SCTP = 132
 GRE_PROTO_PPP = 0x880B
 
 # Explicit registry of layer-4 trackers (nf_ct_l4proto_find()).
 TRACKERS: dict[int, l4proto.L4Tracker] = {
     IPPROTO_TCP: TcpTracker(),
     IPPROTO_UDP: UdpTracker(),
-    IPPROTO_UDPLITE: UdpTracker(),
+    IPPROTO_UDPLITE: UdpLiteTracker(),
+    IPPROTO_SCTP: SctpTracker(),
     IPPROTO_ICMP: IcmpTracker(v6=False),
     IPPROTO_ICMPV6: IcmpTracker(v6=True),
     IPPROTO_GRE: GreTracker(),
@@ -137,6 +147,9 @@ class Conntrack:
         self._heap: list[tuple[float, int, Entry]] = []
         self._events: list[CtEvent] = []
         self._next_id = 1
+        # Entries destroyed while in a flow table (IPS_OFFLOAD), for its GC's
+        # nf_ct_is_dying() check; None unless an offload card asked for them.
+        self.offload_gone: list[Entry] | None = None
         self.stats = {"found": 0, "invalid": 0, "insert": 0, "insert_failed": 0, "drop": 0,
                       "early_drop": 0, "expired": 0, "untracked": 0}
 
@@ -397,6 +410,8 @@ class Conntrack:
         if self._entries.pop(entry.id, None) is None:
             return
         entry.status |= IPS_DYING
+        if self.offload_gone is not None and entry.status & IPS_OFFLOAD:
+            self.offload_gone.append(entry)
         self.expect.remove_master(entry)
         if self.emit_events:
             self._events.append(CtEvent(event_type(IPCT_DESTROY), IPCT_DESTROY | entry.events,
