@@ -1,0 +1,139 @@
+"""Devices, their ingress/clsact qdiscs, and the filter blocks behind them.
+
+Kernel: net/sched/cls_api.c (tcf_block, __tcf_classify), sch_ingress.c
+(ingress: one block; clsact: an ingress and an egress block; "ingress_block N"
+/ "egress_block N" share a block between devices by index).
+
+`Block.classify` is __tcf_classify: start at chain 0, try the protos in
+priority order (matching protocol or "all"), a verdict >= 0 ends the lookup,
+"continue" (-1) tries the next proto; reclassify restarts at chain 0 and goto
+chain N at chain N, at most 16 times (the 17th reset drops the packet).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+from node.tc.args import ETH_P_ALL, ETH_P_IP, ETH_P_IPV6
+from node.tc.chain import Chain
+from node.tc.verdict import (
+    MAX_RECLASSIFY_LOOP,
+    TC_ACT_EXT_VAL_MASK,
+    TC_ACT_GOTO_CHAIN,
+    TC_ACT_RECLASSIFY,
+    TC_ACT_SHOT,
+    TC_ACT_UNSPEC,
+)
+
+_OPCODE = 0xFFFFFFFF & ~TC_ACT_EXT_VAL_MASK
+
+if TYPE_CHECKING:
+    from node.tc.chain import Filter
+    from node.tc.skb import Env, Skb
+
+
+class BlockOffload(Protocol):
+    """What an offload card plugs into a block (the flow_block_cb seam).
+
+    `replace` is asked for every filter without skip_hw; it returns how many
+    devices took the filter into hardware (0: software only). `destroy` is told
+    when such a filter goes away. A skip_sw filter that no device takes is
+    refused (EOPNOTSUPP/EINVAL), as the kernel does."""
+
+    def replace(self, block: Block, flt: Filter) -> int: ...
+
+    def destroy(self, block: Block, flt: Filter) -> None: ...
+
+
+class Block:
+    """struct tcf_block: chains in creation order."""
+
+    def __init__(self, index: int = 0) -> None:
+        self.index = index  # shared block index; 0 for a device's private block
+        self.chains: dict[int, Chain] = {}
+        self.classid = 0  # the parent the last filter was added with (block->classid)
+        self.offload: BlockOffload | None = None
+        self.users = 0  # qdiscs bound to a shared block
+
+    @property
+    def shared(self) -> bool:
+        return self.index != 0
+
+    def chain(self, index: int, create: bool = False) -> Chain | None:
+        chain = self.chains.get(index)
+        if chain is None and create:
+            chain = self.chains[index] = Chain(self, index)
+        return chain
+
+    def gc_chain(self, chain: Chain) -> None:
+        """tcf_chain_put: a chain with nothing holding it disappears."""
+        if not chain.alive() and self.chains.get(chain.index) is chain:
+            del self.chains[chain.index]
+
+    def chain_hold_by_act(self, index: int) -> Chain:
+        chain = self.chain(index, create=True)
+        assert chain is not None
+        chain.act_refs += 1
+        return chain
+
+    def chain_put_by_act(self, chain: Chain) -> None:
+        chain.act_refs -= 1
+        self.gc_chain(chain)
+
+    def classify(self, skb: Skb, env: Env) -> int:
+        chain0 = self.chains.get(0)
+        if chain0 is None:
+            return TC_ACT_UNSPEC
+        family = skb.pkt.family
+        eth = ETH_P_IP if family == 4 else ETH_P_IPV6
+        chain: Chain | None = chain0
+        resets = 0
+        while True:
+            restart = False
+            if chain is not None:
+                for tp in chain.protos:
+                    if tp.protocol != eth and tp.protocol != ETH_P_ALL:
+                        continue
+                    err = tp.classify(skb, env)
+                    if err < 0:
+                        continue
+                    if err == TC_ACT_RECLASSIFY:
+                        chain = chain0
+                        restart = True
+                        break
+                    if err & _OPCODE == TC_ACT_GOTO_CHAIN:
+                        chain = self.chains.get(err & TC_ACT_EXT_VAL_MASK)
+                        restart = True
+                        break
+                    return err
+            if not restart:
+                return TC_ACT_UNSPEC
+            if resets >= MAX_RECLASSIFY_LOOP:
+                skb.drop_reason = "TC_RECLASSIFY_LOOP"
+                return TC_ACT_SHOT
+            resets += 1
+
+
+class Device:
+    """A network device as tc sees it: its qdisc and the blocks behind it."""
+
+    def __init__(self, name: str, ifindex: int) -> None:
+        self.name = name
+        self.ifindex = ifindex
+        self.up = True
+        self.qdisc: str | None = None  # "ingress" | "clsact"
+        self.ingress: Block | None = None
+        self.egress: Block | None = None
+        self.offload: BlockOffload | None = None  # the card behind this port, if any
+
+    def block_for(self, parent: int) -> Block | None:
+        """The block a filter parent (ffff:fff2, ffff:fff3, ffff:) selects."""
+        if self.qdisc == "ingress":
+            return self.ingress
+        if self.qdisc == "clsact":
+            minor = parent & 0xFFFF
+            if minor == 0xFFF2:
+                return self.ingress
+            if minor == 0xFFF3:
+                return self.egress
+        return None
