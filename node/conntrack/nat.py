@@ -69,6 +69,7 @@ from node.conntrack.entry import (
     Entry,
 )
 from node.conntrack.l4proto import ACCEPT, DROP
+from node.conntrack.sctp import crc32c
 from node.conntrack.tcp import TcpConn
 from node.conntrack.tcp_table import sSS, sTW
 from node.conntrack.tuple import IPPROTO_DCCP, IPPROTO_SCTP, IPPROTO_UDPLITE, Tuple
@@ -769,31 +770,11 @@ def _manip_payload_ports(data: bytes, proto: int, target: Tuple, manip: int,
     if proto == IPPROTO_SCTP:
         if len(b) >= 12:  # sctp_manip_pkt(): the CRC32c is computed again
             b[8:12] = b"\0\0\0\0"
-            b[8:12] = _crc32c(bytes(b)).to_bytes(4, "little")
+            b[8:12] = crc32c(bytes(b)).to_bytes(4, "little")
     elif len(b) >= 8:  # DCCP and UDP-Lite: 16-bit checksum at offset 6, pseudo-header
         csum = int.from_bytes(b[6:8], "big")
         b[6:8] = csum_replace(csum, pseudo[0] + old_p, pseudo[1] + new_p).to_bytes(2, "big")
     return bytes(b)
-
-
-def _crc32c_table() -> list[int]:
-    table = []
-    for n in range(256):
-        c = n
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-        table.append(c)
-    return table
-
-
-_CRC32C = _crc32c_table()
-
-
-def _crc32c(data: bytes) -> int:
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc = _CRC32C[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
 
 
 def _ipv6_l4_offset(b: bytes) -> int:
