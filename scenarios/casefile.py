@@ -582,10 +582,11 @@ class Case:
 
     @property
     def raw_table(self) -> tuple[IptRule, ...]:
-        """R's raw PREROUTING as the oracle installs it: the case's rules, then per
-        per-packet zone (selected by DSCP) and finally for the default zone, the
-        helper rules and the zone rule. The first CT/NOTRACK rule a packet matches
-        gives its template; ACCEPT/RETURN end the chain."""
+        """R's raw PREROUTING as the oracle installs it: the case's rules; then for
+        each per-packet zone (matched by its DSCP selector) and last for the case's
+        zone, the helper rules and the zone rule. The first CT/NOTRACK rule a packet
+        matches gives its template; ACCEPT/RETURN end the chain. (Built on each
+        access; keep the tuple.)"""
         s = self.settings
         rules = list(s.raw_rules)
         variants = [(f"-m dscp --dscp {dscp} ", f" --zone {zone}")

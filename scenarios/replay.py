@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from node.conntrack import Conntrack, Sysctl, Template, tuple_of
@@ -34,34 +33,15 @@ KEYS = ("ctstate", "ctdir", "proto_state", "flags", "status", "timeout", "mark",
         "labels", "helper", "orig", "reply", "master")
 
 
-@dataclass(frozen=True, slots=True)
-class CtRuleSet:
-    """R's raw table as the oracle builds it, in evaluation order."""
-
-    rules: tuple[IptRule, ...]
-
-
-def _raw_rules(case: Case, zones: Iterable[int]) -> list[IptRule]:
-    """Mirror the oracle's prepare_case(): raw_rules first; then, for every
-    per-packet zone and finally the case's default zone, its helper rules and
-    its zone rule."""
-    s = case.settings
-    rules = list(s.raw_rules)
-    variants = [z for z in zones if z != s.zone] + [s.zone]
-    for zone in variants:
-        only_zone = zone if zone != s.zone else None
-        for helper in s.helpers:
-            rules.append(IptRule.ct_helper(helper.name, helper.proto, helper.port, zone,
-                                           only_zone=only_zone))
-        if zone:
-            rules.append(IptRule.ct_zone(zone, only_zone=only_zone))
-    return rules
-
-
-def _template(rules: list[IptRule], pkt: Packet, pkt_zone: int) -> Template:
+def _template(rules: tuple[IptRule, ...], pkt: Packet, pkt_zone: int) -> Template:
+    """raw PREROUTING: the first CT/NOTRACK target a packet matches gives its
+    template; ACCEPT/RETURN end the chain."""
     for rule in rules:
-        if rule.is_ct_target() and rule.matches(pkt, pkt_zone):
-            return rule.template()
+        if rule.matches(pkt, pkt_zone):
+            if rule.is_ct_target():
+                return rule.template()
+            if rule.terminal:
+                break
     return Template()
 
 
@@ -97,9 +77,8 @@ class Replayer:
     def __init__(self, case: Case) -> None:
         self.case = case
         self.ct = Conntrack(Sysctl().with_values(case.settings.sysctl))
-        zones = {step.zone for step in case.steps if not isinstance(step, Sleep)}
-        self.rules = _raw_rules(case, sorted(zones))
-        self.mangle = list(case.settings.mangle_rules)
+        self.rules = case.raw_table
+        self.mangle = case.mangle_table
         self.now = START_TIME
 
     def step(self, pkt: Packet, zone: int, key: Packet | None = None) -> dict[str, Any]:
@@ -115,7 +94,7 @@ class Replayer:
         res = ct.track(pkt, now, template)
         state, direction = _classify(res)
         if res.entry is not None:
-            self._mangle(res, state, pkt, zone)
+            self._mangle(res, state, direction, pkt, zone)
         delivered = res.verdict != 0
         if res.entry is not None and res.ctinfo != IP_CT_UNTRACKED:
             res = ct.commit_tracked(res, pkt, now)
@@ -127,18 +106,17 @@ class Replayer:
         return {"ctstate": state, "ctdir": direction, "delivered": delivered,
                 **_view_dict(view), "expectations": self._expectations()}
 
-    def _mangle(self, res: CtResult, state: str, pkt: Packet, zone: int) -> None:
-        s = self.case.settings
+    def _mangle(self, res: CtResult, state: str, direction: str | None, pkt: Packet,
+                zone: int) -> None:
+        """mangle PREROUTING after classification: connmark, connlabel and the
+        case's rules, applied to the packet's entry."""
         entry = res.entry
         assert entry is not None
-        if state == "NEW":
-            if s.connmark is not None:
-                self.ct.set_mark(entry, s.connmark, 0xFFFFFFFF)
-            if s.connlabel is not None:
-                self.ct.set_labels(entry, 1 << s.connlabel, 0)
         for rule in self.mangle:
-            if rule.matches(pkt, zone, ctstate=state):
+            if rule.matches(pkt, zone, ctstate=state, ctdir=direction):
                 rule.apply_to_entry(self.ct, entry)
+                if rule.terminal:
+                    break
 
     def _packet_entry(self, pkt: Packet, zone: int) -> CtView | None:
         t = tuple_of(pkt)

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from node.conntrack import Conntrack, Template
 from node.packet import (
@@ -676,3 +678,52 @@ def test_cases_from_json_takes_parsed_documents() -> None:
     s = only(c)
     assert s.packet.l4 == Tcp(40000, 80, flags=0) and s.raw == {"from": "A"}
     assert isinstance(s.packet.l4, Tcp) and s.packet.l4.flags & TCP_ACK == 0
+
+
+# ------------------------------------------------------------------ never a crash
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                max_size=3),
+    max_leaves=6)
+packet_keys = st.sampled_from(sorted(
+    {"from", "dir", "family", "src", "dst", "proto", "zone", "tos", "ttl", "ip_id", "df",
+     "flowlabel", "ip_bad_checksum", "payload", "payload_hex", "payload_len", "checksum",
+     "bad_checksum", "sport", "dport", "flags", "seq", "ack", "win", "urg", "options", "type",
+     "code", "id", "inner", "inner_len", "mtu", "pointer", "gateway", "rest_hex", "gre_version",
+     "gre_proto", "key", "call_id", "sleep"}))
+settings_keys = st.sampled_from(["family", "sysctl", "zone", "helper", "helpers", "connmark",
+                                 "connlabel", "raw_rules", "mangle_rules"])
+ICMP_ERROR = {"from": "A", "proto": "icmp", "type": 3, "inner": {"proto": "udp"}}
+
+
+@given(st.dictionaries(packet_keys, json_values, max_size=5),
+       st.dictionaries(settings_keys, json_values, max_size=2),
+       st.dictionaries(packet_keys | st.sampled_from(["client_port", "server_port"]),
+                       json_values, max_size=3))
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+def test_any_json_gives_a_case_or_a_case_error(packet: dict[str, Any], sett: dict[str, Any],
+                                               defaults: dict[str, Any]) -> None:
+    for p in ({**ICMP_ERROR, **packet}, packet):
+        try:
+            prepare_case({"name": "x", "settings": sett, "defaults": defaults, "packets": [p]})
+        except CaseError as exc:
+            assert str(exc).startswith("case x (")
+
+
+rule_words = st.sampled_from([
+    "-p", "tcp", "udp", "icmp", "--dport", "--sport", "80", "1:2", ":", "-j", "CT", "--zone",
+    "--helper", "ftp", "NOTRACK", "MARK", "CONNMARK", "--set-mark", "0x1/0x2", "-m",
+    "conntrack", "--ctstate", "NEW", "--ctdir", "REPLY", "-s", "1.2.3.4/8", "::1", "!",
+    "--icmp-type", "8/0", "dscp", "--dscp", "connlabel", "--label", "--set", "'", "ACCEPT", "-i",
+    "65536", "-1"])
+
+
+@given(st.lists(rule_words, max_size=8))
+@settings(max_examples=400)
+def test_any_rule_text_parses_or_raises_case_error(words: list[str]) -> None:
+    try:
+        IptRule.parse(" ".join(words))
+    except CaseError as exc:
+        assert str(exc).startswith("rule ")
