@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="compare with the kernel answers in results files; exit 1 on any "
                          "difference in ctstate, ctdir or proto_state")
     rp.add_argument("--case", metavar="GLOB", help="only cases whose name matches GLOB")
+    rp.add_argument("--packet-gap", type=float, default=None, metavar="SECONDS",
+                    help="virtual time between two packets (default 0.05, about what the "
+                         "kernel oracle spends per packet)")
 
     sub.add_parser("tc", add_help=False, help="iproute2 tc against an in-memory model "
                                               "(`ctlab tc -batch FILE`)")
@@ -89,7 +92,13 @@ def _ct_replay(args: argparse.Namespace, out: TextIO) -> int:
     if not cases:
         print("ctlab ct replay: no cases", file=sys.stderr)
         return 2
-    result = replay(cases)
+    from scenarios.replay import PACKET_GAP
+
+    gap = PACKET_GAP if args.packet_gap is None else args.packet_gap
+    if gap < 0 or gap > 30:
+        print("ctlab ct replay: --packet-gap must be between 0 and 30 seconds", file=sys.stderr)
+        return 2
+    result = replay(cases, gap)
     if args.json:
         json.dump(result, out, indent=1)
         out.write("\n")
