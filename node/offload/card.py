@@ -1,0 +1,321 @@
+"""The emulated offload card, as act_ct and the datapath see it.
+
+One Card serves one conntrack table (netns). It joins act_ct's flow tables to the
+card's hardware CT table, modelled on Linux 6.18 and mlx5:
+
+  sw_lookup()  act_ct.c tcf_ct_flow_table_lookup(): the software fast path
+  offer()      act_ct.c tcf_ct_flow_table_process_conn() (+ flow_offload_refresh())
+  lookup()     the hardware pipeline's CT table lookup (mlx5 en/tc_ct.c): a hit is
+               handled and counted in hardware; a miss says why
+  poll()       every second: mlx5's bulk counter read (fs_counters.c) and the flow
+               table GC (nf_flow_table_core.c nf_flow_offload_gc_step()) with its
+               hardware stats jobs (nf_flow_table_offload.c flow_offload_work_stats())
+The GC and the add/del/stats commands behind these are in work.py.
+
+Time is an argument; commands take effect `insert_latency` later and complete lazily
+at the next call that sees them due (next_deadline() says when).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import repeat
+from typing import Any
+
+import numpy as np
+
+from node.conntrack.entry import (
+    IP_CT_ESTABLISHED,
+    IP_CT_ESTABLISHED_REPLY,
+    IP_CT_NEW,
+    IPS_ASSURED,
+    IPS_DYING,
+    IPS_OFFLOAD,
+    IPS_SEEN_REPLY,
+    Entry,
+)
+from node.conntrack.table import Conntrack
+from node.conntrack.tuple import Tuple
+from node.offload import flowtable as ft
+from node.offload.faults import Faults
+from node.offload.flowtable import FlowTables
+from node.offload.hwtable import (
+    DYING,
+    FULL,
+    IN_HW,
+    HwState,
+    HwTable,
+)
+from node.offload.outcomes import (
+    MISS,
+    CardCounters,
+    FlowInfo,
+    HwHit,
+    HwMiss,
+    MissReason,
+    PollResult,
+    SwHit,
+)
+from node.offload.policy import Direction, flow_key, should_offload
+from node.offload.work import Work
+from node.packet import IPPROTO_TCP, TCP_FIN, TCP_RST, Packet, Tcp
+
+_new_tuple = tuple.__new__
+
+
+def _fin_or_rst(pkt: Packet) -> bool:
+    l4 = pkt.l4
+    return isinstance(l4, Tcp) and bool(l4.flags & (TCP_FIN | TCP_RST))
+
+
+class Card:
+    """An offload card bound to one conntrack table.
+
+    What the datapath calls, and when:
+      1. A packet reaching a port whose offloaded filter runs a ct action in `zone`:
+         lookup(pkt, zone, now). HwHit: handled in hardware (the ct info to match
+         the rest of the rule on, its NAT rewrite); HwMiss(reason): continue in
+         software right after that ct action (mlx5 restores chain and action).
+      2. In software, act_ct for a packet without a cached ct of that zone:
+         sw_lookup(pkt, zone, now) first. SwHit: attach entry/ctinfo, skip
+         conntrack. None: conntrack (+ commit, nat, mark, labels), then
+         offer(entry, ctinfo, now) if it returned an entry.
+      3. At next_deadline() (every second, or when a command is due): poll(now),
+         timed by the caller, who stores the duration in counters.last_poll_s.
+    The TC layer lists in sw_only_zones the zones whose ct action is not in
+    hardware. Replication calls install_synced() for a replicated entry and
+    touch() for a peer's traffic.
+    """
+
+    def __init__(self, ct: Conntrack, faults: Faults | None = None, *,
+                 poll_interval: float = 1.0) -> None:
+        self.ct = ct
+        self.faults = faults if faults is not None else Faults()
+        self.flows = FlowTables(ct)
+        self.hw = HwTable(self.faults, 2 * self.flows.size)
+        self.counters = CardCounters()
+        self.poll_interval = poll_interval
+        # Zones whose ct action is not in hardware (no driver callback bound to
+        # their flow table): flows stay software-only. The TC layer fills this.
+        self.sw_only_zones: set[int] = set()
+        if ct.offload_gone is None:
+            ct.offload_gone = []
+        self.work = Work(ct, self.flows, self.hw, self.counters, self.sw_only_zones)
+        self._next_gc = float("-inf")
+
+    # ================================================================ packet path
+    def lookup(self, pkt: Packet, zone: int, now: float) -> HwHit | HwMiss:
+        """The card's CT table lookup for a packet whose offloaded ct action runs in
+        `zone`. A hit is counted in hardware; a FIN/RST also tears the flow down."""
+        if self.work.jobs and self.work.jobs[0][0] <= now:
+            self.work.run_due(now)
+        c = self.counters
+        key = flow_key(pkt)
+        if key is None:
+            c.misses[MissReason.UNSUPPORTED] += 1
+            return MISS[MissReason.UNSUPPORTED]
+        zmap = self.flows.index.get(zone)
+        slot = zmap.get(key, -1) if zmap is not None else -1
+        if slot < 0:
+            c.misses[MissReason.NO_ENTRY] += 1
+            return MISS[MissReason.NO_ENTRY]
+        if _fin_or_rst(pkt):
+            self.work.teardown(slot >> 1, now, "fin_rst")
+            c.misses[MissReason.FIN_RST] += 1
+            return MISS[MissReason.FIN_RST]
+        hw = self.hw
+        st = hw.state[slot]
+        if st != IN_HW and st != DYING:
+            reason = MissReason.TABLE_FULL if st == FULL else MissReason.NO_ENTRY
+            c.misses[reason] += 1
+            return MISS[reason]
+        length = pkt.length
+        hw.packets[slot] += 1
+        hw.bytes[slot] += length
+        hw.dirty[slot] = 1
+        c.hw_packets += 1
+        c.hw_bytes += length
+        return _new_tuple(HwHit, (self.flows.owners[slot >> 1], slot & 1, hw.ctinfo[slot],
+                                  hw.mark[slot], hw.labels.get(slot, 0) if hw.labels else 0,
+                                  slot))
+
+    def resolve(self, tuples: Sequence[Tuple], zone: int) -> np.ndarray:
+        """Batch path, step 1: the hardware slot of each tuple (-1: none)."""
+        zmap = self.flows.index.get(zone)
+        if not zmap:
+            return np.full(len(tuples), -1, np.int64)
+        return np.fromiter(map(zmap.get, tuples, repeat(-1)), np.int64, len(tuples))
+
+    def hit_batch(self, slots: np.ndarray, lengths: np.ndarray, now: float) -> np.ndarray:
+        """Batch path, step 2: count hits for packets already resolved to slots
+        (established traffic: no FIN/RST, supported headers). Returns the hit mask;
+        the misses are counted as NO_ENTRY or TABLE_FULL."""
+        if self.work.jobs and self.work.jobs[0][0] <= now:
+            self.work.run_due(now)
+        hw = self.hw
+        slots = np.asarray(slots, np.int64)
+        lengths = np.asarray(lengths, np.int64)
+        st = np.where(slots >= 0, hw.state_v[np.maximum(slots, 0)], 0)
+        hit = (st == IN_HW) | (st == DYING)
+        hs = slots[hit]
+        hl = lengths[hit]
+        np.add.at(hw.packets_v, hs, 1)
+        np.add.at(hw.bytes_v, hs, hl)
+        hw.dirty_v[hs] = 1
+        c = self.counters
+        c.hw_packets += int(hs.size)
+        c.hw_bytes += int(hl.sum())
+        full = int(np.count_nonzero(st == FULL))
+        c.misses[MissReason.TABLE_FULL] += full
+        c.misses[MissReason.NO_ENTRY] += int(slots.size - hs.size) - full
+        return hit
+
+    def sw_lookup(self, pkt: Packet, zone: int, now: float) -> SwHit | None:
+        """act_ct's flow table lookup before conntrack (tcf_ct_flow_table_lookup()).
+        A hit carries the entry and ctinfo to attach, and conntrack is skipped;
+        None means "run conntrack" (then call offer())."""
+        if self.work.jobs and self.work.jobs[0][0] <= now:
+            self.work.run_due(now)
+        key = flow_key(pkt)
+        if key is None:
+            return None
+        flows = self.flows
+        code = flows.code(key, zone)
+        if code < 0:
+            return None
+        fid, direction = code >> 1, code & 1
+        flags = int(flows.flags[fid])
+        entry = flows.owners[fid]
+        if flags & ft.NF_FLOW_TEARDOWN or entry.status & IPS_DYING:
+            return None
+        force = False
+        if direction and not flags & ft.NF_FLOW_HW_BIDIRECTIONAL:
+            # Only offload the reply direction once the connection is assured.
+            if entry.status & IPS_ASSURED:
+                flows.flags[fid] = flags | ft.NF_FLOW_HW_BIDIRECTIONAL
+            elif flags & ft.NF_FLOW_HW_ESTABLISHED:
+                flows.mark_ct_seen(fid, now)
+                return None
+            force = True
+        if _fin_or_rst(pkt):
+            self.work.teardown(fid, now, "fin_rst")
+            return None
+        if direction:
+            ctinfo = IP_CT_ESTABLISHED_REPLY
+        else:
+            ctinfo = IP_CT_ESTABLISHED if entry.status & IPS_SEEN_REPLY else IP_CT_NEW
+        self.work.refresh(fid, now, force)
+        if not entry.status & IPS_ASSURED:
+            flows.mark_ct_seen(fid, now)
+            return None  # let conntrack see it, so it can become ASSURED
+        acct = entry.acct
+        acct[2 * direction] += 1
+        acct[2 * direction + 1] += pkt.length
+        self.counters.sw_packets += 1
+        self.counters.sw_bytes += pkt.length
+        return SwHit(entry, ctinfo, direction)
+
+    def offer(self, entry: Entry, ctinfo: int, now: float) -> Direction | None:
+        """After conntrack (and commit) for a packet that passed a ct action:
+        add the connection to its zone's flow table if act_ct's rule allows, and
+        queue the hardware insert. Returns the directions added, or None.
+        An entry already in the flow table is refreshed instead."""
+        if self.work.jobs and self.work.jobs[0][0] <= now:
+            self.work.run_due(now)
+        direction = should_offload(entry, ctinfo)
+        if direction is None:
+            return None
+        if entry.status & IPS_OFFLOAD:
+            fid = self.flows.fid_of(entry)
+            if fid >= 0 and not int(self.flows.flags[fid]) & ft.NF_FLOW_TEARDOWN:
+                self.flows.mark_ct_seen(fid, now)
+                self.work.refresh(fid, now, False)
+            return None
+        hw = entry.zone not in self.sw_only_zones
+        fid = self.flows.add(entry, entry.orig.proto == IPPROTO_TCP,
+                             direction == Direction.BOTH, hw, now)
+        if fid < 0:
+            return None
+        self.hw.ensure(2 * self.flows.size)
+        self.counters.flows_added += 1
+        if hw:
+            self.work.add(fid, now)
+        return direction
+
+    def install_synced(self, entry: Entry, now: float) -> Direction | None:
+        """Pre-install a replicated connection (already in this node's conntrack)
+        without traffic, as act_ct would on its next packet. Returns the directions
+        added, or None (not offloadable, or already offloaded)."""
+        ctinfo = IP_CT_ESTABLISHED if entry.status & IPS_SEEN_REPLY else IP_CT_NEW
+        direction = self.offer(entry, ctinfo, now)
+        if direction is not None:
+            self.counters.synced += 1
+        return direction
+
+    def touch(self, entry: Entry, lastused: float, now: float) -> bool:
+        """A peer saw traffic on this connection at `lastused`: extend its flow
+        timeout as a hardware stats job would (distributed aging)."""
+        fid = self.flows.fid_of(entry)
+        if fid < 0 or int(self.flows.flags[fid]) & ft.NF_FLOW_TEARDOWN:
+            return False
+        timeout = lastused + float(self.flows.period[fid])
+        if timeout > self.flows.timeout[fid]:
+            self.flows.timeout[fid] = timeout
+        return True
+
+    # ================================================================ time
+    def next_deadline(self) -> float:
+        """When poll() next has work: the next GC, or an earlier command completion."""
+        return min(self._next_gc, self.work.next_due())
+
+    def poll(self, now: float) -> PollResult:
+        """Complete due commands; once per poll_interval also read all counters
+        (bulk) and run the flow table GC: teardown of idle / dying / outdated flows,
+        hardware deletes, frees, stats jobs. Returns what happened since the last
+        poll."""
+        work = self.work
+        if work.jobs and work.jobs[0][0] <= now:
+            work.run_due(now)
+        gc = now >= self._next_gc
+        freed = stats_jobs = 0
+        active = np.zeros(0, np.int64)
+        if gc:
+            self._next_gc = now + self.poll_interval
+            self.counters.polls += 1
+            moved = self.hw.bulk_read(now, 2 * len(self.flows.owners))
+            if moved.size:
+                active = self.flows.cookie[moved]
+            freed, stats_jobs = work.gc(now)
+        result = PollResult(now, gc, tuple(work.completed), tuple(work.failed),
+                            tuple(work.teardowns), freed, stats_jobs, active)
+        work.completed.clear()
+        work.failed.clear()
+        work.teardowns.clear()
+        return result
+
+    # ================================================================ inspection
+    def inspect(self, entry: Entry) -> FlowInfo | None:
+        """The entry's flow (flags, timeout) and hardware entries, or None."""
+        fid = self.flows.fid_of(entry)
+        if fid < 0:
+            return None
+        hw = self.hw
+        s = (2 * fid, 2 * fid + 1)
+        return FlowInfo(ft.flag_names(int(self.flows.flags[fid])),
+                        float(self.flows.timeout[fid]),
+                        (HwState(hw.state[s[0]]), HwState(hw.state[s[1]])),
+                        (hw.packets[s[0]], hw.packets[s[1]]),
+                        (hw.bytes[s[0]], hw.bytes[s[1]]),
+                        (float(hw.lastuse[s[0]]), float(hw.lastuse[s[1]])))
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Card statistics: entries, inserts, failures, misses by reason, packets."""
+        out = self.counters.as_dict()
+        out["entries"] = self.hw.entries
+        out["flows"] = len(self.flows)
+        out["capacity"] = self.faults.capacity
+        return out
+
+
+__all__ = ["Card"]
