@@ -1,0 +1,239 @@
+"""The nemesis vocabulary: every fault kind as an inject/heal pair, and the
+chaos schedule generator. Pure data and pure functions: the backends (local
+processes, network namespaces, containers) execute the steps.
+
+FAULTS is the explicit registry. Each kind names what it hits (a node or the
+broker), the resource it occupies (two faults on one resource of one target
+never overlap), its parameters, and the two actions a backend performs, as a
+verb with arguments ("$name" arguments are the fault's parameters). The verbs:
+
+    signal SIG        send a signal to the node's process (SIGKILL, SIGSTOP, SIGCONT)
+    stop              stop the node gracefully (SIGTERM, wait for it to exit)
+    start             start the node again (it rejoins as a standby)
+    broker-stop       stop the broker (every node loses its session)
+    broker-start      start it again
+    cut / restore     link=broker: the node's link to the broker;
+                      link=data: the node's data path (its traffic ports)
+    impair / restore  link=sync: the node's sync messages (loss, dup, delay)
+    card / card-reset set knobs of the node's offload card (node.offload.faults names)
+    clock             set the node's clock offset (seconds)
+
+plan() turns a schedule of Faults into time-ordered FaultSteps (inject, then
+heal at `at + duration`, or at the run's end). chaos_faults() draws a random
+schedule from a seed: the same seed, duration, nodes and kinds give the same
+schedule, which is what makes `ctlab chaos --seed N` replay a run.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from scenarios.model import BROKER_TARGET, ROLE_TARGETS, Fault, Param, Params
+
+NODE, BROKER = "node", "broker"
+
+
+@dataclass(frozen=True)
+class Action:
+    verb: str
+    args: Params = ()
+
+    def render(self, params: Mapping[str, object]) -> Params:
+        """The arguments with "$name" replaced by the fault's parameter values."""
+        return tuple((k, params[v[1:]] if isinstance(v, str) and v.startswith("$") else v)
+                     for k, v in self.args)
+
+
+@dataclass(frozen=True)
+class FaultKind:
+    name: str
+    target: str  # NODE or BROKER
+    resource: str  # what it occupies: process, broker, broker-link, data-link, sync, card, clock
+    inject: Action
+    heal: Action
+    doc: str
+    params: Mapping[str, Param] = field(default_factory=dict)
+    disruptive: bool = False  # takes a node or the broker out of service
+
+
+def _kind(name: str, target: str, resource: str, inject: Action, heal: Action, doc: str,
+          params: Mapping[str, Param] | None = None, disruptive: bool = False) -> FaultKind:
+    return FaultKind(name, target, resource, inject, heal, doc, params or {}, disruptive)
+
+
+_RESTORE_SYNC = Action("restore", (("link", "sync"),))
+
+FAULTS: dict[str, FaultKind] = {k.name: k for k in (
+    _kind("kill", NODE, "process", Action("signal", (("signal", "SIGKILL"),)), Action("start"),
+          "kill -9 the node; heal: start it again (it rejoins as a standby)", disruptive=True),
+    _kind("pause", NODE, "process", Action("signal", (("signal", "SIGSTOP"),)),
+          Action("signal", (("signal", "SIGCONT"),)),
+          "SIGSTOP the node; heal: SIGCONT (it wakes up believing it is still active)",
+          disruptive=True),
+    _kind("restart", NODE, "process", Action("stop"), Action("start"),
+          "stop the node gracefully (SIGTERM); heal: start it again", disruptive=True),
+    _kind("broker_stop", BROKER, "broker", Action("broker-stop"), Action("broker-start"),
+          "stop the MQTT broker; heal: start it again", disruptive=True),
+    _kind("partition_broker", NODE, "broker-link", Action("cut", (("link", "broker"),)),
+          Action("restore", (("link", "broker"),)),
+          "cut the node off the broker (its data path stays up); heal: reconnect",
+          disruptive=True),
+    _kind("partition_data", NODE, "data-link", Action("cut", (("link", "data"),)),
+          Action("restore", (("link", "data"),)),
+          "cut the node's data path (its traffic ports; sync stays up); heal: restore",
+          disruptive=True),
+    _kind("sync_loss", NODE, "sync",
+          Action("impair", (("link", "sync"), ("loss", "$rate"))), _RESTORE_SYNC,
+          "drop a share of the node's sync messages (both ways); heal: stop dropping",
+          {"rate": Param("ratio", 0.1, "share of messages dropped")}),
+    _kind("sync_dup", NODE, "sync",
+          Action("impair", (("link", "sync"), ("duplicate", "$rate"))), _RESTORE_SYNC,
+          "duplicate a share of the node's sync messages; heal: stop",
+          {"rate": Param("ratio", 0.1, "share of messages sent twice")}),
+    _kind("sync_delay", NODE, "sync",
+          Action("impair", (("link", "sync"), ("delay", "$delay"), ("jitter", "$jitter"))),
+          _RESTORE_SYNC, "delay the node's sync messages; heal: stop delaying",
+          {"delay": Param("seconds", 0.05, "added delay", lo=0.0, hi=60.0),
+           "jitter": Param("seconds", 0.0, "random extra delay, up to", lo=0.0, hi=60.0)}),
+    _kind("card_capacity", NODE, "card", Action("card", (("capacity", "$capacity"),)),
+          Action("card-reset"),
+          "shrink the node's card table (entries beyond it stay in software); heal: restore",
+          {"capacity": Param("int", 0, "hardware CT entries left", lo=0, hi=2**32)}),
+    _kind("card_insert_fail", NODE, "card",
+          Action("card", (("fail_next", "$count"), ("fail_all", "$all"))), Action("card-reset"),
+          "make the node's card refuse inserts; heal: accept them again",
+          {"count": Param("int", 0, "the next N inserts fail", lo=0, hi=2**32),
+           "all": Param("bool", True, "every insert fails")}),
+    _kind("clock_skew", NODE, "clock", Action("clock", (("offset", "$offset"),)),
+          Action("clock", (("offset", 0.0),)),
+          "move the node's clock; heal: set it right",
+          {"offset": Param("seconds", 30.0, "seconds added", lo=-86400.0, hi=86400.0)}),
+)}
+
+
+@dataclass(frozen=True)
+class FaultStep:
+    """One action of the schedule: `fault` is the fault's index in the
+    schedule, so that a backend pairs each heal with its inject."""
+
+    at: float
+    action: str  # "inject" | "heal"
+    kind: str
+    target: str
+    verb: str
+    args: Params
+    fault: int
+
+
+def plan(faults: Sequence[Fault], end: float) -> tuple[FaultStep, ...]:
+    """The steps of a schedule in time order; at equal times heals come first."""
+    steps = []
+    for i, f in enumerate(faults):
+        kind = FAULTS[f.kind]
+        params = dict(f.params)
+        steps.append(FaultStep(f.at, "inject", f.kind, f.target, kind.inject.verb,
+                               kind.inject.render(params), i))
+        steps.append(FaultStep(f.heal_at(end), "heal", f.kind, f.target, kind.heal.verb,
+                               kind.heal.render(params), i))
+    return tuple(sorted(steps, key=lambda s: (s.at, s.action != "heal", s.fault)))
+
+
+# ================================================================ chaos
+# How chaos picks each kind's parameters (the explicit table of its choices).
+_CHAOS_PARAMS: dict[str, Callable[[random.Random], dict[str, object]]] = {
+    "sync_loss": lambda r: {"rate": round(r.uniform(0.05, 0.3), 3)},
+    "sync_dup": lambda r: {"rate": round(r.uniform(0.05, 0.3), 3)},
+    "sync_delay": lambda r: {"delay": round(r.uniform(0.01, 0.2), 3),
+                             "jitter": round(r.uniform(0.0, 0.05), 3)},
+    "card_capacity": lambda r: {"capacity": r.choice((0, 100, 1000))},
+    "card_insert_fail": lambda r: ({"count": 0, "all": True} if r.random() < 0.5
+                                   else {"count": r.randint(1, 1000), "all": False}),
+    "clock_skew": lambda r: {"offset": round(r.choice((-1, 1)) * r.uniform(1.0, 60.0), 3)},
+}
+
+
+def _params(kind: FaultKind, rng: random.Random) -> Params:
+    chosen = _CHAOS_PARAMS.get(kind.name, lambda r: {})(rng)
+    return tuple((name, chosen.get(name, p.default)) for name, p in kind.params.items())
+
+
+@dataclass(frozen=True)
+class ChaosOptions:
+    """interval: mean seconds between two faults; length: (min, max) of a fault;
+    warmup: quiet seconds at the start (flows establish); settle: quiet seconds
+    at the end (the cluster converges before the final check); recover: quiet
+    seconds after a disruptive fault heals before the next one."""
+
+    interval: float = 5.0
+    length: tuple[float, float] = (0.5, 5.0)
+    warmup: float | None = None  # default: max(1 s, 10% of the run)
+    settle: float | None = None  # default: max(2 s, 20% of the run)
+    recover: float = 2.0
+
+
+def chaos_faults(seed: int, duration: float, nodes: Sequence[str],
+                 kinds: Iterable[str] | None = None,
+                 options: ChaosOptions = ChaosOptions()) -> tuple[Fault, ...]:
+    """A random schedule, deterministic from the seed. Its safety rules:
+
+    * every fault heals before `duration - settle`;
+    * disruptive faults (kill, pause, restart, partitions, broker stop) never
+      overlap one another, and `recover` seconds pass between them, so the
+      cluster never loses more than one node (or the broker) at a time and a
+      healed node can rejoin before the next blow;
+    * node-disruptive kinds need two nodes (one must stay to carry traffic);
+    * two faults on one resource of one target never overlap.
+    """
+    if not nodes:
+        raise ValueError("chaos needs at least one node")
+    names = sorted(FAULTS) if kinds is None else list(dict.fromkeys(kinds))
+    for name in names:
+        if name not in FAULTS:
+            raise ValueError(f"unknown fault kind {name!r}; known: {', '.join(FAULTS)}")
+    if len(nodes) < 2:
+        names = [n for n in names if not (FAULTS[n].disruptive and FAULTS[n].target == NODE)]
+    if not names:
+        return ()
+    rng = random.Random(seed)
+    warmup = options.warmup if options.warmup is not None else max(1.0, 0.1 * duration)
+    settle = options.settle if options.settle is not None else max(2.0, 0.2 * duration)
+    last = duration - settle
+    lo, hi = options.length
+    out: list[Fault] = []
+    busy: dict[tuple[str, str], float] = {}  # (resource, target) -> heal time
+    calm_from = warmup  # when the next disruptive fault may start
+    t = warmup
+    while True:
+        t += min(rng.expovariate(1.0 / options.interval), 3 * options.interval)
+        if t + lo > last:
+            break
+        kind = FAULTS[rng.choice(names)]
+        # Roles (resolved when the fault fires) only for disruptive faults: two
+        # faults on one resource must not end up on one node.
+        targets = ((BROKER_TARGET,) if kind.target == BROKER
+                   else (*sorted(nodes), *ROLE_TARGETS) if kind.disruptive
+                   else tuple(sorted(nodes)))
+        target = rng.choice(targets)
+        length = min(rng.uniform(lo, hi), last - t)
+        if kind.disruptive and t < calm_from:
+            continue
+        if busy.get((kind.resource, target), -1.0) > t:
+            continue
+        busy[(kind.resource, target)] = t + length
+        if kind.disruptive:
+            calm_from = t + length + options.recover
+        out.append(Fault(round(t, 3), kind.name, target, round(length, 3), _params(kind, rng)))
+    return tuple(out)
+
+
+def chaos_schedule(seed: int, duration: float, nodes: Sequence[str],
+                   kinds: Iterable[str] | None = None,
+                   options: ChaosOptions = ChaosOptions()) -> tuple[FaultStep, ...]:
+    """chaos_faults() as steps: every inject followed by its heal before the end."""
+    return plan(chaos_faults(seed, duration, nodes, kinds, options), duration)
+
+
+__all__ = ["FAULTS", "Action", "ChaosOptions", "FaultKind", "FaultStep", "chaos_faults",
+           "chaos_schedule", "plan"]

@@ -1,0 +1,54 @@
+"""The failover time stays within its bound: from the loss of the active (the
+failover invocation) to traffic flowing through the new active (its ok)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from scenarios.invariants.result import FAIL, PASS, UNKNOWN, Result, examples, ms
+from scenarios.model import F_FAILOVER, History, Param, Snapshot
+
+NAME = "failover_time"
+PARAMS = {"max_ms": Param("number", 1000.0, "bound in milliseconds", lo=0.0, hi=3.6e6)}
+
+
+def durations(history: History) -> list[tuple[float, float | None, str]]:
+    """(start, seconds or None if it never completed, description) per failover."""
+    out: list[tuple[float, float | None, str]] = []
+    for inv, done in history.pairs(F_FAILOVER):
+        value = done.value if done is not None and isinstance(done.value, Mapping) else {}
+        who = f"{value.get('from', '?')}→{value.get('to', '?')}"
+        if done is not None and done.type == "ok":
+            out.append((inv.time, done.time - inv.time, who))
+        else:
+            state = "failed" if done is not None and done.type == "fail" else "incomplete"
+            out.append((inv.time, None, f"{who} {state}"))
+    return out
+
+
+def check(history: History, snapshots: Sequence[Snapshot], params: Mapping[str, Any]) -> Result:
+    bound = float(params.get("max_ms", 1000.0)) / 1000
+    runs = durations(history)
+    if not runs:
+        return Result(NAME, UNKNOWN, "no failover happened")
+    last = history.ops[-1].time if len(history) else 0.0
+    slow, unsure, fine = [], [], []
+    for start, took, who in runs:
+        if took is None:
+            if "failed" in who or last - start > bound:
+                slow.append(f"{who} at {start:.3f}s")
+            else:
+                unsure.append(f"{who} at {start:.3f}s")
+        elif took > bound:
+            slow.append(f"{who} at {start:.3f}s took {ms(took)}")
+        else:
+            fine.append(f"{who} in {ms(took)}")
+    limit = f"(bound {ms(bound)})"
+    if slow:
+        return Result(NAME, FAIL, f"{len(slow)} of {len(runs)} failovers over {limit}: "
+                      f"{examples(slow)}")
+    if unsure:
+        return Result(NAME, UNKNOWN, f"{len(unsure)} failovers had not completed when the "
+                      f"history ends: {examples(unsure)}")
+    return Result(NAME, PASS, f"{examples(fine)} {limit}")

@@ -1,0 +1,35 @@
+"""At failover, the new active already holds in its card most of the
+connections that can be offloaded (the pre-installed ratio)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from scenarios.invariants.result import FAIL, PASS, UNKNOWN, Result, examples
+from scenarios.model import F_PREINSTALL, History, Param, Snapshot
+
+NAME = "preinstalled_ratio"
+PARAMS = {"min": Param("ratio", 0.99, "share of offloadable entries already in hardware")}
+
+
+def ratios(history: History) -> list[tuple[str, float, int, int]]:
+    """(node, time, installed, eligible) per failover that reported it."""
+    out = []
+    for op in history.by_f(F_PREINSTALL):
+        v = op.value if isinstance(op.value, Mapping) else {}
+        if "installed" in v and "eligible" in v:
+            out.append((op.process, op.time, int(v["installed"]), int(v["eligible"])))
+    return out
+
+
+def check(history: History, snapshots: Sequence[Snapshot], params: Mapping[str, Any]) -> Result:
+    need = float(params.get("min", 0.99))
+    seen = [r for r in ratios(history) if r[3] > 0]
+    if not seen:
+        return Result(NAME, UNKNOWN, "no failover reported offloadable entries to measure")
+    low = [f"{n} at {t:.3f}s: {i}/{e} = {i / e:.1%}" for n, t, i, e in seen if i / e < need]
+    if low:
+        return Result(NAME, FAIL, f"below {need:.1%}: {examples(low)}")
+    return Result(NAME, PASS, examples(f"{n} at {t:.3f}s: {i}/{e} = {i / e:.1%}"
+                                       for n, t, i, e in seen))

@@ -1,0 +1,143 @@
+"""The fault vocabulary and the chaos schedule: deterministic from the seed,
+every inject healed before the end, never more than one node down at once."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scenarios.faults import FAULTS, ChaosOptions, FaultStep, chaos_faults, chaos_schedule, plan
+from scenarios.model import ROLE_TARGETS, Fault, loads
+
+VERBS = {"signal", "stop", "start", "broker-stop", "broker-start", "cut", "restore", "impair",
+         "card", "card-reset", "clock"}
+ISSUE_FAULTS = {"kill", "pause", "restart", "broker_stop", "partition_broker", "partition_data",
+                "sync_loss", "sync_dup", "sync_delay", "card_capacity", "card_insert_fail",
+                "clock_skew"}
+
+
+def test_the_registry_covers_the_issues_fault_list() -> None:
+    assert set(FAULTS) == ISSUE_FAULTS
+    for kind in FAULTS.values():
+        assert kind.inject.verb in VERBS and kind.heal.verb in VERBS, kind.name
+        assert kind.target in ("node", "broker") and kind.doc
+        for _, value in kind.inject.args + kind.heal.args:
+            if isinstance(value, str) and value.startswith("$"):
+                assert value[1:] in kind.params, (kind.name, value)
+
+
+def test_kill_pause_and_restart_are_the_signals_they_say() -> None:
+    assert (FAULTS["kill"].inject.verb, dict(FAULTS["kill"].inject.args)) == \
+        ("signal", {"signal": "SIGKILL"})
+    assert dict(FAULTS["pause"].inject.args) == {"signal": "SIGSTOP"}
+    assert dict(FAULTS["pause"].heal.args) == {"signal": "SIGCONT"}
+    assert FAULTS["restart"].inject.verb == "stop" and FAULTS["restart"].heal.verb == "start"
+
+
+def test_plan_orders_steps_and_fills_in_parameters() -> None:
+    faults = [Fault(2.0, "sync_loss", "b", 3.0, (("rate", 0.2),)),
+              Fault(5.0, "kill", "active", None)]
+    steps = plan(faults, 10.0)
+    assert [(s.at, s.action, s.kind) for s in steps] == [
+        (2.0, "inject", "sync_loss"), (5.0, "heal", "sync_loss"), (5.0, "inject", "kill"),
+        (10.0, "heal", "kill")]
+    assert steps[0].args == (("link", "sync"), ("loss", 0.2))
+    assert steps[0].fault == steps[1].fault == 0 and steps[3].fault == 1
+
+
+def test_scenario_faults_plan_with_their_defaults() -> None:
+    s = loads("""duration: 10s
+cluster: {nodes: {a: {}, b: {}}}
+tc: "qdisc add dev inside ingress"
+faults:
+  - {at: 1s, kind: card_insert_fail, target: b, duration: 2s}
+  - {at: 4s, kind: clock_skew, target: a, duration: 2s, params: {offset: -5s}}
+invariants: {card_subset: {}}
+""", "s.yaml")
+    steps = plan(s.faults, s.duration)
+    assert steps[0].verb == "card" and dict(steps[0].args) == {"fail_next": 0, "fail_all": True}
+    assert dict(steps[2].args) == {"offset": -5.0}
+    assert dict(steps[3].args) == {"offset": 0.0}
+
+
+def test_chaos_is_deterministic_from_the_seed() -> None:
+    a = chaos_schedule(7, 120.0, ["a", "b", "c"])
+    assert a == chaos_schedule(7, 120.0, ["a", "b", "c"])
+    assert a != chaos_schedule(8, 120.0, ["a", "b", "c"])
+    assert len(a) >= 10 and len({s.kind for s in a}) >= 5
+
+
+def test_chaos_with_chosen_kinds_uses_only_them() -> None:
+    faults = chaos_faults(3, 200.0, ["a", "b"], ["kill", "sync_delay"])
+    assert {f.kind for f in faults} == {"kill", "sync_delay"}
+    with pytest.raises(ValueError, match="unknown fault kind 'nuke'"):
+        chaos_faults(3, 60.0, ["a"], ["nuke"])
+    with pytest.raises(ValueError):
+        chaos_faults(3, 60.0, [])
+
+
+def test_a_single_node_is_never_taken_down() -> None:
+    faults = chaos_faults(1, 300.0, ["a"])
+    assert faults
+    assert not any(FAULTS[f.kind].disruptive and FAULTS[f.kind].target == "node"
+                   for f in faults)
+
+
+def test_too_short_a_run_gets_no_faults() -> None:
+    assert chaos_faults(1, 2.0, ["a", "b"]) == ()
+
+
+def _check_safety(faults: tuple[Fault, ...], steps: tuple[FaultStep, ...], duration: float,
+                  nodes: list[str], opts: ChaosOptions) -> None:
+    settle = max(2.0, 0.2 * duration)
+    warmup = max(1.0, 0.1 * duration)
+    # every inject has exactly one heal, later, before the quiet end
+    for i, f in enumerate(faults):
+        mine = [s for s in steps if s.fault == i]
+        assert [s.action for s in mine] == ["inject", "heal"]
+        assert warmup <= mine[0].at < mine[1].at <= duration - settle + 0.002
+        assert f.target in (*nodes, *ROLE_TARGETS, "broker")
+    # disruptive faults never overlap, with a recovery gap between them
+    down = sorted((f.at, f.at + (f.duration or 0)) for f in faults if FAULTS[f.kind].disruptive)
+    for (_, end), (start, _) in itertools.pairwise(down):
+        assert start >= end + opts.recover - 0.002
+    # one resource of one target carries one fault at a time
+    for i, f in enumerate(faults):
+        for g in faults[i + 1:]:
+            if FAULTS[f.kind].resource == FAULTS[g.kind].resource and f.target == g.target:
+                assert g.at >= f.at + (f.duration or 0) - 0.002
+        if not FAULTS[f.kind].disruptive:
+            assert f.target not in ROLE_TARGETS
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32), duration=st.floats(5.0, 600.0),
+       n=st.integers(1, 4), interval=st.floats(0.5, 20.0))
+def test_chaos_schedules_are_always_safe(seed: int, duration: float, n: int,
+                                         interval: float) -> None:
+    nodes = ["a", "b", "c", "d"][:n]
+    opts = ChaosOptions(interval=interval)
+    faults = chaos_faults(seed, duration, nodes, options=opts)
+    steps = chaos_schedule(seed, duration, nodes, options=opts)
+    assert steps == plan(faults, duration)
+    assert [s.at for s in steps] == sorted(s.at for s in steps)
+    _check_safety(faults, steps, duration, nodes, opts)
+
+
+def test_chaos_faults_validate_as_a_scenario() -> None:
+    """A chaos schedule written into a scenario file loads back unchanged
+    (which is how a report's schedule replays a run)."""
+    faults = chaos_faults(11, 90.0, ["a", "b"])
+    lines = []
+    for f in faults:
+        params = ", ".join(f"{k}: {str(v).lower() if isinstance(v, bool) else v}"
+                           for k, v in f.params)
+        lines.append(f"  - {{at: {f.at}, kind: {f.kind}, target: {f.target}, "
+                     f"duration: {f.duration}, params: {{{params}}}}}")
+    text = ("duration: 90s\ncluster: {nodes: {a: {}, b: {}}}\n"
+            "tc: \"qdisc add dev inside ingress\"\nfaults:\n" + "\n".join(lines)
+            + "\ninvariants: {convergence: {}}\n")
+    assert loads(text, "chaos.yaml").faults == faults

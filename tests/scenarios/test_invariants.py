@@ -1,0 +1,329 @@
+"""Each invariant on histories where it must pass, fail, and be unknown."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from scenarios.invariants import (
+    FAIL,
+    INVARIANTS,
+    PASS,
+    UNKNOWN,
+    Result,
+    check,
+    check_all,
+    compose,
+)
+from scenarios.model import (
+    CLUSTER_PROCESS,
+    F_CLOSE,
+    F_CT,
+    F_EXPIRE,
+    F_FAILOVER,
+    F_HW_HITS,
+    F_OPEN,
+    F_PREINSTALL,
+    F_SEEN,
+    F_STALL,
+    F_TRANSFER,
+    FaultRecord,
+    History,
+    InvariantSpec,
+    Snapshot,
+)
+
+
+def run(name: str, history: History, snapshots: tuple[Snapshot, ...] = (),
+        **params: Any) -> Result:
+    inv = INVARIANTS[name]
+    result = inv.check(history, snapshots, {**inv.defaults(), **params})
+    assert result.name == name
+    return result
+
+
+def flows(h: History, n: int, at: float = 1.0) -> None:
+    for i in range(n):
+        h.invoke(f"f{i}", at, F_OPEN, {"key": f"k{i}"})
+    for i in range(n):
+        h.ok(f"f{i}", at + 0.1, F_OPEN, {"key": f"k{i}"})
+
+
+def failover(h: History, start: float, took: float | None, result: str = "ok") -> None:
+    h.invoke(CLUSTER_PROCESS, start, F_FAILOVER, {"from": "a"})
+    if took is not None:
+        getattr(h, result)(CLUSTER_PROCESS, start + took, F_FAILOVER, {"from": "a", "to": "b"})
+
+
+def closes(h: History, n: int, at: float, broken: frozenset[int] = frozenset()) -> None:
+    for i in range(n):
+        h.invoke(f"f{i}", at, F_CLOSE, {"key": f"k{i}"})
+    for i in sorted(range(n), key=lambda i: i in broken):
+        if i in broken:
+            h.fail(f"f{i}", at + 5, F_CLOSE, {"key": f"k{i}", "reason": "no ACK"})
+        else:
+            h.ok(f"f{i}", at + 0.2, F_CLOSE, {"key": f"k{i}"})
+
+
+def test_registry_names_modules_and_params() -> None:
+    assert list(INVARIANTS) == ["no_broken_flows", "failover_time", "preinstalled_ratio",
+                                "hw_hit_ratio", "no_premature_aging", "no_resurrected_flows",
+                                "convergence", "card_subset"]
+    for inv in INVARIANTS.values():
+        assert inv.doc and all(p.default is not None for p in inv.params.values())
+
+
+def test_compose_is_jepsens_priority() -> None:
+    assert compose([PASS, PASS]) == PASS
+    assert compose([PASS, UNKNOWN]) == UNKNOWN
+    assert compose([UNKNOWN, FAIL, PASS]) == FAIL
+    assert compose([]) == UNKNOWN
+    with pytest.raises(ValueError):
+        Result("x", "maybe", "")
+
+
+# ---------------------------------------------------------------- no_broken_flows
+def test_flows_surviving_a_failover_pass() -> None:
+    h = History()
+    flows(h, 3)
+    failover(h, 5.0, 0.3)
+    closes(h, 3, 9.0)
+    r = run("no_broken_flows", h)
+    assert r.verdict == PASS and "3/3 flows" in r.detail and "5.000s" in r.detail
+
+
+def test_a_flow_broken_after_the_failover_fails() -> None:
+    h = History()
+    flows(h, 3)
+    failover(h, 5.0, 0.3)
+    h.info("f1", 5.4, F_STALL, {"key": "k1", "retries": 1})
+    h.fail("f1", 16.0, F_TRANSFER, {"key": "k1", "reason": "no ACK after 12 retransmissions"})
+    closes(h, 1, 17.0)
+    r = run("no_broken_flows", h)
+    assert r.verdict == FAIL
+    assert "1 broke: f1 (transfer failed at 16.000s: no ACK after 12" in r.detail
+    assert run("no_broken_flows", h, min_survival=0.6).verdict == PASS
+
+
+def test_flows_opened_or_closed_around_the_failover_do_not_count() -> None:
+    h = History()
+    flows(h, 2)
+    closes(h, 1, 2.0)  # f0 closed before the failover
+    failover(h, 5.0, 0.3)
+    h.invoke("late", 6.0, F_OPEN, {"key": "late"})
+    h.fail("late", 9.0, F_OPEN, {"key": "late", "reason": "no answer"})
+    r = run("no_broken_flows", h)
+    assert r.verdict == PASS and "1/1 flows" in r.detail
+
+
+def test_a_flow_left_stalled_is_indeterminate() -> None:
+    h = History()
+    flows(h, 2)
+    failover(h, 5.0, 0.3)
+    h.info("f1", 5.5, F_STALL, {"key": "k1", "retries": 1})
+    r = run("no_broken_flows", h)
+    assert r.verdict == UNKNOWN and "1 indeterminate: f1" in r.detail
+
+
+def test_a_fault_without_failover_is_the_disruption_too() -> None:
+    h = History()
+    flows(h, 2)
+    h.record_fault(FaultRecord(4.0, "broker_stop", "broker", True))
+    closes(h, 2, 9.0, broken=frozenset({0}))
+    r = run("no_broken_flows", h)
+    assert r.verdict == FAIL and "4.000s" in r.detail
+
+
+@pytest.mark.parametrize("build", ["nothing", "no_disruption", "no_flows_before"])
+def test_no_broken_flows_unknown(build: str) -> None:
+    h = History()
+    if build == "no_disruption":
+        flows(h, 2)
+    elif build == "no_flows_before":
+        failover(h, 0.5, 0.3)
+        flows(h, 2)
+    assert run("no_broken_flows", h).verdict == UNKNOWN
+
+
+# ---------------------------------------------------------------- failover_time
+def test_failover_within_the_bound_passes() -> None:
+    h = History()
+    failover(h, 5.0, 0.25)
+    r = run("failover_time", h)
+    assert r.verdict == PASS and "a→b in 250 ms" in r.detail
+
+
+def test_slow_failed_or_never_completed_failovers_fail() -> None:
+    h = History()
+    failover(h, 5.0, 1.5)
+    assert run("failover_time", h).verdict == FAIL
+    assert run("failover_time", h, max_ms=2000).verdict == PASS
+    h = History()
+    failover(h, 5.0, 0.2, "fail")
+    assert run("failover_time", h).verdict == FAIL
+    h = History()
+    failover(h, 5.0, None)
+    h.info("b", 9.0, F_SEEN, {"key": "k"})  # the run went on for 4 s: it did not complete
+    assert run("failover_time", h).verdict == FAIL
+
+
+def test_failover_time_unknown() -> None:
+    assert run("failover_time", History()).verdict == UNKNOWN
+    h = History()
+    failover(h, 5.0, None)  # the history ends right there: too early to tell
+    assert run("failover_time", h).verdict == UNKNOWN
+
+
+# ---------------------------------------------------------------- ratios
+@pytest.mark.parametrize(("name", "f", "value", "verdict"), [
+    ("preinstalled_ratio", F_PREINSTALL, {"installed": 995, "eligible": 1000}, PASS),
+    ("preinstalled_ratio", F_PREINSTALL, {"installed": 900, "eligible": 1000}, FAIL),
+    ("preinstalled_ratio", F_PREINSTALL, {"installed": 0, "eligible": 0}, UNKNOWN),
+    ("preinstalled_ratio", F_PREINSTALL, {"installed": 5}, UNKNOWN),
+    ("hw_hit_ratio", F_HW_HITS, {"hw": 9950, "sw": 50}, PASS),
+    ("hw_hit_ratio", F_HW_HITS, {"hw": 10, "sw": 9990}, FAIL),
+    ("hw_hit_ratio", F_HW_HITS, {"hw": 0, "sw": 0}, UNKNOWN),
+])
+def test_ratios(name: str, f: str, value: dict[str, int], verdict: str) -> None:
+    h = History()
+    h.info("b", 6.0, f, value)
+    assert run(name, h).verdict == verdict
+    assert run(name, History()).verdict == UNKNOWN
+
+
+def test_ratio_threshold_is_a_parameter() -> None:
+    h = History()
+    h.info("b", 6.0, F_HW_HITS, {"hw": 30, "sw": 70})
+    assert run("hw_hit_ratio", h, min=0.25).verdict == PASS
+
+
+# ---------------------------------------------------------------- no_premature_aging
+def aging(expire_at: float, timeout: float | None = 10.0) -> History:
+    h = History()
+    h.info("a", 1.0, F_SEEN, {"key": "k"})
+    h.info("a", 20.0, F_SEEN, {"key": "k"})  # only the active sees traffic
+    value: dict[str, Any] = {"key": "k"}
+    if timeout is not None:
+        value["timeout"] = timeout
+    h.info("b", expire_at, F_EXPIRE, value)
+    return h
+
+
+def test_expiry_after_the_cluster_wide_timeout_passes() -> None:
+    r = run("no_premature_aging", aging(30.0))
+    assert r.verdict == PASS and "1 expiries, none premature" in r.detail
+
+
+def test_expiry_while_another_member_saw_traffic_fails() -> None:
+    r = run("no_premature_aging", aging(25.0))
+    assert r.verdict == FAIL and "k expired on b at 25.000s, 5.000s after a saw it" in r.detail
+    assert run("no_premature_aging", aging(25.0), slack=6.0).verdict == PASS
+
+
+def test_no_premature_aging_unknown() -> None:
+    assert run("no_premature_aging", History()).verdict == UNKNOWN
+    assert run("no_premature_aging", aging(30.0, timeout=None)).verdict == UNKNOWN
+
+
+# ---------------------------------------------------------------- no_resurrected_flows
+def ct(h: History, node: str, t: float, event: str, key: str = "k") -> None:
+    h.info(node, t, F_CT, {"event": event, "key": key})
+
+
+def test_a_destroyed_flow_that_stays_dead_passes() -> None:
+    h = History()
+    h.invoke("f0", 1.0, F_OPEN, {"key": "k"})
+    ct(h, "a", 1.0, "new")
+    ct(h, "b", 1.1, "new")
+    ct(h, "a", 9.0, "destroy")
+    ct(h, "b", 9.1, "destroy")
+    h.invoke("f9", 12.0, F_OPEN, {"key": "k"})  # a new SYN with the same tuple
+    ct(h, "a", 12.0, "new")
+    r = run("no_resurrected_flows", h, (Snapshot("a", 20.0, {"k": "ESTABLISHED"}),))
+    assert r.verdict == PASS and "2 destroys" in r.detail
+
+
+def test_a_late_update_after_a_destroy_fails() -> None:
+    h = History()
+    ct(h, "b", 1.0, "new")
+    ct(h, "b", 9.0, "destroy")
+    ct(h, "b", 9.2, "update")
+    r = run("no_resurrected_flows", h)
+    assert r.verdict == FAIL and "k on b: update at 9.200s after its destroy at 9.000s" \
+        in r.detail
+
+
+def test_a_destroyed_flow_in_a_final_table_fails() -> None:
+    h = History()
+    ct(h, "b", 1.0, "new")
+    ct(h, "b", 9.0, "destroy")
+    r = run("no_resurrected_flows", h, (Snapshot("b", 20.0, {"k": "ESTABLISHED"}),))
+    assert r.verdict == FAIL and "final table" in r.detail
+
+
+def test_no_resurrected_flows_unknown_without_events() -> None:
+    assert run("no_resurrected_flows", History()).verdict == UNKNOWN
+
+
+# ---------------------------------------------------------------- convergence
+def healed() -> History:
+    h = History()
+    h.record_fault(FaultRecord(5.0, "kill", "a", True))
+    h.record_fault(FaultRecord(10.0, "kill", "a", True, "heal"))
+    return h
+
+
+def test_equal_tables_converge() -> None:
+    t = {"k1": "ESTABLISHED", "k2": "TIME_WAIT"}
+    r = run("convergence", healed(), (Snapshot("a", 15.0, t), Snapshot("b", 15.0, t),
+                                      Snapshot("c", 15.0, {}, alive=False)))
+    assert r.verdict == PASS and "2 members agree on 2 entries" in r.detail
+
+
+def test_different_tables_fail() -> None:
+    a = Snapshot("a", 15.0, {"k1": "ESTABLISHED", "k2": "ESTABLISHED"})
+    b = Snapshot("b", 15.0, {"k1": "CLOSE", "k3": "ESTABLISHED"})
+    r = run("convergence", healed(), (a, b))
+    assert r.verdict == FAIL
+    assert "1 missing (k2)" in r.detail and "1 extra (k3)" in r.detail
+    assert "k1: ESTABLISHED vs CLOSE" in r.detail
+    b = Snapshot("b", 15.0, {"k1": "CLOSE", "k2": "ESTABLISHED"})
+    assert run("convergence", healed(), (a, b), states=False).verdict == PASS
+
+
+def test_convergence_unknown() -> None:
+    assert run("convergence", History(), (Snapshot("a", 1.0, {}),)).verdict == UNKNOWN
+    early = (Snapshot("a", 8.0, {}), Snapshot("b", 15.0, {}))
+    r = run("convergence", healed(), early)
+    assert r.verdict == UNKNOWN and "before the last heal" in r.detail
+
+
+# ---------------------------------------------------------------- card_subset
+def test_card_entries_inside_conntrack_pass() -> None:
+    s = Snapshot("a", 15.0, {"k1": "ESTABLISHED", "k2": "ESTABLISHED"}, frozenset({"k1"}))
+    assert run("card_subset", History(), (s,)).verdict == PASS
+
+
+def test_a_stale_card_entry_fails() -> None:
+    s = Snapshot("b", 15.0, {"k1": "ESTABLISHED"}, frozenset({"k1", "k9"}))
+    r = run("card_subset", History(), (s,))
+    assert r.verdict == FAIL and "b: 1 stale (k9)" in r.detail
+
+
+def test_card_subset_unknown_without_card_data() -> None:
+    assert run("card_subset", History(), (Snapshot("a", 1.0, {}),)).verdict == UNKNOWN
+    dead = Snapshot("a", 1.0, {}, frozenset({"k"}), alive=False)
+    assert run("card_subset", History(), (dead,)).verdict == UNKNOWN
+
+
+# ---------------------------------------------------------------- the checker
+def test_check_uses_the_scenarios_thresholds_and_defaults() -> None:
+    h = History()
+    h.info("b", 6.0, F_HW_HITS, {"hw": 90, "sw": 10})
+    strict, lax = check([InvariantSpec("hw_hit_ratio"),
+                         InvariantSpec("hw_hit_ratio", (("min", 0.8),))], h, ())
+    assert (strict.verdict, lax.verdict) == (FAIL, PASS)
+    results = check_all(h, ())
+    assert [r.name for r in results] == list(INVARIANTS)
+    assert compose(r.verdict for r in results) == FAIL

@@ -1,0 +1,263 @@
+"""report.json has DESIGN.md §5's fields; report.html is one offline page that
+headless Chromium renders (and that a person can read)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import struct
+import subprocess
+import zlib
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scenarios import report
+from scenarios.faults import plan
+from scenarios.invariants import INVARIANTS, check_all
+from scenarios.model import (
+    CLUSTER_PROCESS,
+    F_CLOSE,
+    F_FAILOVER,
+    F_HW_HITS,
+    F_OPEN,
+    F_PREINSTALL,
+    Fault,
+    FaultRecord,
+    History,
+    Snapshot,
+)
+
+REQUIRED = {"scenario", "seed", "backend", "verdict", "invariants", "faults", "metrics"}
+METRICS = {"failover_ms", "flows_established_before", "flows_survived",
+           "hw_hit_ratio_after_failover", "preinstalled_ratio_at_failover", "sync_lag_ms",
+           "events_published", "events_applied", "bad_messages"}
+
+
+def sample_history() -> History:
+    """A 20 s failover run: 40 flows, the active (a) killed at 6 s, b takes over."""
+    h = History()
+    for i in range(40):
+        h.invoke(f"web-{i}", 0.1 + i * 0.01, F_OPEN, {"key": f"tcp k{i}"})
+    for i in range(40):
+        h.ok(f"web-{i}", 0.6 + i * 0.01, F_OPEN, {"key": f"tcp k{i}"})
+    h.record_fault(FaultRecord(6.0, "kill", "a", True))
+    h.invoke(CLUSTER_PROCESS, 6.0, F_FAILOVER, {"from": "a"})
+    h.ok(CLUSTER_PROCESS, 6.31, F_FAILOVER, {"from": "a", "to": "b"})
+    h.info("b", 6.31, F_PREINSTALL, {"installed": 40, "eligible": 40})
+    h.info("b", 7.31, F_HW_HITS, {"hw": 1980, "sw": 12})
+    h.record_fault(FaultRecord(8.0, "sync_delay", "b", True))
+    h.record_fault(FaultRecord(10.0, "sync_delay", "b", True, "heal"))
+    h.record_fault(FaultRecord(12.0, "kill", "a", True, "heal"))
+    h.record_fault(FaultRecord(14.0, "card_insert_fail", "b", False, detail="control API "
+                               "refused"))
+    h.record_fault(FaultRecord(15.0, "card_insert_fail", "b", True, "heal"))
+    for i in range(40):
+        h.invoke(f"web-{i}", 18.0, F_CLOSE, {"key": f"tcp k{i}"})
+    for i in range(40):
+        h.ok(f"web-{i}", 18.2, F_CLOSE, {"key": f"tcp k{i}"})
+    for step in range(200):
+        t = step * 0.1
+        a_up = not 6.0 <= t < 12.5
+        active_a = t < 6.0
+        wave = 1 + 0.15 * math.sin(t)
+        h.sample(t, "a", "hw_pps", 9000 * wave if a_up and active_a else 0)
+        h.sample(t, "a", "sw_pps", 400 * wave if a_up and active_a else 0)
+        h.sample(t, "b", "hw_pps", 0 if active_a else 8800 * wave if t > 6.4 else 0)
+        h.sample(t, "b", "sw_pps", 0 if active_a else 350 * wave if t > 6.4 else 1500)
+        h.sample(t, "a", "ct_entries", min(40, t * 80) if a_up else 0)
+        h.sample(t, "b", "ct_entries", min(40, max(0, t - 0.05) * 80))
+        h.sample(t, "a", "card_entries", min(80, t * 150) if a_up else 0)
+        h.sample(t, "b", "card_entries", min(80, max(0, t - 0.1) * 150))
+        h.sample(t, "a", "sync_lag_ms", 0.5 + (step * 37 % 23) / 4)
+        h.sample(t, "b", "sync_lag_ms", 0.8 + (step * 53 % 31) / 3 + (40 if t == 8.5 else 0))
+        h.sample(t, "a", "events_published", step * 5 if t < 6 else max(0, step - 125) * 5)
+        h.sample(t, "b", "events_applied", step * 5)
+    return h
+
+
+def sample_report() -> dict[str, Any]:
+    h = sample_history()
+    snaps = [Snapshot(n, 19.5, {f"tcp k{i}": "CLOSE" for i in range(40)}, frozenset())
+             for n in ("a", "b")]
+    results = check_all(h, snaps)
+    steps = plan([Fault(6.0, "kill", "active", 6.0), Fault(8.0, "sync_delay", "b", 2.0,
+                                                              (("delay", 0.05), ("jitter", 0.0))),
+                  Fault(14.0, "card_insert_fail", "b", 1.0, (("count", 0), ("all", True)))],
+                 20.0)
+    return report.build(scenario="failover-basic", seed=1, backend="local", results=results,
+                        history=h, schedule=steps, git_revision="0123456789abcdef",
+                        duration=20.0)
+
+
+# ---------------------------------------------------------------- report.json
+def test_report_json_has_the_design_fields() -> None:
+    r = sample_report()
+    assert set(r) >= REQUIRED
+    assert set(r) - REQUIRED == {"git_revision", "duration", "schedule", "series"}
+    assert set(r["metrics"]) == METRICS
+    assert set(r["metrics"]["sync_lag_ms"]) == {"p50", "p99", "max"}
+    assert all(set(i) == {"name", "verdict", "detail"} for i in r["invariants"])
+    assert [i["name"] for i in r["invariants"]] == list(INVARIANTS)
+    assert all({"at", "kind", "target", "applied"} <= set(f) for f in r["faults"])
+    again = json.loads(report.to_json(r))
+    assert again == r
+
+
+def test_metrics_from_the_history() -> None:
+    m = sample_report()["metrics"]
+    assert m["failover_ms"] == pytest.approx(310.0)
+    assert (m["flows_established_before"], m["flows_survived"]) == (40, 40)
+    assert m["hw_hit_ratio_after_failover"] == pytest.approx(1980 / 1992, abs=1e-6)
+    assert m["preinstalled_ratio_at_failover"] == 1.0
+    assert m["sync_lag_ms"]["max"] > m["sync_lag_ms"]["p99"] >= m["sync_lag_ms"]["p50"] > 0
+    # a's publish counter restarted with the process at 12.5 s: both runs count
+    assert m["events_published"] == 59 * 5 + (199 - 125) * 5
+    assert m["events_applied"] == 199 * 5 and m["bad_messages"] == 0
+
+
+def test_empty_history_gives_empty_metrics_and_an_unknown_verdict() -> None:
+    r = report.build(scenario="x", seed=0, backend="local", results=(), history=History())
+    assert r["verdict"] == "unknown" and r["faults"] == [] and r["series"] == {}
+    assert r["metrics"]["failover_ms"] is None and r["metrics"]["sync_lag_ms"]["p50"] is None
+    page = report.render_html(r)
+    assert "No fault was injected" in page and "No sync-lag samples" in page
+
+
+def test_faults_show_whether_they_fired() -> None:
+    faults = sample_report()["faults"]
+    assert [(f["kind"], f["target"], f["applied"], f["heal_at"], f["healed"])
+            for f in faults] == [("kill", "a", True, 12.0, True),
+                                 ("sync_delay", "b", True, 10.0, True),
+                                 ("card_insert_fail", "b", False, 15.0, True)]
+    assert faults[2]["detail"] == "control API refused"
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert report.percentile(values, 50) == 50 and report.percentile(values, 99) == 99
+    assert report.percentile([3.0], 99) == 3.0
+
+
+def test_git_revision_reads_the_checkout(tmp_path: Path) -> None:
+    git = tmp_path / ".git"
+    (git / "refs" / "heads").mkdir(parents=True)
+    (git / "HEAD").write_text("ref: refs/heads/main\n")
+    assert report.git_revision(tmp_path) is None
+    (git / "packed-refs").write_text("# pack-refs\n" + "a" * 40 + " refs/heads/main\n")
+    assert report.git_revision(tmp_path) == "a" * 40
+    (git / "refs" / "heads" / "main").write_text("b" * 40 + "\n")
+    assert report.git_revision(tmp_path) == "b" * 40
+    repo = Path(__file__).resolve().parents[2]
+    if (repo / ".git").exists():
+        rev = report.git_revision(repo)
+        assert rev is not None and len(rev) == 40
+
+
+# ---------------------------------------------------------------- report.html
+def test_html_is_one_self_contained_page() -> None:
+    page = report.render_html(sample_report())
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    lowered = page.lower()
+    for outside in ("http://", "https://", "<script", "<link", "src=", "@import", "url("):
+        assert outside not in lowered, outside
+    assert page.count("<svg") == 5  # timeline, rates of a and b, table sizes, histogram
+    for heading in ("Verdict", "Fault timeline", "Packet rates per node", "Table sizes",
+                    "Sync lag", "Fault schedule"):
+        assert f"<h2>{heading}</h2>" in page
+    assert "card_insert_fail (not applied)" in page
+
+
+def test_html_escapes_what_it_shows() -> None:
+    r = sample_report()
+    r["scenario"] = "<b>x</b>"
+    r["invariants"][0]["detail"] = "a < b & c"
+    page = report.render_html(r)
+    assert "<b>x</b>" not in page and "&lt;b&gt;x&lt;/b&gt;" in page
+    assert "a &lt; b &amp; c" in page
+
+
+def test_write_puts_both_files(tmp_path: Path) -> None:
+    js, page = report.write(tmp_path / "out", sample_report())
+    assert json.loads(js.read_text())["scenario"] == "failover-basic"
+    assert page.read_text().startswith("<!DOCTYPE html>")
+
+
+def _png_pixels(data: bytes) -> tuple[int, int, Counter[int]]:
+    """Decode an 8-bit RGB/RGBA PNG (what Chromium writes): its size and how
+    many pixels have each colour (0xRRGGBB)."""
+    import numpy as np
+
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat = 8, b""
+    width = height = depth = colour = 0
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            width, height, depth, colour = struct.unpack(">IIBB", body[:10])
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+    assert depth == 8 and colour in (2, 6), (depth, colour)
+    bpp = 3 if colour == 2 else 4
+    stride = width * bpp
+    raw = np.frombuffer(zlib.decompress(idat), dtype=np.uint8).reshape(height, stride + 1)
+    out = np.zeros((height, stride), dtype=np.uint8)
+    prev = np.zeros(stride, dtype=np.uint8)
+    for y in range(height):
+        ftype, line = int(raw[y, 0]), raw[y, 1:]
+        if ftype == 0:
+            cur = line.copy()
+        elif ftype == 1:  # Sub: a running sum per channel
+            cur = (np.cumsum(line.reshape(width, bpp).astype(np.uint32), axis=0) % 256) \
+                .astype(np.uint8).reshape(stride)
+        elif ftype == 2:  # Up
+            cur = line + prev
+        else:  # Average, Paeth: byte by byte
+            cur_b, up = bytearray(line.tobytes()), prev.tobytes()
+            for i in range(stride):
+                a = cur_b[i - bpp] if i >= bpp else 0
+                b, c = up[i], up[i - bpp] if i >= bpp else 0
+                if ftype == 3:
+                    cur_b[i] = (cur_b[i] + (a + b) // 2) & 0xFF
+                else:
+                    p = a + b - c
+                    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                    pred = a if pa <= pb and pa <= pc else b if pb <= pc else c
+                    cur_b[i] = (cur_b[i] + pred) & 0xFF
+            cur = np.frombuffer(bytes(cur_b), dtype=np.uint8)
+        out[y] = cur
+        prev = cur
+    rgb = out.reshape(height, width, bpp)[:, :, :3].astype(np.uint32)
+    packed = (rgb[:, :, 0] << 16) | (rgb[:, :, 1] << 8) | rgb[:, :, 2]
+    values, counts = np.unique(packed, return_counts=True)
+    return width, height, Counter(dict(zip(values.tolist(), counts.tolist(), strict=True)))
+
+
+def test_the_page_renders_in_headless_chromium(tmp_path: Path) -> None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is not installed (.ci/run installs Debian's chromium)")
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    page = tmp_path / "report.html"
+    page.write_text(report.render_html(sample_report()), encoding="utf-8")
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+         f"--screenshot={shot}", "--window-size=1280,1600", page.as_uri()],
+        check=True, capture_output=True, timeout=120)
+    assert shot.is_file() and shot.stat().st_size > 10_000
+    width, height, colours = _png_pixels(shot.read_bytes())
+    assert (width, height) == (1280, 1600)
+    background, share = colours.most_common(1)[0]
+    assert background == 0xFFFFFF
+    assert share / (width * height) < 0.9, "the page is (nearly) blank"
+    assert len(colours) > 50  # text, badges, plots: many colours
