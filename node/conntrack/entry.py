@@ -73,23 +73,41 @@ def event_names(bits: int) -> list[str]:
     return [name for i, name in enumerate(EVENT_NAMES) if bits & (1 << i)]
 
 
+class EntryExt:
+    """The parts of an entry most connections never use, created on first use,
+    as the kernel keeps them in extensions (nf_ct_ext: helper, NAT, labels,
+    accounting) rather than in struct nf_conn. Read and written through the
+    Entry properties of the same names."""
+
+    __slots__ = ("acct", "expect_count", "helper", "helper_data", "labels", "master", "nat")
+
+    def __init__(self) -> None:
+        self.helper: str | None = None
+        self.helper_data: Any = None  # the helper's private state (nf_ct_ftp_master ...)
+        self.master: Entry | None = None
+        self.nat: Any = None  # NAT binding (nat.NatBinding) once set up
+        self.labels = 0  # 128-bit label bitmap, bit N = label N
+        self.expect_count = 0  # expectations this entry is the master of
+        # packets orig, bytes orig, packets reply, bytes reply (nf_conn_acct)
+        self.acct: list[int] | None = None
+
+
 class Entry:
-    """One tracked connection. `expires_at` is absolute, in the engine's clock."""
+    """One tracked connection. `expires_at` is absolute, in the engine's clock.
+
+    helper, helper_data, master, nat, labels, expect_count and acct live in
+    `ext` (an EntryExt, None until one of them is set); they read as their
+    defaults (None, 0) until then. `acct` is created when first read: the
+    table counts packets only with nf_conntrack_acct=1, as the kernel does."""
 
     __slots__ = (
-        "acct",
         "created",
         "events",
-        "expect_count",
         "expires_at",
+        "ext",
         "heap_at",
-        "helper",
-        "helper_data",
         "id",
-        "labels",
         "mark",
-        "master",
-        "nat",
         "orig",
         "proto",
         "reply",
@@ -106,18 +124,85 @@ class Entry:
         self.created = now
         self.expires_at = now
         self.timeout = 0.0  # the last timeout set, in seconds (for display and replication)
-        self.heap_at = float("inf")  # time of this entry's item in the expiry heap
+        self.heap_at = float("inf")  # time of this entry's latest expiry timer
         self.mark = 0
-        self.labels = 0  # 128-bit label bitmap, bit N = label N
-        self.helper: str | None = None
-        self.helper_data: Any = None  # the helper's private state (nf_ct_ftp_master ...)
-        self.master: Entry | None = None
         self.proto: Any = None  # the L4 tracker's state (TcpConn, ...)
-        self.nat: Any = None  # NAT binding (nat.NatBinding) once set up
         self.events = 0  # IPCT_* bits cached until delivery (nf_conntrack_ecache)
-        self.acct = [0, 0, 0, 0]  # packets orig, bytes orig, packets reply, bytes reply
-        self.expect_count = 0
+        self.ext: EntryExt | None = None
         self.id = entry_id
+
+    def _ext(self) -> EntryExt:
+        ext = self.ext
+        if ext is None:
+            ext = self.ext = EntryExt()
+        return ext
+
+    # The extension's fields. A setter given the default value creates nothing.
+    @property
+    def helper(self) -> str | None:
+        return None if self.ext is None else self.ext.helper
+
+    @helper.setter
+    def helper(self, value: str | None) -> None:
+        if value is not None or self.ext is not None:
+            self._ext().helper = value
+
+    @property
+    def helper_data(self) -> Any:
+        return None if self.ext is None else self.ext.helper_data
+
+    @helper_data.setter
+    def helper_data(self, value: Any) -> None:
+        if value is not None or self.ext is not None:
+            self._ext().helper_data = value
+
+    @property
+    def master(self) -> Entry | None:
+        return None if self.ext is None else self.ext.master
+
+    @master.setter
+    def master(self, value: Entry | None) -> None:
+        if value is not None or self.ext is not None:
+            self._ext().master = value
+
+    @property
+    def nat(self) -> Any:
+        return None if self.ext is None else self.ext.nat
+
+    @nat.setter
+    def nat(self, value: Any) -> None:
+        if value is not None or self.ext is not None:
+            self._ext().nat = value
+
+    @property
+    def labels(self) -> int:
+        return 0 if self.ext is None else self.ext.labels
+
+    @labels.setter
+    def labels(self, value: int) -> None:
+        if value or self.ext is not None:
+            self._ext().labels = value
+
+    @property
+    def expect_count(self) -> int:
+        return 0 if self.ext is None else self.ext.expect_count
+
+    @expect_count.setter
+    def expect_count(self, value: int) -> None:
+        if value or self.ext is not None:
+            self._ext().expect_count = value
+
+    @property
+    def acct(self) -> list[int]:
+        """[packets orig, bytes orig, packets reply, bytes reply], mutable in place."""
+        ext = self._ext()
+        if ext.acct is None:
+            ext.acct = [0, 0, 0, 0]
+        return ext.acct
+
+    @acct.setter
+    def acct(self, value: list[int]) -> None:
+        self._ext().acct = value
 
     @property
     def confirmed(self) -> bool:

@@ -7,6 +7,13 @@ Transcribes the flow of Linux 6.18 nf_conntrack_core.c:
   expire()   the GC worker and the per-lookup nf_ct_is_expired() check
 Time is an argument everywhere; nothing here reads a clock.
 
+Expiry timers are kept as the kernel's timer wheel does (kernel/time/timer.c):
+far timers go into one-second slots (a list of entries per second, no object
+per timer); a slot's entries move into an exact heap of (time, id, entry) when
+its second comes (or when next_deadline() must look inside it). Timers are
+never cancelled: an entry whose timeout moved leaves a stale timer behind,
+recognised by `entry.heap_at`, the time of its latest one.
+
 An uncommitted packet is tracked (it gets an entry and a ctinfo) but the entry
 is not inserted: the next packet of the flow is NEW again. Only confirm()
 inserts, as act_ct without `commit` behaves.
@@ -15,8 +22,10 @@ inserts, as act_ct without `commit` behaves.
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, NamedTuple
 
 from node.conntrack import l4proto
@@ -72,6 +81,7 @@ from node.packet import (
 IPPROTO_UDPLITE = 136
 IPPROTO_SCTP = 132
 GRE_PROTO_PPP = 0x880B
+_TCP_UDP = frozenset((IPPROTO_TCP, IPPROTO_UDP))
 
 # Explicit registry of layer-4 trackers (nf_ct_l4proto_find()).
 TRACKERS: dict[int, l4proto.L4Tracker] = {
@@ -92,6 +102,16 @@ ICMPV6_UNTRACKED = frozenset((130, 131, 132, 133, 134, 135, 136, 143))
 EARLY_DROP_SCAN = 256  # entries looked at for an unassured victim (kernel: 8 buckets)
 
 INVALID_CTINFO = -1
+ACCEPT = l4proto.ACCEPT
+REPEAT = l4proto.REPEAT
+_NF_REPEAT = (1, 2, 3)  # track()'s NF_REPEAT loop: three tries
+
+# NamedTuple construction without the Python-level __new__ that Tuple(...) and
+# CtResult(...) run (one interpreter frame per packet on the hot path).
+_new_tuple = tuple.__new__
+# What the hash table is keyed by: Tuples, and looked up with plain tuples equal
+# to them (a NamedTuple hashes and compares as the plain tuple of its fields).
+_Key = tuple[int, int, bytes, bytes, int, int]
 
 
 class CtResult(NamedTuple):
@@ -142,9 +162,14 @@ class Conntrack:
         self.emit_events = events
         self.helpers: Mapping[str, Any] = HELPERS if helpers is None else helpers
         self.expect = ExpectTable(sysctl.nf_conntrack_expect_max)
-        self._zones: dict[int, dict[Tuple, Entry]] = {}
-        self._entries: dict[int, Entry] = {}  # by id, in creation order
-        self._heap: list[tuple[float, int, Entry]] = []
+        # zone -> {orig tuple: entry, reply tuple: entry}: the hash table. It
+        # is also the list of entries (the orig keys' values, in the order they
+        # were inserted): no other index of them is kept.
+        self._zones: dict[int, dict[_Key, Entry]] = {}
+        self._count = 0  # confirmed entries
+        self._wheel: dict[int, list[Entry]] = {}  # second -> entries with a timer in it
+        self._seconds: list[int] = []  # the wheel's seconds (a heap)
+        self._heap: list[tuple[float, int, Entry]] = []  # timers of due (or looked-at) seconds
         self._events: list[CtEvent] = []
         self._next_id = 1
         # Entries destroyed while in a flow table (IPS_OFFLOAD), for its GC's
@@ -155,10 +180,19 @@ class Conntrack:
 
     # ------------------------------------------------------------------ lookup
     def __len__(self) -> int:
-        return len(self._entries)
+        return self._count
 
     def entries(self) -> Iterator[Entry]:
-        return iter(list(self._entries.values()))
+        return iter(list(self._iter_entries()))
+
+    def _iter_entries(self) -> Iterator[Entry]:
+        """Every confirmed entry once, oldest first: in insertion order within a
+        zone, and the zones merged by id (creation order, which is insertion
+        order unless an entry was confirmed long after it was tracked)."""
+        zmaps = [zmap for zmap in self._zones.values() if zmap]
+        if len(zmaps) == 1:
+            return _entries_of(zmaps[0])
+        return heapq.merge(*map(_entries_of, zmaps), key=attrgetter("id"))
 
     def find(self, t: Tuple, zone: int = 0) -> Entry | None:
         zmap = self._zones.get(zone)
@@ -187,28 +221,40 @@ class Conntrack:
         proto = pkt.proto
         zone = template.zone
         l4 = pkt.l4
-        if proto in (IPPROTO_ICMP, IPPROTO_ICMPV6):
-            if not isinstance(l4, Icmp) or (proto == IPPROTO_ICMP) != (pkt.family == 4):
-                return self._count_invalid("short or misplaced ICMP header")
-            if not pkt.l4_csum_ok and self.sysctl.nf_conntrack_checksum:
-                return self._count_invalid("bad ICMP checksum")
-            if proto == IPPROTO_ICMPV6 and l4.type in ICMPV6_UNTRACKED:
-                self.stats["untracked"] += 1
-                return UNTRACKED
-            if (l4.type in ICMP_ERROR_TYPES) if proto == IPPROTO_ICMP else l4.type < 128:
-                return self._related_error(pkt, l4, zone, now)
-        elif proto in (IPPROTO_TCP, IPPROTO_UDP):
+        t: _Key
+        if proto in _TCP_UDP:
             if l4 is None:
                 return self._count_invalid("truncated L4 header")
-        elif proto == IPPROTO_GRE and isinstance(l4, Gre) and l4.version == 1 \
-                and l4.proto != GRE_PROTO_PPP:
-            return self._count_invalid("GRE v1 without PPP payload")
-        t = tuple_of(pkt)
-        tracker = TRACKERS.get(proto, GENERIC)
-        for _ in range(3):  # NF_REPEAT loop
-            entry = self._find_live(t, zone, now)
+            # tuple_of(pkt) as a plain tuple, for the lookup (see _Key); made a
+            # Tuple only if it becomes a new entry's.
+            t = (pkt.family, proto, pkt.src, pkt.dst, l4.sport, l4.dport)  # type: ignore[union-attr]
+            tracker = TRACKERS[proto]
+        else:
+            if proto in (IPPROTO_ICMP, IPPROTO_ICMPV6):
+                if not isinstance(l4, Icmp) or (proto == IPPROTO_ICMP) != (pkt.family == 4):
+                    return self._count_invalid("short or misplaced ICMP header")
+                if not pkt.l4_csum_ok and self.sysctl.nf_conntrack_checksum:
+                    return self._count_invalid("bad ICMP checksum")
+                if proto == IPPROTO_ICMPV6 and l4.type in ICMPV6_UNTRACKED:
+                    self.stats["untracked"] += 1
+                    return UNTRACKED
+                if (l4.type in ICMP_ERROR_TYPES) if proto == IPPROTO_ICMP else l4.type < 128:
+                    return self._related_error(pkt, l4, zone, now)
+            elif proto == IPPROTO_GRE and isinstance(l4, Gre) and l4.version == 1 \
+                    and l4.proto != GRE_PROTO_PPP:
+                return self._count_invalid("GRE v1 without PPP payload")
+            t = tuple_of(pkt)
+            tracker = TRACKERS.get(proto, GENERIC)
+        zmap = self._zones.get(zone)
+        for _ in _NF_REPEAT:
+            # _find_live(), inline for the hot path
+            entry = zmap.get(t) if zmap else None
+            if entry is not None and entry.expires_at <= now:
+                self._destroy(entry, now)  # nf_ct_gc_expired()
+                self.stats["expired"] += 1
+                entry = None
             if entry is None:
-                created = self._init_conntrack(t, zone, now, template)
+                created = self._init_conntrack(_new_tuple(Tuple, t), zone, now, template)
                 if isinstance(created, CtResult):
                     return created
                 entry, direction = created, ORIGINAL
@@ -225,7 +271,7 @@ class Conntrack:
             else:
                 ctinfo = IP_CT_NEW
             ret = tracker.packet(self, entry, pkt, direction, ctinfo, now)
-            if ret == l4proto.REPEAT:
+            if ret == REPEAT:
                 continue
             if ret <= 0:
                 if ret == l4proto.DROP:
@@ -235,10 +281,11 @@ class Conntrack:
             if direction and not status & IPS_SEEN_REPLY:
                 entry.status |= IPS_SEEN_REPLY
                 entry.events |= IPCT_REPLY
-            acct = entry.acct
-            acct[2 * direction] += 1
-            acct[2 * direction + 1] += pkt.length
-            return CtResult(entry, ctinfo)
+            if self.sysctl.nf_conntrack_acct:  # nf_ct_acct_update()
+                acct = entry.acct
+                acct[2 * direction] += 1
+                acct[2 * direction + 1] += pkt.length
+            return _new_tuple(CtResult, (entry, ctinfo, ACCEPT, ""))
         return self._count_invalid("repeated NF_REPEAT")
 
     def _count_invalid(self, reason: str) -> CtResult:
@@ -268,7 +315,7 @@ class Conntrack:
         reply = t.invert()
         if reply is None:
             return self._count_invalid("cannot invert tuple")
-        if len(self._entries) >= self.sysctl.nf_conntrack_max and not self._early_drop(now):
+        if self._count >= self.sysctl.nf_conntrack_max and not self._early_drop(now):
             self.stats["drop"] += 1
             return CtResult(None, INVALID_CTINFO, l4proto.DROP, "table full, dropping packet")
         entry = Entry(t, reply, zone, now, self._next_id)
@@ -288,7 +335,7 @@ class Conntrack:
 
     def _early_drop(self, now: float) -> bool:
         """early_drop(): evict one unassured entry (oldest first, bounded scan)."""
-        for i, entry in enumerate(self._entries.values()):
+        for i, entry in enumerate(self._iter_entries()):
             if i >= EARLY_DROP_SCAN:
                 break
             if entry.expires_at <= now or not entry.status & IPS_ASSURED:
@@ -322,7 +369,7 @@ class Conntrack:
         zmap[entry.orig] = entry
         zmap[entry.reply] = entry
         entry.status |= IPS_CONFIRMED
-        self._entries[entry.id] = entry
+        self._count += 1
         self.stats["insert"] += 1
         entry.events |= IPCT_RELATED if entry.status & IPS_EXPECTED else IPCT_NEW
         self._schedule(entry)
@@ -344,7 +391,14 @@ class Conntrack:
                template: Template = DEFAULT_TEMPLATE) -> CtResult:
         """track + help + confirm: what iptables does for every packet, and what
         `action ct commit` does in tc."""
-        return self.commit_tracked(self.track(pkt, now, template), pkt, now)
+        res = self.track(pkt, now, template)
+        entry = res[0]
+        if entry is not None and entry.status & IPS_CONFIRMED and not entry.events:
+            # An established flow without a helper: help() and confirm() would do nothing.
+            ext = entry.ext
+            if ext is None or ext.helper is None:
+                return res
+        return self.commit_tracked(res, pkt, now)
 
     def commit_tracked(self, res: CtResult, pkt: Packet, now: float) -> CtResult:
         """help + confirm for a packet track() has already classified."""
@@ -363,8 +417,7 @@ class Conntrack:
         at = now + seconds
         entry.expires_at = at
         if at < entry.heap_at and entry.status & IPS_CONFIRMED:
-            entry.heap_at = at
-            heapq.heappush(self._heap, (at, entry.id, entry))
+            self._add_timer(entry, at)  # sooner than its timer: another one
 
     def set_mark(self, entry: Entry, value: int, mask: int = 0xFFFFFFFF) -> None:
         """act_ct's mark rule: new = value | (old & ~mask); no-op with mask 0."""
@@ -402,13 +455,12 @@ class Conntrack:
 
     def _destroy(self, entry: Entry, now: float) -> None:
         zmap = self._zones.get(entry.zone)
-        if zmap is not None:
-            if zmap.get(entry.orig) is entry:
-                del zmap[entry.orig]
-            if zmap.get(entry.reply) is entry:
-                del zmap[entry.reply]
-        if self._entries.pop(entry.id, None) is None:
-            return
+        if zmap is None or zmap.get(entry.orig) is not entry:
+            return  # not in the table (any more)
+        del zmap[entry.orig]
+        if zmap.get(entry.reply) is entry:
+            del zmap[entry.reply]
+        self._count -= 1
         entry.status |= IPS_DYING
         if self.offload_gone is not None and entry.status & IPS_OFFLOAD:
             self.offload_gone.append(entry)
@@ -432,18 +484,40 @@ class Conntrack:
         zmap[entry.reply] = entry
         entry.status |= IPS_CONFIRMED
         entry.heap_at = float("inf")
-        self._entries[entry.id] = entry
+        self._count += 1
         self._schedule(entry)
         return True
 
     def _schedule(self, entry: Entry) -> None:
         if entry.expires_at < entry.heap_at:
-            entry.heap_at = entry.expires_at
-            heapq.heappush(self._heap, (entry.expires_at, entry.id, entry))
+            self._add_timer(entry, entry.expires_at)
+
+    def _add_timer(self, entry: Entry, at: float) -> None:
+        """A timer for `entry` at `at`, in the wheel: the slot of its second."""
+        entry.heap_at = at
+        second = math.floor(at)
+        slot = self._wheel.get(second)
+        if slot is None:
+            self._wheel[second] = [entry]
+            heapq.heappush(self._seconds, second)
+        else:
+            slot.append(entry)
+
+    def _open_second(self) -> None:
+        """Move the wheel's first second into the exact heap (its live timers)."""
+        second = heapq.heappop(self._seconds)
+        heap = self._heap
+        for entry in self._wheel.pop(second):
+            at = entry.heap_at
+            if second <= at < second + 1 and not entry.status & IPS_DYING:
+                heapq.heappush(heap, (at, entry.id, entry))
 
     # ------------------------------------------------------------------ time
     def expire(self, now: float) -> int:
         """Remove every entry (and expectation) whose timeout has passed."""
+        seconds = self._seconds
+        while seconds and seconds[0] <= now:
+            self._open_second()
         heap = self._heap
         gone = 0
         while heap and heap[0][0] <= now:
@@ -463,8 +537,13 @@ class Conntrack:
     def next_deadline(self) -> float | None:
         """The earliest time at which expire() may have work (a lower bound)."""
         heap = self._heap
-        while heap and (heap[0][0] != heap[0][2].heap_at or heap[0][2].status & IPS_DYING):
-            heapq.heappop(heap)
+        seconds = self._seconds
+        while True:
+            while heap and (heap[0][0] != heap[0][2].heap_at or heap[0][2].status & IPS_DYING):
+                heapq.heappop(heap)
+            if not seconds or (heap and heap[0][0] <= seconds[0]):
+                break
+            self._open_second()  # it may hold a sooner timer
         candidates = [heap[0][0]] if heap else []
         exp = self.expect.next_deadline()
         if exp is not None:
@@ -472,7 +551,7 @@ class Conntrack:
         return min(candidates) if candidates else None
 
     def flush(self, now: float) -> None:
-        for entry in list(self._entries.values()):
+        for entry in self.entries():
             self._destroy(entry, now)
         self.expect.clear()
 
@@ -483,7 +562,8 @@ class Conntrack:
 
     def view(self, entry: Entry, now: float) -> CtView:
         tracker = TRACKERS.get(entry.orig.proto, GENERIC)
-        acct = entry.acct
+        ext = entry.ext
+        acct = ext.acct if ext is not None and ext.acct is not None else _NO_ACCT
         return CtView(
             id=entry.id, orig=entry.orig, reply=entry.reply, zone=entry.zone,
             status=entry.status, proto_state=tracker.state_name(entry),
@@ -493,4 +573,12 @@ class Conntrack:
             bytes=(acct[1], acct[3]))
 
     def dump(self, now: float) -> list[CtView]:
-        return [self.view(e, now) for e in self._entries.values()]
+        return [self.view(e, now) for e in self._iter_entries()]
+
+
+_NO_ACCT = (0, 0, 0, 0)
+
+
+def _entries_of(zmap: dict[_Key, Entry]) -> Iterator[Entry]:
+    """The entries of one zone's map: each is the value of its orig tuple."""
+    return (entry for t, entry in zmap.items() if t is entry.orig)

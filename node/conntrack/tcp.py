@@ -6,12 +6,17 @@
   tcp_options()        tcp_options();  _sack_edge(): tcp_sack()
 
 The state table and constants are in tcp_table.py. Per-connection state lives
-in `entry.proto` (a TcpConn, the kernel's struct ip_ct_tcp) and per-direction
-state in TcpConn.seen[dir] (a TcpPeer, struct ip_ct_tcp_state).
+in `entry.proto` (a TcpConn, the kernel's struct ip_ct_tcp), both directions'
+struct ip_ct_tcp_state included, as flat slots; `TcpConn.seen[dir]` gives a
+TcpPeer view of one direction.
 
 Sequence arithmetic is the kernel's u32 arithmetic: every stored number is kept
-in [0, 2**32) and before()/after() compare modulo 2**32 (written inline on the
-hot path as `((a - b) & M) >= H`, i.e. before(a, b)).
+in [0, 2**32) and before()/after() compare modulo 2**32, written inline as
+`((a - b) & M) >= H`, i.e. before(a, b). tcp_in_window()'s window checks, the
+hot path, write the same test as `(a - b) >> 31 & 1` (bit 31 of the
+difference): a - b is small there, and CPython shifts and masks a one-digit
+int without allocating, while `& M` or `& H` (two-digit constants) always take
+the arbitrary-precision path.
 
 Not modelled: NAT sequence adjustment (nf_ct_seq_offset() is taken as 0: this
 engine has no seqadj), the SYN proxy keep-alive special case, and cttimeout
@@ -86,7 +91,7 @@ if TYPE_CHECKING:
 __all__ = ["TCP_CONNTRACKS", "TcpConn", "TcpPeer", "TcpState", "TcpTracker", "tcp_in_window"]
 
 M = 0xFFFFFFFF  # u32
-H = 0x80000000  # before(a, b) <=> ((a - b) & M) >= H
+H = 0x80000000  # before(a, b) <=> ((a - b) & M) >= H <=> (a - b) >> 31 & 1
 
 
 # tcp_in_window()'s verdicts (enum nf_ct_tcp_action)
@@ -106,18 +111,50 @@ _Step = tuple[int, int, int, bool]
 _SWITCH = tuple(s in (sSS, sIG, sIV, sTW, sS2, sSR, sCL) for s in range(sIG + 1))
 
 
-class TcpPeer:
-    """struct ip_ct_tcp_state: what conntrack knows of one direction's sender."""
+class _PeerField:
+    """One field of struct ip_ct_tcp_state. TcpConn stores both directions'
+    copies as flat slots (`td_end0`, `td_end1` ...); a TcpPeer reads and writes
+    its direction's copy through this descriptor."""
 
-    __slots__ = ("flags", "td_end", "td_maxack", "td_maxend", "td_maxwin", "td_scale")
+    __slots__ = ("slots",)
 
     def __init__(self) -> None:
-        self.td_end = 0  # max(seq + len) sent
-        self.td_maxend = 0  # max(ack + max(win, 1)) the peer allows
-        self.td_maxwin = 0  # max(win) (0: nothing seen from this side yet)
-        self.td_maxack = 0  # max(ack) sent
-        self.td_scale = 0  # window scale factor
-        self.flags = 0  # IP_CT_TCP_FLAG_*
+        self.slots = ("", "")
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slots = (name + "0", name + "1")
+
+    def __get__(self, peer: TcpPeer, owner: type | None = None) -> int:
+        return getattr(peer.conn, self.slots[peer.direction])
+
+    def __set__(self, peer: TcpPeer, value: int) -> None:
+        setattr(peer.conn, self.slots[peer.direction], value)
+
+
+class TcpPeer:
+    """struct ip_ct_tcp_state: what conntrack knows of one direction's sender.
+
+    A view of one direction of a TcpConn (`conn.seen[dir]`), whose fields it
+    reads and writes. TcpPeer() is a standalone one (backed by a private
+    TcpConn); assigning a pair of them to `conn.seen` copies their fields."""
+
+    __slots__ = ("conn", "direction")
+
+    td_end = _PeerField()  # max(seq + len) sent
+    td_maxend = _PeerField()  # max(ack + max(win, 1)) the peer allows
+    td_maxwin = _PeerField()  # max(win) (0: nothing seen from this side yet)
+    td_maxack = _PeerField()  # max(ack) sent
+    td_scale = _PeerField()  # window scale factor
+    flags = _PeerField()  # IP_CT_TCP_FLAG_*
+
+    conn: TcpConn
+    direction: int
+
+    def __new__(cls, conn: TcpConn | None = None, direction: int = ORIGINAL) -> TcpPeer:
+        self = object.__new__(cls)
+        self.conn = TcpConn() if conn is None else conn
+        self.direction = direction
+        return self
 
     def export(self) -> dict[str, int]:
         return {"td_end": self.td_end, "td_maxend": self.td_maxend, "td_maxwin": self.td_maxwin,
@@ -136,18 +173,33 @@ class TcpPeer:
         self.td_end = self.td_maxend = self.td_maxwin = self.td_maxack = self.td_scale = 0
         self.flags &= IP_CT_TCP_FLAG_BE_LIBERAL
 
+    def __repr__(self) -> str:
+        return f"<TcpPeer {('orig', 'reply')[self.direction]} {self.export()}>"
+
+
+_PEER_FIELDS = ("td_end", "td_maxend", "td_maxwin", "td_maxack", "td_scale", "flags")
+
 
 class TcpConn:
     """struct ip_ct_tcp: the connection's state, in `entry.proto`.
 
+    The two struct ip_ct_tcp_state (`seen[ORIGINAL]`, `seen[REPLY]`) are flat
+    slots here, suffixed with the direction (`td_end0` is seen[0].td_end): two
+    objects and a tuple less per connection. `seen` gives TcpPeer views of them.
+
     A fresh TcpConn is all zeros, as a ctnetlink-created entry is (so
     last_index is SYN_SET); tcp_new() sets last_index to NONE_SET."""
 
-    __slots__ = ("last_ack", "last_dir", "last_end", "last_flags", "last_index", "last_seq",
-                 "last_win", "last_wscale", "retrans", "seen", "state")
+    __slots__ = ("flags0", "flags1", "last_ack", "last_dir", "last_end", "last_flags",
+                 "last_index", "last_seq", "last_win", "last_wscale", "retrans", "state",
+                 "td_end0", "td_end1", "td_maxack0", "td_maxack1", "td_maxend0", "td_maxend1",
+                 "td_maxwin0", "td_maxwin1", "td_scale0", "td_scale1")
 
     def __init__(self) -> None:
-        self.seen = (TcpPeer(), TcpPeer())
+        self.td_end0 = self.td_maxend0 = self.td_maxwin0 = self.td_maxack0 = 0
+        self.td_scale0 = self.flags0 = 0
+        self.td_end1 = self.td_maxend1 = self.td_maxwin1 = self.td_maxack1 = 0
+        self.td_scale1 = self.flags1 = 0
         self.state = sNO
         self.last_dir = ORIGINAL
         self.last_index = SYN_SET
@@ -158,6 +210,19 @@ class TcpConn:
         self.last_wscale = 0
         self.last_flags = 0
         self.retrans = 0
+
+    @property
+    def seen(self) -> tuple[TcpPeer, TcpPeer]:
+        return TcpPeer(self, ORIGINAL), TcpPeer(self, REPLY)
+
+    @seen.setter
+    def seen(self, peers: tuple[TcpPeer, TcpPeer]) -> None:
+        # Read both first: the peers may be views of this very connection.
+        rows = [[getattr(peer, name) for name in _PEER_FIELDS] for peer in peers]
+        for direction, row in enumerate(rows):
+            view = TcpPeer(self, direction)
+            for name, value in zip(_PEER_FIELDS, row, strict=True):
+                setattr(view, name, value)
 
     def __repr__(self) -> str:
         s0, s1 = self.seen
@@ -285,10 +350,9 @@ def tcp_in_window(conn: TcpConn, direction: int, index: int, th: Tcp, paylen: in
     nf_conntrack_tcp_be_liberal sysctl. Returns NFCT_TCP_*; an INVALID or IGNORE
     verdict becomes ACCEPT when the sender is BE_LIBERAL (nf_tcp_log_invalid()).
 
-    The hot path of established traffic: fields are read into locals once."""
-    seen = conn.seen
-    sender = seen[direction]
-    receiver = seen[1 - direction]
+    The hot path of established traffic: both peers' fields are read into
+    locals once and written back once (they are flat slots of TcpConn; the
+    `if direction:` blocks only pick which copy is the sender's)."""
     flags = th.flags
     seq = th.seq
     ack = sack = th.ack
@@ -297,7 +361,7 @@ def tcp_in_window(conn: TcpConn, direction: int, index: int, th: Tcp, paylen: in
     if flags & 0x03:  # SYN|FIN
         end = (end + (flags >> 1 & 1) + (flags & 1)) & M  # SYN and FIN count 1
 
-    if receiver.flags & IP_CT_TCP_FLAG_SACK_PERM:
+    if (conn.flags0 if direction else conn.flags1) & IP_CT_TCP_FLAG_SACK_PERM:  # the receiver
         raw = th.raw_options
         if raw:
             if len(raw) != 12 or raw[:4] != TS_ONLY_PREFIX:  # tcp_sack()'s fast path
@@ -306,8 +370,11 @@ def tcp_in_window(conn: TcpConn, direction: int, index: int, th: Tcp, paylen: in
             sack = _sack_edge(th, sack)
     # (NAT sequence adjustment would shift ack and sack here: no seqadj in this engine.)
 
-    if flags & 0x06 or not flags & 0x10 or not sender.td_maxwin:  # SYN|RST, no ACK, new
+    if flags & 0x06 or not flags & 0x10 \
+            or not (conn.td_maxwin1 if direction else conn.td_maxwin0):  # SYN|RST, no ACK, new
         # Not plain established traffic (most packets skip this block).
+        sender = TcpPeer(conn, direction)
+        receiver = TcpPeer(conn, 1 - direction)
         if sender.td_maxwin == 0:
             if flags & TCP_SYN:
                 _init_sender(sender, receiver, th, end, win, direction)
@@ -339,56 +406,94 @@ def tcp_in_window(conn: TcpConn, direction: int, index: int, th: Tcp, paylen: in
         if flags & TCP_RST and seq == 0 and conn.state == sSS:
             seq = end = sender.td_end  # an RST answering a SYN
 
-    r_end = receiver.td_end
-    s_end = sender.td_end
-    s_maxend = sender.td_maxend
-    s_maxwin = sender.td_maxwin
-    r_maxwin = receiver.td_maxwin
+    # The sender's (s_) and the receiver's (r_) fields, one plain statement
+    # each: packing them into tuples, or testing `direction` once per field,
+    # costs as much as the window checks themselves.
+    if direction:
+        s_end = conn.td_end1
+        s_maxend = conn.td_maxend1
+        s_maxwin = conn.td_maxwin1
+        s_maxack = conn.td_maxack1
+        s_scale = conn.td_scale1
+        s_flags = conn.flags1
+        r_end = conn.td_end0
+        r_maxend = conn.td_maxend0
+        r_maxwin = conn.td_maxwin0
+        r_flags = conn.flags0
+    else:
+        s_end = conn.td_end0
+        s_maxend = conn.td_maxend0
+        s_maxwin = conn.td_maxwin0
+        s_maxack = conn.td_maxack0
+        s_scale = conn.td_scale0
+        s_flags = conn.flags0
+        r_end = conn.td_end1
+        r_maxend = conn.td_maxend1
+        r_maxwin = conn.td_maxwin1
+        r_flags = conn.flags1
     maxackwin = s_maxwin if s_maxwin > MAXACKWINCONST else MAXACKWINCONST
-    if ((seq - s_maxend - 1) & M) < H:  # I fails: not before(seq, td_maxend + 1)
+    if not ((seq - s_maxend - 1) >> 31 & 1):  # I fails: not before(seq, td_maxend + 1)
         overshot = (end - s_maxend + 1) & M
-        ack_ok = ((r_end - maxackwin - 1 - sack) & M) >= H
-        in_recv_win = r_maxwin != 0 and ((s_end - r_maxwin - 1 - end) & M) >= H
-        if in_recv_win and ack_ok and overshot <= r_maxwin and ((sack - r_end - 1) & M) >= H:
+        ack_ok = (r_end - maxackwin - 1 - sack) >> 31 & 1
+        in_recv_win = r_maxwin != 0 and (s_end - r_maxwin - 1 - end) >> 31 & 1
+        if in_recv_win and ack_ok and overshot <= r_maxwin and (sack - r_end - 1) >> 31 & 1:
             # Data beyond the window but within one max window of it: let the
             # peer's ACK for it update the state later ("%u bytes more than expected").
+            sender = TcpPeer(conn, direction)
             sender.td_end = end
-            sender.flags |= IP_CT_TCP_FLAG_DATA_UNACKNOWLEDGED
-            return _log_invalid(sender, liberal, NFCT_TCP_IGNORE)
-        return _log_invalid(sender, liberal, NFCT_TCP_INVALID)  # "SEQ is over upper bound"
-    if ((sack - r_end - 1) & M) < H:  # III fails: sack after receiver.td_end
-        return _log_invalid(sender, liberal, NFCT_TCP_INVALID)  # "ACK is over upper bound"
-    if r_maxwin and ((s_end - r_maxwin - 1 - end) & M) < H:
+            sender.flags = s_flags | IP_CT_TCP_FLAG_DATA_UNACKNOWLEDGED
+            return _log_invalid(s_flags, liberal, NFCT_TCP_IGNORE)
+        return _log_invalid(s_flags, liberal, NFCT_TCP_INVALID)  # "SEQ is over upper bound"
+    if not ((sack - r_end - 1) >> 31 & 1):  # III fails: sack after receiver.td_end
+        return _log_invalid(s_flags, liberal, NFCT_TCP_INVALID)  # "ACK is over upper bound"
+    if r_maxwin and not ((s_end - r_maxwin - 1 - end) >> 31 & 1):
         # II fails: already-acked data retransmitted ("SEQ is under lower bound")
-        return _log_invalid(sender, liberal, NFCT_TCP_IGNORE)
-    if ((r_end - maxackwin - 1 - sack) & M) < H:
+        return _log_invalid(s_flags, liberal, NFCT_TCP_IGNORE)
+    if not ((r_end - maxackwin - 1 - sack) >> 31 & 1):
         # IV fails: "ignored ACK under lower bound (possible overly delayed)"
-        return _log_invalid(sender, liberal, NFCT_TCP_IGNORE)
+        return _log_invalid(s_flags, liberal, NFCT_TCP_IGNORE)
 
     if not flags & TCP_SYN:
-        win <<= sender.td_scale
+        win <<= s_scale
 
     # Update the sender.
     swin = (win + sack - ack) & M
     if s_maxwin < swin:
-        sender.td_maxwin = swin
-    if ((s_end - end) & M) >= H:  # after(end, td_end)
-        sender.td_end = end
-        sender.flags |= IP_CT_TCP_FLAG_DATA_UNACKNOWLEDGED
+        s_maxwin = swin
+    if (s_end - end) >> 31 & 1:  # after(end, td_end)
+        s_end = end
+        s_flags |= IP_CT_TCP_FLAG_DATA_UNACKNOWLEDGED
     if flags & TCP_ACK:
-        if not sender.flags & IP_CT_TCP_FLAG_MAXACK_SET:
-            sender.td_maxack = ack
-            sender.flags |= IP_CT_TCP_FLAG_MAXACK_SET
-        elif ((sender.td_maxack - ack) & M) >= H:
-            sender.td_maxack = ack
+        if not s_flags & IP_CT_TCP_FLAG_MAXACK_SET:
+            s_maxack = ack
+            s_flags |= IP_CT_TCP_FLAG_MAXACK_SET
+        elif (s_maxack - ack) >> 31 & 1:  # after(ack, td_maxack)
+            s_maxack = ack
 
     # Update the receiver.
-    if r_maxwin and ((s_maxend - end) & M) >= H:
-        receiver.td_maxwin = (r_maxwin + end - s_maxend) & M
-    if ((receiver.td_maxend - 1 - sack - win) & M) >= H:  # after(sack + win, td_maxend - 1)
-        receiver.td_maxend = (sack + win + (0 if win else 1)) & M
-    if ack == r_end and receiver.flags & IP_CT_TCP_FLAG_DATA_UNACKNOWLEDGED:
-        receiver.flags &= ~IP_CT_TCP_FLAG_DATA_UNACKNOWLEDGED
+    if r_maxwin and (s_maxend - end) >> 31 & 1:  # after(end, sender's td_maxend)
+        r_maxwin = (r_maxwin + end - s_maxend) & M
+    if (r_maxend - 1 - sack - win) >> 31 & 1:  # after(sack + win, td_maxend - 1)
+        r_maxend = (sack + win + (0 if win else 1)) & M
+    if ack == r_end and r_flags & IP_CT_TCP_FLAG_DATA_UNACKNOWLEDGED:
+        r_flags &= ~IP_CT_TCP_FLAG_DATA_UNACKNOWLEDGED
+
+    if direction:
+        conn.td_end1 = s_end
+        conn.td_maxwin1 = s_maxwin
+        conn.td_maxack1 = s_maxack
+        conn.flags1 = s_flags
+        conn.td_maxend0 = r_maxend
+        conn.td_maxwin0 = r_maxwin
+        conn.flags0 = r_flags
+    else:
+        conn.td_end0 = s_end
+        conn.td_maxwin0 = s_maxwin
+        conn.td_maxack0 = s_maxack
+        conn.flags0 = s_flags
+        conn.td_maxend1 = r_maxend
+        conn.td_maxwin1 = r_maxwin
+        conn.flags1 = r_flags
 
     # Count retransmissions of the same ACK segment.
     if index == ACK_SET:
@@ -405,9 +510,9 @@ def tcp_in_window(conn: TcpConn, direction: int, index: int, th: Tcp, paylen: in
     return NFCT_TCP_ACCEPT
 
 
-def _log_invalid(sender: TcpPeer, liberal: int, verdict: int) -> int:
+def _log_invalid(sender_flags: int, liberal: int, verdict: int) -> int:
     """nf_tcp_log_invalid(): a liberal sender's bad packets are accepted."""
-    if sender.flags & IP_CT_TCP_FLAG_BE_LIBERAL or liberal:
+    if sender_flags & IP_CT_TCP_FLAG_BE_LIBERAL or liberal:
         return NFCT_TCP_ACCEPT
     return verdict
 
@@ -483,10 +588,9 @@ class TcpTracker:
         conn.last_index = index
         conn.last_dir = direction
         conn.state = new_state
-        seen = conn.seen
         if old_state != new_state:
             if new_state == sFW:
-                seen[direction].flags |= IP_CT_TCP_FLAG_CLOSE_INIT
+                conn.seen[direction].flags |= IP_CT_TCP_FLAG_CLOSE_INIT
             entry.events |= IPCT_PROTOINFO
 
         timeouts = self._last_timeouts if sysctl is self._last_sysctl else self.timeouts(sysctl)
@@ -496,7 +600,7 @@ class TcpTracker:
             timeout = timeouts[TIMEOUT_RETRANS]
         elif index == RST_SET:
             timeout = timeouts[sCL]
-        elif (seen[0].flags | seen[1].flags) & IP_CT_TCP_FLAG_DATA_UNACKNOWLEDGED \
+        elif (conn.flags0 | conn.flags1) & IP_CT_TCP_FLAG_DATA_UNACKNOWLEDGED \
                 and timeout > timeouts[TIMEOUT_UNACK]:
             timeout = timeouts[TIMEOUT_UNACK]
         elif conn.last_win == 0 and timeout > timeouts[TIMEOUT_RETRANS]:
@@ -528,8 +632,7 @@ class TcpTracker:
         if new_state == sSS:
             if old_state < sTW:
                 return _CONTINUE, old_state, new_state, True
-            seen = conn.seen
-            if (seen[0].flags | seen[1].flags) & IP_CT_TCP_FLAG_CLOSE_INIT \
+            if (conn.flags0 | conn.flags1) & IP_CT_TCP_FLAG_CLOSE_INIT \
                     or (conn.last_dir == direction and conn.last_index == RST_SET):
                 # Reopening a closed or aborted connection: delete the entry and
                 # look the packet up again (it will create a new one).
@@ -569,15 +672,18 @@ class TcpTracker:
         conn: TcpConn | None = entry.proto
         if conn is None:
             conn = TcpConn()
-        s0, s1 = conn.seen
         return {
             "state": TCP_STATE_NAMES[conn.state],
-            "wscale_orig": s0.td_scale,
-            "wscale_reply": s1.td_scale,
-            "flags_orig": flag_names(s0.flags),
-            "flags_reply": flag_names(s1.flags),
-            "td_orig": s0.export(),
-            "td_reply": s1.export(),
+            "wscale_orig": conn.td_scale0,
+            "wscale_reply": conn.td_scale1,
+            "flags_orig": flag_names(conn.flags0),
+            "flags_reply": flag_names(conn.flags1),
+            "td_orig": {"td_end": conn.td_end0, "td_maxend": conn.td_maxend0,
+                        "td_maxwin": conn.td_maxwin0, "td_maxack": conn.td_maxack0,
+                        "td_scale": conn.td_scale0, "flags": conn.flags0},
+            "td_reply": {"td_end": conn.td_end1, "td_maxend": conn.td_maxend1,
+                         "td_maxwin": conn.td_maxwin1, "td_maxack": conn.td_maxack1,
+                         "td_scale": conn.td_scale1, "flags": conn.flags1},
             "last_dir": conn.last_dir,
             "last_index": conn.last_index,
             "last_seq": conn.last_seq,
@@ -632,8 +738,8 @@ class TcpTracker:
         (done when a connection is offloaded to a flow table)."""
         conn = entry.proto
         if conn is not None:
-            conn.seen[0].flags |= IP_CT_TCP_FLAG_BE_LIBERAL
-            conn.seen[1].flags |= IP_CT_TCP_FLAG_BE_LIBERAL
+            conn.flags0 |= IP_CT_TCP_FLAG_BE_LIBERAL
+            conn.flags1 |= IP_CT_TCP_FLAG_BE_LIBERAL
 
     def set_closing(self, ct: Conntrack, entry: Entry, now: float) -> None:
         """nf_conntrack_tcp_set_closing(): force CLOSE with its timeout (a flow
@@ -658,17 +764,16 @@ def _tcp_new(index: int, th: Tcp, paylen: int, sysctl: Sysctl) -> TcpConn | None
     if new_state != sSS and not sysctl.nf_conntrack_tcp_loose:
         return None
     conn = TcpConn()
-    s0 = conn.seen[0]
     flags = th.flags
-    s0.td_end = (th.seq + paylen + (1 if flags & TCP_SYN else 0)
-                 + (1 if flags & TCP_FIN else 0)) & M
-    s0.td_maxwin = th.window or 1
+    conn.td_end0 = (th.seq + paylen + (1 if flags & TCP_SYN else 0)
+                    + (1 if flags & TCP_FIN else 0)) & M
+    conn.td_maxwin0 = th.window or 1
     if new_state == sSS:
-        s0.td_maxend = s0.td_end
-        tcp_options(th, s0)
+        conn.td_maxend0 = conn.td_end0
+        tcp_options(th, TcpPeer(conn, ORIGINAL))
     else:
-        s0.td_maxend = (s0.td_end + s0.td_maxwin) & M
-        s0.flags = conn.seen[1].flags = IP_CT_TCP_FLAG_SACK_PERM | IP_CT_TCP_FLAG_BE_LIBERAL
+        conn.td_maxend0 = (conn.td_end0 + conn.td_maxwin0) & M
+        conn.flags0 = conn.flags1 = IP_CT_TCP_FLAG_SACK_PERM | IP_CT_TCP_FLAG_BE_LIBERAL
     conn.last_index = NONE_SET
     return conn
 
