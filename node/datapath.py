@@ -1,4 +1,5 @@
-"""The software datapath: a node's ports, tc on them, conntrack behind act_ct.
+"""A node's datapath: its ports, tc on them, conntrack behind act_ct, and the
+offload card in front of it all.
 
 A packet received on a port runs that port's ingress block (net/core/dev.c
 sch_handle_ingress -> tcf_classify); act_ct uses the node's conntrack table;
@@ -6,12 +7,27 @@ mirred sends the packet out of another port, where it runs that port's egress
 block (clsact egress) before it is transmitted, or into another port's
 ingress. Each packet gets a frozen Outcome: the ingress verdict, the filters
 it matched (chain, prio, handle), the ct state a later lookup would see, the
-zone, what was transmitted where, the (possibly NATed) packet, and why it was
-dropped.
+zone, what was transmitted where, the (possibly NATed) packet, why it was
+dropped, and which path it took and why.
 
-Software path only: the offload card will sit in front of `receive` (a hit is
-answered by the card, a miss comes here), and every Outcome says path="sw".
-Time is an argument; nothing here reads a clock.
+With a card (`Datapath(..., card=Card(ct))`) the packet reaches the card first
+(node.tc.offload.TcOffload: the card's tc driver). The card runs the offloaded
+filters in chain order; a ct action looks the packet up in the card's CT table.
+A packet handled entirely there took path "hw". Otherwise the card says where
+software resumes (Outcome.why is the reason): the chain (no rule in the card for
+what software would match: "no_rule"), or the filter and the action position of
+a ct action whose lookup missed ("no_entry", "fin_rst", "unsupported",
+"table_full"), as mlx5 restores chain and action (act_miss). In software, act_ct
+looks in the card's flow table before conntrack (sw_lookup) and offers what it
+tracked after commit (offer). Path "sw-fastpath": every software ct action was
+answered by the flow table; "sw": conntrack ran (or software tc ran without a
+ct action). Hardware counters reach `tc -s` at the card's bulk poll
+(poll(), every second: "used_hw_stats delayed").
+
+Without a card there is no flow table: act_ct runs conntrack for every packet
+and every Outcome says path="sw".
+Time is an argument; nothing here reads a clock: whoever owns time calls
+poll(now) at next_deadline().
 """
 
 from __future__ import annotations
@@ -22,9 +38,12 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from node.conntrack.table import Conntrack
+from node.offload.card import Card
+from node.offload.outcomes import PollResult
 from node.packet import Packet, TcpOptions, tcp
 from node.tc.model import TcModel
-from node.tc.skb import Skb
+from node.tc.offload import DEFAULT_RULE_CAPACITY, MISS_REASONS, Miss, TcOffload
+from node.tc.skb import PATH_CONNTRACK, PATH_FLOWTABLE, PATH_HW_CT, PATH_SOFTWARE, Skb
 from node.tc.verdict import (
     TC_ACT_QUEUED,
     TC_ACT_REDIRECT,
@@ -36,6 +55,10 @@ from node.tc.verdict import (
 
 PASS, DROP, STOLEN = "pass", "drop", "stolen"
 CONSUMED = frozenset((TC_ACT_STOLEN, TC_ACT_QUEUED, TC_ACT_TRAP))
+HW, SW_FASTPATH, SW = "hw", "sw-fastpath", "sw"
+PATHS = (HW, SW_FASTPATH, SW)
+CT_HIT, HW_RULE = "ct_hit", "hw_rule"  # Outcome.why of a packet handled in hardware
+_new = tuple.__new__  # a NamedTuple without its Python-level __new__ (the per-packet path)
 
 
 class Egress(NamedTuple):
@@ -60,7 +83,8 @@ class Outcome(NamedTuple):
     pkt: Packet  # the packet as tc left it (NAT applied)
     drop_reason: str = ""
     mark: int = 0
-    path: str = "sw"
+    path: str = SW  # "hw" | "sw-fastpath" | "sw"
+    why: str = ""  # hw: ct_hit | hw_rule; sw: the card's miss reason (none without a card)
 
     @property
     def ports(self) -> tuple[str, ...]:
@@ -69,54 +93,129 @@ class Outcome(NamedTuple):
 
     @property
     def forwarded(self) -> bool:
-        return any(e.sent and e.how == "redirect" for e in self.egress)
+        for e in self.egress:  # noqa: SIM110 (a loop: no generator per packet)
+            if e.sent and e.how == "redirect":
+                return True
+        return False
+
+
+class Tick(NamedTuple):
+    """What poll() did: conntrack entries expired, and the card's poll."""
+
+    at: float
+    expired: int
+    card: PollResult | None
 
 
 class Datapath:
-    """One node's software datapath (implements node.tc.skb.Env for actions)."""
+    """One node's datapath (implements node.tc.skb.Env for actions and
+    node.tc.offload.HwEnv for the card's pipeline)."""
 
     def __init__(self, ports: Iterable[str], tc: TcModel | None = None,
-                 conntrack: Conntrack | None = None, now: float = 0.0) -> None:
-        self.conntrack_table = conntrack if conntrack is not None else Conntrack()
+                 conntrack: Conntrack | None = None, now: float = 0.0, *,
+                 card: Card | None = None,
+                 rule_capacity: int = DEFAULT_RULE_CAPACITY) -> None:
+        if conntrack is None:
+            conntrack = card.ct if card is not None else Conntrack()
+        self.conntrack_table = conntrack
         self.tc = tc if tc is not None else TcModel(auto_devices=False,
                                                     helpers=self.conntrack_table.helpers)
+        # The card's tc driver; also act_ct's flow tables (env.flowtable).
+        self.offload: TcOffload | None = None
+        if card is not None:
+            if card.ct is not self.conntrack_table:
+                raise ValueError("the card serves another conntrack table")
+            self.offload = TcOffload(card, rule_capacity)
+        self.flowtable = self.offload
         for port in ports:
             self.tc.add_device(port)
+        if self.offload is not None:
+            for dev in self.tc.devices.values():
+                dev.offload = self.offload
+                for block in (dev.ingress, dev.egress):
+                    if block is not None and block.offload is None:
+                        block.offload = self.offload
         self.now = now
         self._egress: list[Egress] = []
+        self._why = ""
+        self.paths = dict.fromkeys(PATHS, 0)  # packets received, by path
+        self.misses = dict.fromkeys(MISS_REASONS, 0)  # software packets, by card miss
 
-    # ------------------------------------------------------------ Env
+    # ------------------------------------------------------------ Env / HwEnv
     @property
     def conntrack(self) -> Conntrack:
         return self.conntrack_table
 
     def mirred(self, skb: Skb, dev: str, egress: bool, redirect: bool) -> bool:
+        """Software mirred: the packet runs the target's tc in software."""
         port = self.tc.devices.get(dev)
         if port is None or not port.up:
             return True
-        how = "redirect" if redirect else "mirror"
-        skb.trace = []
-        skb.dev = dev
-        skb.reset_tc()
         block = port.egress if egress else port.ingress
-        code = block.classify(skb, self) if block is not None else -1
-        sent = code != TC_ACT_SHOT and code not in CONSUMED
-        self._egress.append(Egress(dev, skb.pkt, how, "egress" if egress else "ingress", sent,
-                                   tuple(skb.trace), skb.mark))
+        if block is None or not block.chains:  # no tc there: transmitted as it is
+            self._egress.append(_new(Egress, (dev, skb.pkt, "redirect" if redirect else "mirror",
+                                              "egress" if egress else "ingress", True, (),
+                                              skb.mark)))
+            return False
+        target = _copy(skb, dev)
+        code = block.classify(target, self)
+        skb.path |= target.path
+        self._sent(target, dev, egress, redirect, code)
         return False
+
+    def hw_mirred(self, skb: Skb, dev: str, egress: bool, redirect: bool) -> bool:
+        """mirred in the card: the target's tc runs in the card too; what the card
+        misses there is finished in software."""
+        port = self.tc.devices.get(dev)
+        if port is None or not port.up:
+            return True
+        block = port.egress if egress else port.ingress
+        if block is None or not block.chains:
+            self._egress.append(Egress(dev, skb.pkt, "redirect" if redirect else "mirror",
+                                       "egress" if egress else "ingress", True, (), skb.mark))
+            return False
+        target = _copy(skb, dev)
+        code = self._hw_then_sw(block, target)
+        skb.path |= target.path
+        self._sent(target, dev, egress, redirect, code)
+        return False
+
+    def _sent(self, target: Skb, dev: str, egress: bool, redirect: bool, code: int) -> None:
+        sent = code != TC_ACT_SHOT and code not in CONSUMED
+        self._egress.append(Egress(dev, target.pkt, "redirect" if redirect else "mirror",
+                                   "egress" if egress else "ingress", sent,
+                                   tuple(target.trace), target.mark))
+
+    def _hw_then_sw(self, block: Any, skb: Skb) -> int:
+        hw = self.offload
+        assert hw is not None
+        got = hw.classify(block, skb, self)
+        if type(got) is not Miss:
+            return got  # type: ignore[return-value]
+        if not self._why:
+            self._why = got.reason
+        skb.path |= PATH_SOFTWARE
+        return block.resume(skb, self, got.chain, got.pos, got.flt, got.act_index)
 
     # ------------------------------------------------------------ packets
     def receive(self, port: str, pkt: Packet, now: float, mark: int = 0) -> Outcome:
         """A packet arrives on `port` at time `now`."""
         self.now = now
         self.tc.now = now
-        self._egress = []
-        skb = Skb(pkt, port, mark)
+        egress = self._egress = []
         dev = self.tc.devices.get(port)
         if dev is None:
             raise KeyError(f"no port {port!r}")
+        skb = Skb(pkt, port, mark)
         block = dev.ingress
-        code = block.classify(skb, self) if block is not None else -1
+        hw = self.offload
+        if block is None:
+            code = -1
+        elif hw is None:
+            code = block.classify(skb, self)
+        else:
+            self._why = ""
+            code = self._hw_then_sw(block, skb)
         if code == TC_ACT_SHOT:
             verdict = DROP
             reason = skb.drop_reason or "TC_INGRESS"
@@ -124,14 +223,60 @@ class Datapath:
             verdict, reason = STOLEN, ""
         else:
             verdict, reason = PASS, ""
+        if hw is None or block is None:
+            path, why = SW, ""
+        else:
+            bits = skb.path
+            why = self._why
+            if not bits & PATH_SOFTWARE:
+                path, why = HW, CT_HIT if bits & PATH_HW_CT else HW_RULE
+            elif bits & PATH_CONNTRACK or not bits & PATH_FLOWTABLE:
+                path = SW
+            else:
+                path = SW_FASTPATH
+            if why in self.misses:
+                self.misses[why] += 1
+        self.paths[path] += 1
         entry = skb.ct
-        zone = entry.zone if entry is not None else skb.zone
-        return Outcome(verdict, code, tuple(skb.trace), skb.ct_state, zone,
-                       tuple(self._egress), skb.pkt, reason, skb.mark)
+        return _new(Outcome, (verdict, code, tuple(skb.trace), skb.ct_state,
+                              entry.zone if entry is not None else skb.zone, tuple(egress),
+                              skb.pkt, reason, skb.mark, path, why))
+
+    # ------------------------------------------------------------ time
+    def next_deadline(self) -> float:
+        """When poll() next has work: the card's next poll or command, or the next
+        conntrack expiry (inf: nothing scheduled)."""
+        at = self.conntrack_table.next_deadline()
+        deadline = float("inf") if at is None else at
+        if self.offload is not None:
+            deadline = min(deadline, self.offload.card.next_deadline())
+        return deadline
+
+    def poll(self, now: float) -> Tick:
+        """Everything due at `now`: the card's poll (commands, and once a second its
+        bulk counter read and flow table GC, whose rule counters then reach the
+        filters' hardware statistics) and conntrack's expiry."""
+        self.now = now
+        result = None
+        if self.offload is not None:
+            result = self.offload.card.poll(now)
+            if result.gc:
+                self.offload.sync_stats(now)
+        return Tick(now, self.conntrack_table.expire(now), result)
 
     def expire(self, now: float) -> int:
         """Conntrack's garbage collection up to `now`."""
         return self.conntrack_table.expire(now)
+
+
+def _copy(skb: Skb, dev: str) -> Skb:
+    """The copy of `skb` a mirred target's tc works on: a new tc run on `dev`."""
+    target = skb.clone()
+    target.mirred_depth = skb.mirred_depth + 1
+    target.trace = []
+    target.dev = dev
+    target.reset_tc()
+    return target
 
 
 def verdict_name(code: int) -> str:
@@ -165,18 +310,27 @@ filter add dev outside ingress pref 4 chain 1 protocol ip flower ct_state +trk+i
 """
 
 
-def bench_firewall(flows: int, segments: int = 16,
-                   now: float = 1000.0) -> tuple[Datapath, list[tuple[str, Packet]]]:
+def bench_firewall(flows: int, segments: int = 16, now: float = 1000.0, *,
+                   card: bool = False,
+                   skip_hw: bool = False) -> tuple[Datapath, list[tuple[str, Packet]]]:
     """A datapath with BENCH_FIREWALL and `flows` TCP connections opened through
     it (3-way handshake), and for each flow `segments` pre-built established
     packets in both directions (64-byte client data, server ACK) with correct
-    sequence numbers; replaying the list is in-window for the TCP tracker."""
+    sequence numbers; replaying the list is in-window for the TCP tracker.
+    With `card`, an offload card (no insert latency or rate limit) is in front,
+    polled once after the handshakes; `skip_hw` keeps every filter in software,
+    so the flows stay in act_ct's software flow table."""
+    from node.offload.faults import Faults
     from node.tc.cli import run_batch_text
     from node.tc.parse import Options
 
-    dp = Datapath(["inside", "outside"], conntrack=Conntrack(events=False))
+    ct = Conntrack(events=False)
+    nic = Card(ct, Faults(insert_latency=0.0, insert_rate=1e12, insert_burst=1e12)) \
+        if card else None
+    dp = Datapath(["inside", "outside"], conntrack=ct, card=nic)
+    rules = BENCH_FIREWALL.replace(" flower ", " flower skip_hw ") if skip_hw else BENCH_FIREWALL
     err = io.StringIO()
-    if run_batch_text(dp.tc, Options(), "firewall", BENCH_FIREWALL, io.StringIO(), err):
+    if run_batch_text(dp.tc, Options(), "firewall", rules, io.StringIO(), err):
         raise RuntimeError(err.getvalue())
     opts = TcpOptions(mss=1460, wscale=7, sackok=True)
     payload = b"x" * 64
@@ -198,24 +352,25 @@ def bench_firewall(flows: int, segments: int = 16,
                                          payload=payload)))
             cseq += len(payload)
             stream.append(("outside", tcp(server, client, 443, cport, "A", sseq, cseq, 509)))
+    if card:
+        dp.poll(now)
     return dp, stream
 
 
-def bench_sw_pps(timer: Callable[[], float], seconds: float = 1.0,
-                 flows: int = 64) -> dict[str, Any]:
-    """sw_pps: established TCP packets per second through the two-chain firewall
-    on the software path (one core, pre-built packets, GC paused while timing).
-    `timer` is the clock (e.g. time.perf_counter): this module reads none."""
-    dp, stream = bench_firewall(flows)
+def _replay(dp: Datapath, stream: list[tuple[str, Packet]], timer: Callable[[], float],
+            seconds: float, want_path: str) -> tuple[int, float]:
+    """Replay `stream` for `seconds` (GC paused, virtual time 1 ms per round);
+    every packet must be forwarded on `want_path`. (packets, elapsed)."""
     receive = dp.receive
     now = 1000.0
-    done = forwarded = 0
+    done = 0
+    before = dp.paths[want_path]
     gc.disable()
     try:
         start = timer()
         while True:
             for port, pkt in stream:
-                forwarded += receive(port, pkt, now).forwarded
+                receive(port, pkt, now)
             done += len(stream)
             now += 0.001
             elapsed = timer() - start
@@ -223,6 +378,71 @@ def bench_sw_pps(timer: Callable[[], float], seconds: float = 1.0,
                 break
     finally:
         gc.enable()
-    if forwarded != done:
-        raise RuntimeError(f"{done - forwarded} of {done} packets were not forwarded")
+    took = dp.paths[want_path] - before
+    if took != done:
+        raise RuntimeError(f"{done - took} of {done} packets left the {want_path} path")
+    return done, elapsed
+
+
+def bench_sw_pps(timer: Callable[[], float], seconds: float = 1.0,
+                 flows: int = 64) -> dict[str, Any]:
+    """sw_pps: established TCP packets per second through the two-chain firewall
+    on the software path: full TC and conntrack with window tracking for every
+    packet (no card, so no flow table; one core, pre-built packets, GC paused
+    while timing). `timer` is the clock (e.g. time.perf_counter): this module
+    reads none."""
+    dp, stream = bench_firewall(flows)
+    done, elapsed = _replay(dp, stream, timer, seconds, SW)
+    forwarded = sum(dp.receive(port, pkt, 1000.0).forwarded for port, pkt in stream)
+    if forwarded != len(stream):
+        raise RuntimeError(f"{len(stream) - forwarded} of {len(stream)} packets not forwarded")
     return {"sw_pps": round(done / elapsed), "sw_packets": done, "sw_flows": flows}
+
+
+def bench_fastpath_pps(timer: Callable[[], float], seconds: float = 1.0,
+                       flows: int = 64) -> dict[str, Any]:
+    """sw_fastpath_pps: the same traffic with a card but every filter skip_hw, so
+    established flows are answered by act_ct's software flow table (conntrack
+    skipped), as the kernel's software path does for offloaded flows."""
+    dp, stream = bench_firewall(flows, card=True, skip_hw=True)
+    done, elapsed = _replay(dp, stream, timer, seconds, SW_FASTPATH)
+    return {"sw_fastpath_pps": round(done / elapsed)}
+
+
+def bench_hw_path_pps(timer: Callable[[], float], seconds: float = 1.0,
+                      flows: int = 64) -> dict[str, Any]:
+    """hw_path_pps: the same traffic handled by the card, one packet at a time
+    through Datapath.receive (both chains run in the card, a CT table hit each)."""
+    dp, stream = bench_firewall(flows, card=True)
+    done, elapsed = _replay(dp, stream, timer, seconds, HW)
+    return {"hw_path_pps": round(done / elapsed)}
+
+
+def bench_datapath(timer: Callable[[], float], seconds: float = 1.0, *,
+                   progress: Callable[[str], None] | None = None, flows: int = 64,
+                   hw_flows: int = 10_000, poll_flows: int = 500_000,
+                   conns: int = 50_000) -> dict[str, Any]:
+    """`ctlab bench datapath`: sw_pps (software path, conntrack per packet),
+    hw_pps (card hits, batched: node.offload.bench), poll_1m_s (bulk poll of 1M
+    hardware counters with the aging refresh: 500k bidirectional connections),
+    bytes_per_conn (a tracked and offloaded connection, software entry included),
+    plus sw_fastpath_pps and hw_path_pps. `progress` gets a line per figure."""
+    from node.offload import bench as card_bench
+
+    say = progress if progress is not None else (lambda line: None)
+    steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+        ("sw_pps", lambda: bench_sw_pps(timer, seconds, flows)),
+        ("sw_fastpath_pps", lambda: bench_fastpath_pps(timer, seconds, flows)),
+        ("hw_path_pps", lambda: bench_hw_path_pps(timer, seconds, flows)),
+        ("hw_pps", lambda: card_bench.bench_hw_pps(timer, seconds, hw_flows,
+                                                   min(4096, hw_flows))),
+        ("poll_1m_s", lambda: card_bench.bench_poll(timer, poll_flows)),
+        ("bytes_per_conn", lambda: card_bench.bench_bytes_per_conn(conns)),
+    ]
+    out: dict[str, Any] = {}
+    for name, step in steps:
+        say(f"datapath: {name} ...")
+        got = step()
+        out.update(got)
+        say(f"datapath: {name} = {got[name]}")
+    return out

@@ -33,10 +33,12 @@ the kernel's filter verbs), skb (the packet as the classifier sees it), stats,
 args/parse/m_action (iproute2's grammar), show/out (text and JSON printers),
 filter_cmds/model (the `tc` state machine), cli (`ctlab tc`).
 
-The datapath (node/datapath.py) is the software path; the offload card will
-sit in front of it. Filters and actions carry skip_sw/skip_hw/in_hw flags and
-software/hardware counters for that card, and a block takes an optional
-offload hook (block.BlockOffload).
+compiled: the software lookup as generated Python (one function per chain and
+per filter; Block.interpret is the plain loop it must equal). offload: the
+card's tc driver (block.BlockOffload): which filters go into the card, running
+them there (act_miss / chain restore on a miss), and their hardware counters,
+which `tc -s` prints as "Sent hardware". node/datapath.py puts the card
+(node/offload) in front of the software path.
 """
 
 from __future__ import annotations

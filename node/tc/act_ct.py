@@ -21,6 +21,13 @@ from node.conntrack.table import DEFAULT_TEMPLATE, CtResult, Template
 from node.tc.action import Action, InitEnv, KindSpec
 from node.tc.args import Args
 from node.tc.errors import KernelError
+from node.tc.skb import (
+    CT_INVALID,
+    CT_TRACKED,
+    CTINFO_TO_FLOWER,
+    PATH_CONNTRACK,
+    PATH_FLOWTABLE,
+)
 from node.tc.verdict import TC_ACT_SHOT
 
 if TYPE_CHECKING:
@@ -136,36 +143,59 @@ class CtKind:
 
     # ------------------------------------------------------------ datapath
     def act(self, action: Action, skb: Skb, env: Env) -> int:
-        """tcf_ct_act (reference/act_ct.md §4)."""
+        """tcf_ct_act (reference/act_ct.md §4), with act_ct's flow table (the
+        software fast path, tcf_ct_flow_table_lookup()) before conntrack and the
+        offload decision (tcf_ct_flow_table_process_conn()) after it, when the
+        datapath has a card (env.flowtable)."""
         p: CtParams = action.params
         retval = action.control
-        stats = action.stats
+        stats = action.stats  # Stats.use(), inline
         now = env.now
-        stats.use(skb.len, now)
-        if p.ct_action & CT_ACT_CLEAR:
+        stats.bytes += skb.len
+        stats.packets += 1
+        stats.lastuse = now
+        if stats.firstuse is None:
+            stats.firstuse = now
+        ct_action = p.ct_action
+        if ct_action & CT_ACT_CLEAR:
             skb.set_post_ct(False, skb.zone)
             if skb.ct is not None:
                 skb.set_ct(None, IP_CT_UNTRACKED)
             return retval
         ct = env.conntrack
         pkt = skb.pkt
-        if ct is None or pkt.family not in (4, 6):
+        if ct is None or (pkt.family != 4 and pkt.family != 6):
             stats.drops += 1
             return TC_ACT_SHOT
-        ct_action = p.ct_action
-        commit = bool(ct_action & CT_ACT_COMMIT)
-        cached = skb.ct is not None and self._cached(skb, p, ct, now)
+        ft = env.flowtable
+        entry = skb.ct
+        cached = entry is not None and self._cached(skb, p, ct, now)
+        skip_add = False
         if not cached:
-            res = ct.track(pkt, now, p.template)
-            if res.verdict != l4proto.ACCEPT:
-                stats.drops += 1
-                return TC_ACT_SHOT
-            entry = res.entry
-            skb.set_ct(entry, res.ctinfo if entry is not None else None)
-        else:
-            entry = skb.ct
+            hit = ft.sw_lookup(pkt, p.zone, now) if ft is not None else None
+            if hit is not None:  # flow table hit: conntrack is skipped
+                entry = hit.entry
+                skb.set_ct(entry, hit.ctinfo)
+                skb.path |= PATH_FLOWTABLE
+                skip_add = True
+            else:
+                res = ct.track(pkt, now, p.template)
+                skb.path |= PATH_CONNTRACK
+                if res.verdict != l4proto.ACCEPT:
+                    stats.drops += 1
+                    return TC_ACT_SHOT
+                entry = res.entry
+                if entry is not None:  # skb.set_ct(), inline
+                    skb.ct = entry
+                    skb.ctinfo = res.ctinfo
+                    skb.ct_state = CTINFO_TO_FLOWER.get(res.ctinfo, 0)
+                else:
+                    skb.set_ct(None, None)
         if entry is not None:
-            ctinfo = skb.ctinfo if skb.ctinfo is not None else IP_CT_UNTRACKED
+            ctinfo = skb.ctinfo
+            if ctinfo is None:
+                ctinfo = IP_CT_UNTRACKED
+            commit = bool(ct_action & CT_ACT_COMMIT)
             if entry.events:
                 ct.deliver(entry, now)
             if ct_action & CT_ACT_NAT:
@@ -184,9 +214,10 @@ class CtKind:
                 if helper is not None and getattr(helper, "proto", None) == entry.orig.proto:
                     entry.helper = name  # __nf_ct_try_assign_helper from the template
                     add_helper = True
-            if entry.helper is not None and \
-                    (((not cached) or add_helper) if confirmed else commit) and \
-                    ct.help(CtResult(entry, ctinfo), skb.pkt, now) != l4proto.ACCEPT:
+            ext = entry.ext  # entry.helper without the property, when there is none
+            if ext is not None and ext.helper is not None and \
+                    (((not cached and not skip_add) or add_helper) if confirmed else commit) \
+                    and ct.help(CtResult(entry, ctinfo), skb.pkt, now) != l4proto.ACCEPT:
                 stats.drops += 1
                 return TC_ACT_SHOT
             if commit:
@@ -199,8 +230,14 @@ class CtKind:
                     stats.drops += 1
                     return TC_ACT_SHOT
                 if res.entry is not entry:
-                    skb.set_ct(res.entry, ctinfo)
-        skb.set_post_ct(True, p.zone)
+                    entry = res.entry
+                    skb.set_ct(entry, ctinfo)
+            if not skip_add and ft is not None:
+                ft.offer(entry, ctinfo, now)
+        skb.post_ct = True  # skb.set_post_ct(True, zone), inline
+        skb.zone = p.zone
+        if skb.ct is None:
+            skb.ct_state = CT_TRACKED | CT_INVALID
         return retval
 
     @staticmethod

@@ -139,8 +139,13 @@ class GactKind:
             action.state = seed
             if not seed % p.pval:
                 verdict = p.paction
-        stats = action.stats
-        stats.use(skb.len, env.now)
+        stats = action.stats  # Stats.use(), inline
+        now = env.now
+        stats.bytes += skb.len
+        stats.packets += 1
+        stats.lastuse = now
+        if stats.firstuse is None:
+            stats.firstuse = now
         if verdict == TC_ACT_SHOT:
             stats.drops += 1
         return verdict

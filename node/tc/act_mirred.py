@@ -173,23 +173,27 @@ class MirredKind:
 
     def act(self, action: Action, skb: Skb, env: Env) -> int:
         p: MirredParams = action.params
-        stats = action.stats
-        stats.use(skb.len, env.now)
-        verdict = action.control
+        stats = action.stats  # Stats.use(), inline
+        now = env.now
+        stats.bytes += skb.len
+        stats.packets += 1
+        stats.lastuse = now
+        if stats.firstuse is None:
+            stats.firstuse = now
         if skb.mirred_depth >= MIRRED_NEST_LIMIT:
             stats.overlimits += 1
             return TC_ACT_SHOT  # "Packet exceeded mirred recursion limit"
-        # The kernel hands the skb itself to the target on redirect; a clone here
-        # keeps the ingress view (ct state, trace) for the Outcome.
-        target = skb.clone()
-        target.mirred_depth = skb.mirred_depth + 1
-        failed = env.mirred(target, p.dev or "", p.egress, p.redirect)
-        if failed:
+        eaction = p.eaction
+        redirect = eaction in (TCA_EGRESS_REDIR, TCA_INGRESS_REDIR)
+        egress = eaction in (TCA_EGRESS_REDIR, TCA_EGRESS_MIRROR)
+        # env.mirred copies the skb when the target's tc must see it (the kernel
+        # hands a redirected skb over); `skb` keeps its ingress view for the Outcome.
+        if env.mirred(skb, p.dev or "", egress, redirect):
             stats.overlimits += 1
-            if p.redirect:
+            if redirect:
                 stats.drops += 1
                 return TC_ACT_SHOT
-        return verdict
+        return action.control
 
 
 def args_dev_exists(args: Args, dev: str) -> bool:

@@ -106,6 +106,10 @@ class Action:
     in_hw_count: int = 0
     used_hw_stats: int | None = None  # what the card reports it counts with (TCA_ACT_USED_HW_STATS)
     state: Any = None  # per-instance runtime state of the kind (gact determ counter ...)
+    run: Any = field(default=None, repr=False, compare=False)  # kind.act, bound once
+
+    def __post_init__(self) -> None:
+        self.run = self.kind.act
 
     @property
     def name(self) -> str:
@@ -155,31 +159,59 @@ def check_control(control: int, bound: bool) -> None:
 _OPCODE = 0xFFFFFFFF & ~TC_ACT_EXT_VAL_MASK
 
 
-def exec_actions(actions: list[Action], skb: Skb, env: Env) -> int:
-    """tcf_action_exec: run the list; returns the verdict for the classifier."""
+def exec_actions(actions: list[Action], skb: Skb, env: Env, start: int = 0) -> int:
+    """tcf_action_exec: run the list; returns the verdict for the classifier.
+    `start` > 0 is tcf_exts_exec_ex(exts, act_index): the actions from that index
+    on, as a list of their own (a hardware miss resuming in software)."""
+    if start:
+        actions = actions[start:]
+    ret = TC_ACT_OK
+    for i, a in enumerate(actions):  # the common case: no jump, no repeat
+        if a.flags & ACT_FLAGS_SKIP_SW:
+            continue
+        ret = a.run(a, skb, env)
+        if ret == TC_ACT_PIPE:
+            continue
+        if ret == TC_ACT_REPEAT or ret & _OPCODE == TC_ACT_JUMP:
+            return exec_graph(actions, skb, env, i, ret)
+        if ret & _OPCODE == TC_ACT_GOTO_CHAIN and a.goto_chain is None:
+            return TC_ACT_SHOT  # SKB_DROP_REASON_TC_CHAIN_NOTFOUND
+        return ret
+    return ret
+
+
+def exec_graph(actions: list[Action], skb: Skb, env: Env, current: int, ret: int) -> int:
+    """tcf_action_exec from the first repeat or jump verb on (actions[current]
+    returned `ret`): TC_ACT_REPEAT re-runs the action (TTL 32), jump N restarts
+    the list N actions in (TTL 32 jumps)."""
     jmp_prgcnt = 0
     jmp_ttl = TCA_ACT_MAX_PRIO
     nr = len(actions)
-    ret = TC_ACT_OK
+    skip = current  # resume at actions[current], whose verdict is `ret`
     restart = True
     while restart:
         restart = False
-        for a in actions:
-            if jmp_prgcnt > 0:
-                jmp_prgcnt -= 1
-                continue
-            if a.flags & ACT_FLAGS_SKIP_SW:
-                continue
-            ret = a.kind.act(a, skb, env)
-            if ret == TC_ACT_PIPE:
-                continue
+        for i, b in enumerate(actions):
+            if skip >= 0:
+                if i < skip:
+                    continue
+                skip = -1
+            else:
+                if jmp_prgcnt > 0:
+                    jmp_prgcnt -= 1
+                    continue
+                if b.flags & ACT_FLAGS_SKIP_SW:
+                    continue
+                ret = b.run(b, skb, env)
+                if ret == TC_ACT_PIPE:
+                    continue
             if ret == TC_ACT_REPEAT:
                 ttl = REPEAT_TTL
                 while ret == TC_ACT_REPEAT:
                     ttl -= 1
                     if not ttl:
                         return TC_ACT_OK  # "TC_ACT_REPEAT abuse ?"
-                    ret = a.kind.act(a, skb, env)
+                    ret = b.run(b, skb, env)
             opcode = ret & _OPCODE
             if opcode == TC_ACT_JUMP:
                 jmp_prgcnt = ret & TCA_ACT_MAX_PRIO_MASK
@@ -190,7 +222,7 @@ def exec_actions(actions: list[Action], skb: Skb, env: Env) -> int:
                     return TC_ACT_OK  # faulty graph
                 restart = True
                 break
-            if opcode == TC_ACT_GOTO_CHAIN and a.goto_chain is None:
+            if opcode == TC_ACT_GOTO_CHAIN and b.goto_chain is None:
                 return TC_ACT_SHOT  # SKB_DROP_REASON_TC_CHAIN_NOTFOUND
             if ret != TC_ACT_PIPE:
                 return ret
@@ -206,4 +238,5 @@ __all__ = [
     "InitEnv",
     "KindSpec",
     "exec_actions",
+    "exec_graph",
 ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
+from node.tc.action import exec_actions
 from node.tc.args import ETH_P_ALL, ETH_P_IP, ETH_P_IPV6
 from node.tc.chain import Chain
 from node.tc.verdict import (
@@ -80,38 +81,93 @@ class Block:
         chain.act_refs -= 1
         self.gc_chain(chain)
 
-    def classify(self, skb: Skb, env: Env) -> int:
-        chain0 = self.chains.get(0)
-        if chain0 is None:
-            return TC_ACT_UNSPEC
-        family = skb.pkt.family
-        eth = ETH_P_IP if family == 4 else ETH_P_IPV6
-        chain: Chain | None = chain0
-        resets = 0
-        while True:
-            restart = False
-            if chain is not None:
-                for tp in chain.protos:
-                    if tp.protocol != eth and tp.protocol != ETH_P_ALL:
-                        continue
-                    err = tp.classify(skb, env)
-                    if err < 0:
-                        continue
-                    if err == TC_ACT_RECLASSIFY:
-                        chain = chain0
-                        restart = True
-                        break
-                    if err & _OPCODE == TC_ACT_GOTO_CHAIN:
-                        chain = self.chains.get(err & TC_ACT_EXT_VAL_MASK)
-                        restart = True
-                        break
-                    return err
-            if not restart:
+    def classify(self, skb: Skb, env: Env, chain: Chain | None = None, resets: int = 0,
+                 pos: int = 0) -> int:
+        """__tcf_classify from chain 0 (or from `chain` at its proto `pos`, after
+        `resets` chain restarts): each chain runs as its generated program
+        (node.tc.compiled), reclassify restarts at chain 0, goto chain N at chain N,
+        at most 16 restarts."""
+        if pos:
+            return self.interpret(skb, env, chain, resets, pos)
+        if chain is None:
+            chain = self.chains.get(0)
+            if chain is None:
                 return TC_ACT_UNSPEC
+        eth = ETH_P_IP if skb.pkt.family == 4 else ETH_P_IPV6
+        while True:
+            program = chain.program
+            if program is None:
+                program = chain.compile()
+            err = program(skb, env, eth)
+            if err < 0:
+                return TC_ACT_UNSPEC
+            if err == TC_ACT_RECLASSIFY:
+                chain = self.chains.get(0)
+            elif err & _OPCODE == TC_ACT_GOTO_CHAIN:
+                chain = self.chains.get(err & TC_ACT_EXT_VAL_MASK)
+            else:
+                return err
             if resets >= MAX_RECLASSIFY_LOOP:
                 skb.drop_reason = "TC_RECLASSIFY_LOOP"
                 return TC_ACT_SHOT
             resets += 1
+            if chain is None:
+                return TC_ACT_UNSPEC
+
+    def interpret(self, skb: Skb, env: Env, chain: Chain | None = None, resets: int = 0,
+                  pos: int = 0) -> int:
+        """classify() without generated code: __tcf_classify's loop over the protos,
+        each proto's lookup fl_classify (Proto.classify: the filters' matches, then
+        exec_actions). The reference the generated programs must equal; used for
+        a packet resuming in the middle of a chain."""
+        if chain is None:
+            chain = self.chains.get(0)
+            if chain is None:
+                return TC_ACT_UNSPEC
+        eth = ETH_P_IP if skb.pkt.family == 4 else ETH_P_IPV6
+        while True:
+            for tp in chain.protos[pos:] if pos else chain.protos:
+                protocol = tp.protocol
+                if protocol != eth and protocol != ETH_P_ALL:
+                    continue
+                err = tp.classify(skb, env)
+                if err >= 0:
+                    break
+            else:
+                return TC_ACT_UNSPEC
+            if err == TC_ACT_RECLASSIFY:
+                chain = self.chains.get(0)
+            elif err & _OPCODE == TC_ACT_GOTO_CHAIN:
+                chain = self.chains.get(err & TC_ACT_EXT_VAL_MASK)
+            else:
+                return err
+            if resets >= MAX_RECLASSIFY_LOOP:
+                skb.drop_reason = "TC_RECLASSIFY_LOOP"
+                return TC_ACT_SHOT
+            resets += 1
+            pos = 0
+            if chain is None:
+                return TC_ACT_UNSPEC
+
+    def resume(self, skb: Skb, env: Env, chain: Chain | None, pos: int = 0,
+               flt: Filter | None = None, act_index: int = 0) -> int:
+        """tcf_classify for a packet the card handed to software (tc_skb_ext):
+        classification goes on in `chain` at its proto `pos` (mlx5 restores the
+        chain); with `flt` (act_miss), that filter's actions run from `act_index`
+        (tcf_exts_exec_ex) and then the protos after `pos`, as the kernel does."""
+        if flt is None:
+            return TC_ACT_UNSPEC if chain is None else self.classify(skb, env, chain, 0, pos)
+        err = exec_actions(flt.actions, skb, env, act_index)
+        if err < 0:
+            assert chain is not None
+            return self.classify(skb, env, chain, 0, pos + 1)
+        if err == TC_ACT_RECLASSIFY:
+            target = self.chains.get(0)
+        elif err & _OPCODE == TC_ACT_GOTO_CHAIN:
+            target = self.chains.get(err & TC_ACT_EXT_VAL_MASK)
+        else:
+            return err
+        return TC_ACT_UNSPEC if target is None else self.classify(skb, env, target, 1)
 
 
 class Device:

@@ -9,16 +9,16 @@ is the target of a ``goto chain`` verb (then it is hidden from ``tc chain show``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from node.tc.action import ActSpec, exec_actions
 from node.tc.cls_flower import CLS_FLAGS_SKIP_SW
+from node.tc.compiled import ChainProgram, FilterRun, compile_chain, compile_filter
 from node.tc.stats import Stats
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from node.tc.action import Action
     from node.tc.skb import Env, Skb
 
@@ -46,8 +46,8 @@ class FilterSpec:
 class Filter:
     """One installed filter (struct cls_fl_filter)."""
 
-    __slots__ = ("actions", "classid", "flags", "handle", "in_hw_count", "key", "masked",
-                 "match", "proto", "stats")
+    __slots__ = ("actions", "classid", "flags", "handle", "hw", "in_hw_count", "key", "masked",
+                 "match", "proto", "run", "stats", "where")
 
     def __init__(self, proto: Proto, handle: int, key: Any, flags: int, classid: int | None,
                  actions: list[Action], match: Callable[[Skb], bool], now: float) -> None:
@@ -61,6 +61,11 @@ class Filter:
         self.match = match
         self.masked = key.masked()
         self.stats = Stats.created(now)  # per-filter hits (software and hardware)
+        self.where = (proto.chain.index, proto.prio, handle)  # what a match records
+        self.hw: Any = None  # the card's rule for this filter while it is in hardware
+        # run(skb, env): the software lookup and actions of this filter in one call
+        # (NOMATCH, or the verdict exec_actions would give)
+        self.run: FilterRun = compile_filter(self)
 
     @property
     def skip_sw(self) -> bool:
@@ -70,7 +75,7 @@ class Filter:
 class Proto:
     """struct tcf_proto: the filters of one kind at one (prio, protocol)."""
 
-    __slots__ = ("chain", "filters", "groups", "kind", "masks", "prio", "protocol")
+    __slots__ = ("chain", "filters", "flat", "groups", "kind", "masks", "prio", "protocol")
 
     def __init__(self, chain: Chain, prio: int, protocol: int, kind: Any) -> None:
         self.chain = chain
@@ -80,6 +85,9 @@ class Proto:
         self.filters: dict[int, Filter] = {}
         self.masks: dict[tuple[Any, ...], list[Filter]] = {}  # in creation order
         self.groups: list[list[Filter]] = []  # self.masks.values(), for the lookup
+        # The groups' filters in lookup order when none is skip_sw: then the first
+        # match in this order is fl_classify's answer (None: use the groups).
+        self.flat: tuple[Filter, ...] | None = ()
 
     def alloc_handle(self) -> int:
         handle = 1
@@ -90,7 +98,7 @@ class Proto:
     def add(self, flt: Filter) -> None:
         self.filters[flt.handle] = flt
         self.masks.setdefault(flt.key.mask_signature(), []).append(flt)
-        self.groups = list(self.masks.values())
+        self._regroup()
 
     def remove(self, flt: Filter) -> None:
         self.filters.pop(flt.handle, None)
@@ -100,7 +108,13 @@ class Proto:
             group[:] = [f for f in group if f is not flt]
             if not group:
                 del self.masks[sig]
+        self._regroup()
+
+    def _regroup(self) -> None:
+        self.chain.program = None
         self.groups = list(self.masks.values())
+        flat = tuple(f for group in self.groups for f in group)
+        self.flat = None if any(f.flags & CLS_FLAGS_SKIP_SW for f in flat) else flat
 
     def duplicate(self, flt_key: Any, replacing: Filter | None) -> bool:
         """fl_ht_insert_unique: same mask and same masked key (EEXIST)."""
@@ -120,8 +134,14 @@ class Proto:
                 if flt.match(skb):
                     if flt.flags & CLS_FLAGS_SKIP_SW:
                         break  # this mask's filter is hardware-only: next mask
-                    flt.stats.use(skb.len, env.now)
-                    skb.trace.append((self.chain.index, self.prio, flt.handle))
+                    st = flt.stats  # Stats.use(), inline
+                    now = env.now
+                    st.bytes += skb.len
+                    st.packets += 1
+                    st.lastuse = now
+                    if st.firstuse is None:
+                        st.firstuse = now
+                    skb.trace.append(flt.where)
                     return exec_actions(flt.actions, skb, env)
         return -1
 
@@ -129,7 +149,7 @@ class Proto:
 class Chain:
     """struct tcf_chain."""
 
-    __slots__ = ("act_refs", "block", "explicitly_created", "index", "protos")
+    __slots__ = ("act_refs", "block", "explicitly_created", "index", "program", "protos")
 
     def __init__(self, block: Any, index: int) -> None:
         self.block = block
@@ -137,6 +157,13 @@ class Chain:
         self.protos: list[Proto] = []
         self.explicitly_created = False
         self.act_refs = 0
+        # The chain as one generated function (node.tc.compiled), made on first use
+        # and dropped whenever its protos or their filters change.
+        self.program: ChainProgram | None = None
+
+    def compile(self) -> ChainProgram:
+        program = self.program = compile_chain(self)
+        return program
 
     def find(self, prio: int) -> Proto | None:
         """The proto at `prio` (tcf_chain_tp_find; see cls_api.find_proto)."""
@@ -155,6 +182,12 @@ class Chain:
     def insert(self, tp: Proto) -> None:
         self.protos.append(tp)
         self.protos.sort(key=lambda p: p.prio)
+        self.program = None
+
+    def remove(self, tp: Proto) -> None:
+        if tp in self.protos:
+            self.protos.remove(tp)
+        self.program = None
 
     def held_by_acts_only(self) -> bool:
         return not self.protos and not self.explicitly_created and self.act_refs > 0

@@ -184,8 +184,7 @@ def _destroy(model: TcModel, block: Block, tp: Proto, flt: Filter) -> None:
 def remove_proto(model: TcModel, block: Block, chain: Chain, tp: Proto) -> None:
     for flt in list(tp.filters.values()):
         _destroy(model, block, tp, flt)
-    if tp in chain.protos:
-        chain.protos.remove(tp)
+    chain.remove(tp)
 
 
 def flush_chain(model: TcModel, block: Block, chain: Chain) -> None:
@@ -223,7 +222,7 @@ def del_filter(model: TcModel, cmd: FilterCmd) -> None:
             raise KernelError(errno.ENOENT, "Specified filter handle not found")
         _destroy(model, block, tp, flt)
         if not tp.filters:
-            chain.protos.remove(tp)
+            chain.remove(tp)
     block.gc_chain(chain)
 
 

@@ -130,68 +130,110 @@ def check_key(key: FlowerKey, flags: int) -> None:
 Pred = Callable[["Skb"], bool]
 
 
-def _l4_ports(skb: Skb) -> tuple[int, int] | None:
-    pkt = skb.pkt
-    l4 = pkt.l4
-    if pkt.frag_offset:
-        return None
-    if isinstance(l4, Tcp | Udp):
-        return l4.sport, l4.dport
-    return None
+def match_source(key: FlowerKey) -> tuple[str, dict[str, Any]]:
+    """The key as one Python expression over `skb` (and `pkt` = skb.pkt), with the
+    names it uses (the dissector + fl_mask_lookup).
 
+    The common keys (family, ip_proto, exact addresses, ports, ct_state, tos/ttl)
+    become `and`-ed comparisons with the key's constants bound in; the rarer ones
+    are predicates it calls. All terms are pure and total, so their order does not
+    change the answer. The names are `_k<N>`."""
+    terms: list[str] = []
+    names: dict[str, Any] = {}
 
-def compile_key(key: FlowerKey) -> Pred:
-    """The key as one predicate over a packet (the dissector + fl_mask_lookup)."""
-    preds: list[Pred] = []
+    def bind(value: Any) -> str:
+        name = f"_k{len(names)}"
+        names[name] = value
+        return name
+
+    def call(pred: Pred) -> None:
+        terms.append(f"{bind(pred)}(skb)")
+
     family = {ETH_P_IP: 4, ETH_P_IPV6: 6}.get(key.eth_type or 0)
     if key.eth_type is not None and key.eth_type != ETH_P_ALL:
         if family is None:
-            return lambda skb: False  # no VLAN/ARP/MPLS frames in this datapath
-        preds.append(lambda skb: skb.pkt.family == family)
+            return "False", names  # no VLAN/ARP/MPLS frames in this datapath
+        terms.append(f"pkt.family == {family}")
+    if key.vlan_id is not None or key.vlan_prio is not None or key.vlan_ethtype is not None:
+        return "False", names
+    if key.ct_state is not None:
+        sv, sm = key.ct_state
+        terms.append(f"skb.ct_state & {sm} == {sv & sm}")
     if key.indev is not None:
-        indev = key.indev
-        preds.append(lambda skb: skb.dev == indev)
+        terms.append(f"skb.dev == {bind(key.indev)}")
     for attr, name in (("dst_mac", key.eth_dst), ("src_mac", key.eth_src)):
         if name is not None:
-            preds.append(_mac_pred(attr, name[0], name[1]))
-    if key.vlan_id is not None or key.vlan_prio is not None or key.vlan_ethtype is not None:
-        return lambda skb: False
+            call(_mac_pred(attr, name[0], name[1]))
     if key.ip_proto is not None:
-        proto = key.ip_proto
-        preds.append(lambda skb: skb.pkt.proto == proto)
+        terms.append(f"pkt.proto == {key.ip_proto}")
     if key.ip_tos is not None:
         tv, tm = key.ip_tos
-        preds.append(lambda skb: skb.pkt.tos & tm == tv & tm)
+        terms.append(f"pkt.tos & {tm} == {tv & tm}")
     if key.ip_ttl is not None:
         lv, lm = key.ip_ttl
-        preds.append(lambda skb: skb.pkt.ttl & lm == lv & lm)
+        terms.append(f"pkt.ttl & {lm} == {lv & lm}")
     for attr, ip in (("dst", key.dst_ip), ("src", key.src_ip)):
         if ip is not None:
-            preds.append(_ip_pred(attr, ip[1], ip[2]))
-    preds.extend(_port_preds(key))
+            if int.from_bytes(ip[2], "big") == (1 << len(ip[1]) * 8) - 1:
+                terms.append(f"pkt.{attr} == {bind(ip[1])}")
+            else:
+                call(_ip_pred(attr, ip[1], ip[2]))
+    ports: list[str] = []
+    for index, single, rng in ((1, key.dst_port, key.dst_port_range),
+                               (0, key.src_port, key.src_port_range)):
+        attr = "dport" if index else "sport"
+        if single is not None:
+            ports.append(f"l4.{attr} & {single[1]} == {single[0] & single[1]}")
+        if rng is not None:
+            ports.append(f"{rng[0]} <= l4.{attr} <= {rng[1]}")
+    if ports:  # _l4_ports(): TCP/UDP header, not a non-first fragment
+        terms.append(f"not pkt.frag_offset and isinstance(l4 := pkt.l4, {bind(_PORT_L4)})")
+        terms.extend(ports)
     if key.tcp_flags is not None:
         fv, fm = key.tcp_flags
-        preds.append(lambda skb: isinstance(skb.pkt.l4, Tcp)
-                     and skb.pkt.l4.flags & 0xFFF & fm == fv & fm)
+        call(lambda skb: isinstance(skb.pkt.l4, Tcp)
+             and skb.pkt.l4.flags & 0xFFF & fm == fv & fm)
     if key.icmp_type is not None or key.icmp_code is not None:
-        preds.append(_icmp_pred(key.icmp_type, key.icmp_code))
+        call(_icmp_pred(key.icmp_type, key.icmp_code))
     if key.ip_flags is not None:
         gv, gm = key.ip_flags
-        preds.append(lambda skb: _frag_flags(skb) & gm == gv & gm)
-    preds.extend(_ct_preds(key))
-    if not preds:
-        return lambda skb: True
-    if len(preds) == 1:
-        return preds[0]
-    if len(preds) == 2:
-        a, b = preds
-        return lambda skb: a(skb) and b(skb)
-    chain = tuple(preds)
+        call(lambda skb: _frag_flags(skb) & gm == gv & gm)
+    for pred in _ct_preds(key, with_state=False):
+        call(pred)
+    return " and ".join(terms) if terms else "True", names
 
-    def match(skb: Skb) -> bool:
-        return all(p(skb) for p in chain)
 
+def compile_key(key: FlowerKey) -> Pred:
+    """The key as one predicate over a packet: match_source() as a generated
+    function (one call per lookup)."""
+    expr, names = match_source(key)
+    if expr == "True":
+        return _match_all
+    if expr == "False":
+        return _match_none
+    source = f"def match(skb):\n{PKT_LINE if uses_pkt(expr) else ''}    return {expr}\n"
+    exec(compile(source, f"<flower {key.mask_signature()!r}>", "exec"), names)
+    match: Pred = names["match"]
     return match
+
+
+PKT_LINE = "    pkt = skb.pkt\n"
+
+
+def uses_pkt(expr: str) -> bool:
+    """Whether a match_source() expression reads the local `pkt`."""
+    return "pkt." in expr or "pkt)" in expr
+
+
+def _match_all(skb: Skb) -> bool:
+    return True
+
+
+def _match_none(skb: Skb) -> bool:
+    return False
+
+
+_PORT_L4 = (Tcp, Udp)
 
 
 def _mac_pred(attr: str, value: bytes, mask: bytes) -> Pred:
@@ -218,31 +260,6 @@ def _ip_pred(attr: str, addr: bytes, mask: bytes) -> Pred:
     return pred
 
 
-def _port_preds(key: FlowerKey) -> list[Pred]:
-    preds: list[Pred] = []
-    for index, single, rng in ((1, key.dst_port, key.dst_port_range),
-                               (0, key.src_port, key.src_port_range)):
-        if single is not None:
-            preds.append(_port_pred(index, single[0] & single[1], single[1]))
-        if rng is not None:
-            preds.append(_range_pred(index, rng[0], rng[1]))
-    return preds
-
-
-def _port_pred(index: int, want: int, mask: int) -> Pred:
-    def pred(skb: Skb) -> bool:
-        ports = _l4_ports(skb)
-        return ports is not None and ports[index] & mask == want
-    return pred
-
-
-def _range_pred(index: int, lo: int, hi: int) -> Pred:
-    def pred(skb: Skb) -> bool:
-        ports = _l4_ports(skb)
-        return ports is not None and lo <= ports[index] <= hi
-    return pred
-
-
 def _icmp_pred(typ: Masked | None, code: Masked | None) -> Pred:
     tv, tm = typ if typ is not None else (0, 0)
     cv, cm = code if code is not None else (0, 0)
@@ -262,9 +279,9 @@ def _frag_flags(skb: Skb) -> int:
     return KEY_FLAGS_IS_FRAGMENT | (KEY_FLAGS_FRAG_IS_FIRST if not pkt.frag_offset else 0)
 
 
-def _ct_preds(key: FlowerKey) -> list[Pred]:
+def _ct_preds(key: FlowerKey, with_state: bool = True) -> list[Pred]:
     preds: list[Pred] = []
-    if key.ct_state is not None:
+    if with_state and key.ct_state is not None:
         sv, sm = key.ct_state
         want = sv & sm
         preds.append(lambda skb: skb.ct_state & sm == want)
@@ -309,6 +326,9 @@ class FlowerKind:
 
     def compile(self, key: FlowerKey) -> Pred:
         return compile_key(key)
+
+    def match_source(self, key: FlowerKey) -> tuple[str, dict[str, Any]]:
+        return match_source(key)
 
     def print(self, out: Any, flt: Any, opts: Any, now: float) -> None:
         """flower_print_opt (terse when opts.brief: handle, flags, action kinds)."""

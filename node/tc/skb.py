@@ -8,7 +8,7 @@ lookup sees as ct_state, ct_zone, ct_mark and ct_label.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from node.conntrack.entry import (
     IP_CT_ESTABLISHED,
@@ -42,6 +42,11 @@ CTINFO_TO_FLOWER = {
     IP_CT_RELATED_REPLY: CT_TRACKED | CT_RELATED | CT_REPLY,
     IP_CT_NEW: CT_TRACKED | CT_NEW,
 }
+# Skb.path bits: how the packet's tc run was carried out (the datapath's Outcome.path)
+PATH_FLOWTABLE = 1 << 0  # a software ct action was answered by act_ct's flow table
+PATH_CONNTRACK = 1 << 1  # a software ct action ran conntrack (nf_conntrack_in)
+PATH_SOFTWARE = 1 << 2  # software tc ran (classification or actions)
+PATH_HW_CT = 1 << 3  # a ct action was answered by the card's CT table
 CT_STATE_NAMES = (("trk", CT_TRACKED), ("new", CT_NEW), ("est", CT_ESTABLISHED),
                   ("rel", CT_RELATED), ("inv", CT_INVALID), ("rpl", CT_REPLY))
 
@@ -65,6 +70,7 @@ class Skb:
         "len",
         "mark",
         "mirred_depth",
+        "path",
         "pkt",
         "post_ct",
         "post_ct_dnat",
@@ -93,6 +99,7 @@ class Skb:
         self.trace: list[tuple[int, int, int]] = []  # (chain, prio, handle) of matches
         self.mirred_depth = 0
         self.drop_reason = ""  # why tc dropped it (SKB_DROP_REASON_TC_*), when it did
+        self.path = 0  # PATH_* bits
 
     def clone(self) -> Skb:
         """skb_clone: same packet and metadata (the ct reference is shared)."""
@@ -103,6 +110,7 @@ class Skb:
         other.post_ct, other.zone = self.post_ct, self.zone
         other.src_mac, other.dst_mac = self.src_mac, self.dst_mac
         other.mirred_depth = self.mirred_depth
+        other.path = self.path
         return other
 
     def reset_tc(self) -> None:
@@ -140,14 +148,29 @@ class Skb:
 
 
 class Env(Protocol):
-    """What actions need from the node while a packet runs (time, conntrack, ports)."""
+    """What actions need from the node while a packet runs (time, conntrack, ports,
+    and act_ct's flow tables when an offload card provides them)."""
 
     now: float
+
+    @property
+    def flowtable(self) -> FlowTable | None: ...
 
     @property
     def conntrack(self) -> Conntrack | None: ...
 
     def mirred(self, skb: Skb, dev: str, egress: bool, redirect: bool) -> bool:
-        """Send `skb` (already a clone for mirror) out of `dev` (egress) or into it
-        (ingress). Returns True when that failed (no such device, or it is down)."""
+        """Send `skb` out of `dev` (egress) or into it (ingress): a copy when the
+        target's tc must see it (the kernel hands a redirected skb over, and clones
+        a mirrored one; here `skb` keeps its ingress view for the Outcome). Returns
+        True when that failed (no such device, or it is down)."""
         ...
+
+
+class FlowTable(Protocol):
+    """act_ct's flow tables (node.offload.Card, through the tc offload driver):
+    the software fast path before conntrack and the offload decision after it."""
+
+    def sw_lookup(self, pkt: Packet, zone: int, now: float) -> Any: ...
+
+    def offer(self, entry: Entry, ctinfo: int, now: float) -> Any: ...

@@ -28,7 +28,7 @@ from node.tc.skb import (
     CT_TRACKED,
 )
 
-CLIENT, SERVER, PUBLIC = "10.0.0.1", "192.0.2.1", "198.51.100.1"
+CLIENT, SERVER, PUBLIC = "198.18.0.1", "198.19.2.1", "198.19.100.1"
 NEW = CT_TRACKED | CT_NEW
 EST = CT_TRACKED | CT_ESTABLISHED
 EST_RPL = EST | CT_REPLY
@@ -72,7 +72,7 @@ filter add dev inside ingress pref 1 chain 0 protocol ip flower ct_state -trk \
 filter add dev outside ingress pref 1 chain 0 protocol ip flower ct_state -trk \
     action ct zone 1 nat pipe action goto chain 1
 filter add dev inside ingress pref 1 chain 1 protocol ip flower ct_state +trk+new \
-    action ct zone 1 commit nat src addr 198.51.100.1 port 20000-20100 pipe \
+    action ct zone 1 commit nat src addr 198.19.100.1 port 20000-20100 pipe \
     action mirred egress redirect dev outside
 filter add dev inside ingress pref 2 chain 1 protocol ip flower ct_state +trk+est \
     action mirred egress redirect dev outside
@@ -233,8 +233,8 @@ def test_ftp_with_the_helper_and_its_related_data_connection() -> None:
     w.send("inside", ctl.c("A"), "stolen", EST)
     w.send("inside", ctl.c("PA", b"USER ftp\r\n"), "stolen", EST)
     w.send("outside", ctl.s("PA", b"331 ok\r\n"), "stolen", EST_RPL)
-    # PORT 10,0,0,1,156,164 announces 10.0.0.1:40100 for the server's data connection
-    w.send("inside", ctl.c("PA", b"PORT 10,0,0,1,156,164\r\n"), "stolen", EST)
+    # PORT 198,18,0,1,156,164 announces 198.18.0.1:40100 for the server's data connection
+    w.send("inside", ctl.c("PA", b"PORT 198,18,0,1,156,164\r\n"), "stolen", EST)
     w.send("outside", ctl.s("PA", b"200 PORT ok\r\n"), "stolen", EST_RPL)
     data = TcpConn(SERVER, CLIENT, 20, 156 * 256 + 164, cseq=7000, sseq=3000)
     # the server's connection from outside is RELATED, committed, let in

@@ -98,7 +98,7 @@ def test_a_taken_index_is_file_exists_and_replace_updates(tc: Tc) -> None:
     ("label 123123/00", "ct zone 0 pipe"),
     ("commit helper ipv4-tcp-ftp", "ct commit zone 0 helper ipv4-tcp-ftp pipe"),
     ("commit helper ipv6-tcp-ftp", "ct commit zone 0 helper ipv6-tcp-ftp pipe"),
-    ("commit nat dst addr 10.0.0.1 port 80 goto chain 1", None),
+    ("commit nat dst addr 198.18.0.1 port 80 goto chain 1", None),
     ("zone 2 nat continue", "ct zone 2 nat continue"),
     ("commit nat src addr 5.5.5.7-5.5.6.0 port 1000-2000 drop",
      "ct commit zone 0 nat src addr 5.5.5.7-5.5.6.0 port 1000-2000 drop"),
@@ -110,7 +110,7 @@ def test_print_ct(tci: Tc, words: str, printed: str | None) -> None:
            "action pass")
     out = tci.ok("filter show dev eth0 ingress")
     if printed is None:
-        printed = "ct commit zone 0 nat dst addr 10.0.0.1 port 80 goto chain 1"
+        printed = "ct commit zone 0 nat dst addr 198.18.0.1 port 80 goto chain 1"
     assert f"\taction order 1: {printed}\n\t index 1 ref 1 bind 1\n" in out
 
 
@@ -157,11 +157,11 @@ filter add dev eth0 ingress pref 2 chain 1 protocol ip flower ct_state +trk+est 
     action ct zone 1 commit mark 0x42/0xf0 pass
 filter add dev eth1 ingress pref 1 protocol ip flower action ct zone 1 pass
 """)
-    pkt = udp("10.0.0.1", "10.0.0.2", 1, 2, b"a")
+    pkt = udp("198.18.0.1", "198.18.0.2", 1, 2, b"a")
     dp.receive("eth0", pkt, 1.0)
     (entry,) = list(dp.conntrack.entries())
     assert entry.mark == 0x0F  # the uncommitted "mark 0x5" did nothing
-    dp.receive("eth1", udp("10.0.0.2", "10.0.0.1", 2, 1, b"b"), 1.1)
+    dp.receive("eth1", udp("198.18.0.2", "198.18.0.1", 2, 1, b"b"), 1.1)
     assert entry.mark == 0x0F
     out = dp.receive("eth0", pkt, 1.2)
     assert out.ct_state == CT_TRACKED | CT_ESTABLISHED
@@ -173,7 +173,7 @@ def test_labels_replace_under_the_mask() -> None:
 qdisc add dev eth0 ingress
 filter add dev eth0 ingress pref 1 protocol ip flower action ct zone 1 commit label 03 pass
 """)
-    dp.receive("eth0", udp("10.0.0.1", "10.0.0.2", 1, 2, b"a"), 1.0)
+    dp.receive("eth0", udp("198.18.0.1", "198.18.0.2", 1, 2, b"a"), 1.0)
     (entry,) = list(dp.conntrack.entries())
     assert entry.labels == 0b11
 
@@ -184,7 +184,7 @@ qdisc add dev eth0 ingress
 filter add dev eth0 ingress pref 1 protocol ip flower action ct zone 1 pass
 """)
     for i in range(3):
-        out = dp.receive("eth0", udp("10.0.0.1", "10.0.0.2", 1, 2, b"a"), 1.0 + i)
+        out = dp.receive("eth0", udp("198.18.0.1", "198.18.0.2", 1, 2, b"a"), 1.0 + i)
         assert out.ct_state == NEW and out.zone == 1
     assert not list(dp.conntrack.entries())
 
@@ -197,7 +197,7 @@ filter add dev eth0 ingress pref 1 protocol ip flower ct_state -trk \
 filter add dev eth0 ingress pref 1 chain 1 protocol ip flower ct_state -trk action drop
 filter add dev eth0 ingress pref 2 chain 1 protocol ip flower ct_state +trk action pass
 """)
-    out = dp.receive("eth0", udp("10.0.0.1", "10.0.0.2", 1, 2, b"a"), 1.0)
+    out = dp.receive("eth0", udp("198.18.0.1", "198.18.0.2", 1, 2, b"a"), 1.0)
     assert out.verdict == "drop" and out.chains[-1] == (1, 1, 1) and out.ct_state == 0
     assert len(list(dp.conntrack.entries())) == 1  # committed before the clear
 
@@ -210,7 +210,7 @@ filter add dev eth0 ingress pref 1 protocol ip flower ct_state -trk \
 filter add dev eth0 ingress pref 1 chain 1 protocol ip flower ct_zone 9 ct_state +trk+inv \
     action drop
 """)
-    out = dp.receive("eth0", tcp("10.0.0.1", "10.0.0.2", 1, 2, "SA", seq=5, ack=6), 1.0)
+    out = dp.receive("eth0", tcp("198.18.0.1", "198.18.0.2", 1, 2, "SA", seq=5, ack=6), 1.0)
     assert out.verdict == "drop" and out.ct_state == CT_TRACKED | CT_INVALID
     assert out.zone == 9
 
@@ -221,7 +221,7 @@ qdisc add dev eth0 ingress
 filter add dev eth0 ingress pref 1 protocol ip flower \
     action ct zone 1 commit pipe action ct zone 2 commit pass
 """)
-    dp.receive("eth0", udp("10.0.0.1", "10.0.0.2", 1, 2, b"a"), 1.0)
+    dp.receive("eth0", udp("198.18.0.1", "198.18.0.2", 1, 2, b"a"), 1.0)
     assert sorted(e.zone for e in dp.conntrack.entries()) == [1, 2]
 
 
@@ -233,12 +233,12 @@ filter add dev eth0 ingress pref 1 protocol ip flower action ct zone 1 commit pa
 filter add dev eth1 ingress pref 1 protocol ip flower ct_state -trk \
     action ct zone 1 pipe action ct zone 1 commit force pass
 """)
-    dp.receive("eth0", udp("10.0.0.1", "10.0.0.2", 1, 2, b"a"), 1.0)
+    dp.receive("eth0", udp("198.18.0.1", "198.18.0.2", 1, 2, b"a"), 1.0)
     (old,) = list(dp.conntrack.entries())
-    out = dp.receive("eth1", udp("10.0.0.2", "10.0.0.1", 2, 1, b"b"), 1.1)
+    out = dp.receive("eth1", udp("198.18.0.2", "198.18.0.1", 2, 1, b"b"), 1.1)
     (new,) = list(dp.conntrack.entries())
     assert new is not old and new.status & IPS_CONFIRMED
-    assert ip_str(new.orig.src) == "10.0.0.2"  # the reply direction became the original
+    assert ip_str(new.orig.src) == "198.18.0.2"  # the reply direction became the original
     assert out.ct_state == NEW
 
 
@@ -249,8 +249,8 @@ qdisc add dev eth1 ingress
 filter add dev eth0 ingress pref 1 protocol ip flower action ct zone 1 commit pass
 filter add dev eth1 ingress pref 1 protocol ip flower action ct zone 1 commit pass
 """)
-    dp.receive("eth0", udp("10.0.0.1", "10.0.0.2", 1, 2, b"a"), 1.0)
-    out = dp.receive("eth1", udp("10.0.0.2", "10.0.0.1", 2, 1, b"b"), 1.1)
+    dp.receive("eth0", udp("198.18.0.1", "198.18.0.2", 1, 2, b"a"), 1.0)
+    out = dp.receive("eth1", udp("198.18.0.2", "198.18.0.1", 2, 1, b"b"), 1.1)
     assert out.ct_state == CT_TRACKED | CT_ESTABLISHED | CT_REPLY
     assert len(list(dp.conntrack.entries())) == 1
 
@@ -260,20 +260,20 @@ def test_dnat_to_a_server_and_back() -> None:
 qdisc add dev eth0 ingress
 qdisc add dev eth1 ingress
 filter add dev eth0 ingress pref 1 protocol ip flower \
-    action ct zone 3 commit nat dst addr 10.1.1.1 port 8080 pipe \
+    action ct zone 3 commit nat dst addr 198.19.1.1 port 8080 pipe \
     action mirred egress redirect dev eth1
 filter add dev eth1 ingress pref 1 protocol ip flower \
     action ct zone 3 nat pipe action mirred egress redirect dev eth0
 """)
-    out = dp.receive("eth0", tcp("203.0.113.9", "198.51.100.1", 5000, 80, "S", seq=1), 1.0)
+    out = dp.receive("eth0", tcp("203.0.113.9", "198.19.100.1", 5000, 80, "S", seq=1), 1.0)
     sent = out.egress[0].pkt
-    assert ip_str(sent.dst) == "10.1.1.1" and sent.l4.dport == 8080  # type: ignore[union-attr]
+    assert ip_str(sent.dst) == "198.19.1.1" and sent.l4.dport == 8080  # type: ignore[union-attr]
     (entry,) = list(dp.conntrack.entries())
     assert entry.status & IPS_DST_NAT
-    back = dp.receive("eth1", tcp("10.1.1.1", "203.0.113.9", 8080, 5000, "SA", seq=9, ack=2),
+    back = dp.receive("eth1", tcp("198.19.1.1", "203.0.113.9", 8080, 5000, "SA", seq=9, ack=2),
                       1.1)
     reply = back.egress[0].pkt
-    assert ip_str(reply.src) == "198.51.100.1" and reply.l4.sport == 80  # type: ignore[union-attr]
+    assert ip_str(reply.src) == "198.19.100.1" and reply.l4.sport == 80  # type: ignore[union-attr]
 
 
 def test_action_stats_count_every_packet_and_drops(tci: Tc) -> None:
@@ -281,7 +281,7 @@ def test_action_stats_count_every_packet_and_drops(tci: Tc) -> None:
     t = Tc(dp.tc)
     t.batch("qdisc add dev eth0 ingress\n"
             "filter add dev eth0 ingress pref 1 protocol ip flower action ct zone 1 drop\n")
-    pkt = udp("10.0.0.1", "10.0.0.2", 1, 2, b"abc")
+    pkt = udp("198.18.0.1", "198.18.0.2", 1, 2, b"abc")
     for i in range(3):
         assert dp.receive("eth0", pkt, 1.0 + i).verdict == "drop"
     out = t.ok("-s filter show dev eth0 ingress")

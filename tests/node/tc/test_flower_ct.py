@@ -140,14 +140,14 @@ def _skb_after_ct(replies: int = 0) -> tuple[Skb, Skb]:
     """A packet of each direction of a connection, as act_ct leaves them."""
     ct = Conntrack()
     tmpl = Template(zone=7)
-    syn = tcp("10.0.0.1", "10.0.0.2", 1000, 80, "S", seq=1)
+    syn = tcp("198.18.0.1", "198.18.0.2", 1000, 80, "S", seq=1)
     res = ct.track(syn, 1.0, tmpl)
     ct.confirm(res, 1.0)
     res.entry.mark = 0xBB  # type: ignore[union-attr]
     orig = Skb(syn, "eth0")
     orig.set_ct(res.entry, res.ctinfo)
     orig.set_post_ct(True, 7)
-    synack = tcp("10.0.0.2", "10.0.0.1", 80, 1000, "SA", seq=100, ack=2)
+    synack = tcp("198.18.0.2", "198.18.0.1", 80, 1000, "SA", seq=100, ack=2)
     back = ct.track(synack, 1.1, tmpl)
     reply = Skb(synack, "eth1")
     reply.set_ct(back.entry, back.ctinfo)
@@ -172,7 +172,7 @@ def test_ct_state_of_a_packet_follows_ctinfo() -> None:
 
 
 def test_untracked_invalid_and_cleared_packets() -> None:
-    pkt = tcp("10.0.0.1", "10.0.0.2", 1, 2, "S")
+    pkt = tcp("198.18.0.1", "198.18.0.2", 1, 2, "S")
     skb = Skb(pkt, "eth0")
     assert _key("ct_state -trk")(skb) and skb.ct_state == 0
     skb.set_post_ct(True, 3)  # a ct action ran and found the packet invalid

@@ -10,7 +10,7 @@ from node.packet import udp
 
 from .conftest import Tc
 
-PKT = udp("10.0.0.1", "10.0.0.2", 1000, 53, b"query")
+PKT = udp("198.18.0.1", "198.18.0.2", 1000, 53, b"query")
 FILE_EXISTS = "RTNETLINK answers: File exists\nWe have an error talking to the kernel\n"
 
 
