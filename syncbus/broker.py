@@ -1,0 +1,347 @@
+"""Brokers: the embedded amqtt broker (the default) and a managed Mosquitto.
+
+embedded_broker(host, port)   async context manager; amqtt in this process and
+                              event loop; yields its URL. Used when no broker
+                              URL is given (node, run).
+serve() / main()              `ctlab broker` (python -m syncbus.broker): the
+                              embedded broker until SIGTERM.
+BrokerProcess                 that, as a child process (benchmarks).
+Mosquitto(...)                the real `mosquitto` binary on a loopback port
+                              with a generated configuration (optionally a
+                              password file and an ACL), for tests and
+                              benchmarks. It is started as a child process and
+                              stopped by its PID only (terminate, then kill),
+                              on every exit path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from syncbus.errors import BrokerError
+
+MOSQUITTO = "/usr/sbin/mosquitto"
+MOSQUITTO_PASSWD = "/usr/bin/mosquitto_passwd"
+START_TIMEOUT = 10.0
+STOP_TIMEOUT = 5.0
+SHUTDOWN_TIMEOUT = 5.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (the usual small race applies)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_listening(host: str, port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), 0.2):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+# ================================================================ amqtt
+def amqtt_config(host: str, port: int) -> dict[str, Any]:
+    return {
+        "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}",
+                                  "max_connections": 0}},
+        # anonymous access; no $SYS publisher, no packet logger (they cost CPU)
+        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin":
+                    {"allow_anonymous": True}},
+    }
+
+
+@contextlib.asynccontextmanager
+async def embedded_broker(host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+    """Run amqtt in this event loop for the duration of the block; yields
+    `mqtt://host:port`. Port 0 picks a free one."""
+    from amqtt.broker import Broker  # imported here: amqtt is heavy and optional at import
+
+    port = port or free_port(host)
+    for name in ("amqtt", "transitions"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    broker = Broker(amqtt_config(host, port))
+    try:
+        await broker.start()
+    except Exception as exc:
+        raise BrokerError(f"embedded broker on {host}:{port} did not start: {exc}") from exc
+    try:
+        yield f"mqtt://{host}:{port}"
+    finally:
+        await _shutdown(broker)
+
+
+async def _shutdown(broker: Any) -> None:
+    """amqtt's shutdown, bounded: with clients still connected it can wait
+    forever (seen with 0.12.1, intermittently); then its listeners are closed
+    by force so that the port is free again."""
+    import asyncio
+
+    try:
+        async with asyncio.timeout(SHUTDOWN_TIMEOUT):
+            await broker.shutdown()
+    except TimeoutError:
+        logging.getLogger("syncbus.broker").warning(
+            "amqtt shutdown did not finish in %ss; closing its listeners", SHUTDOWN_TIMEOUT)
+        for server in list(getattr(broker, "_servers", {}).values()):
+            instance = getattr(server, "instance", None)
+            if instance is not None:
+                instance.close()
+                for close in ("close_clients", "abort_clients"):  # 3.13+; harmless if absent
+                    fn = getattr(instance, close, None)
+                    if fn is not None:
+                        fn()
+
+
+# ================================================================ mosquitto
+class Mosquitto:
+    """A Mosquitto process on a loopback port. Use as a context manager, or
+    start()/stop() (restart() keeps the port: a broker restart fault).
+
+    users: {username: password} -> password_file (mosquitto_passwd) and
+    allow_anonymous false. acl: the text of an acl_file. extra: more
+    configuration lines. config: a whole configuration instead (it must open
+    a listener on host:port; `{port}` in it is replaced by the port)."""
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0,
+                 users: Mapping[str, str] | None = None, acl: str | None = None,
+                 extra: str = "", config: str | None = None,
+                 binary: str = MOSQUITTO) -> None:
+        if not Path(binary).exists() and shutil.which(binary) is None:
+            raise BrokerError(f"mosquitto binary not found: {binary}")
+        self.binary = binary
+        self.host = host
+        self.port = port or free_port(host)
+        self.users = dict(users or {})
+        self.acl = acl
+        self.extra = extra
+        self.config = config
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def _write_config(self, d: Path) -> Path:
+        conf = d / "mosquitto.conf"
+        if self.config is not None:
+            conf.write_text(self.config.replace("{port}", str(self.port)))
+            return conf
+        lines = [f"listener {self.port} {self.host}",
+                 "persistence false",
+                 # defaults that silently drop replication traffic (1000 queued, 20 in flight)
+                 "max_queued_messages 100000",
+                 "max_inflight_messages 100",
+                 "set_tcp_nodelay true"]
+        if self.users:
+            pw = d / "passwd"
+            pw.unlink(missing_ok=True)
+            pw.touch(mode=0o600)
+            for user, password in self.users.items():
+                subprocess.run([MOSQUITTO_PASSWD, "-b", str(pw), user, password], check=True,
+                               capture_output=True, timeout=10)
+            lines += ["allow_anonymous false", f"password_file {pw}"]
+        else:
+            lines.append("allow_anonymous true")
+        if self.acl is not None:
+            acl = d / "acl"
+            acl.write_text(self.acl)
+            lines.append(f"acl_file {acl}")
+        if self.extra:
+            lines.append(self.extra)
+        conf.write_text("\n".join(lines) + "\n")
+        return conf
+
+    def start(self) -> str:
+        if self.proc is not None:
+            raise BrokerError("mosquitto is already running")
+        if self._dir is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="ctlab-mosquitto-")
+        d = Path(self._dir.name)
+        conf = self._write_config(d)
+        # started as root, mosquitto drops to its own user before it reads the
+        # password and ACL files: let that user read this (throwaway) directory
+        d.chmod(0o755)
+        for f in d.iterdir():
+            f.chmod(0o644)
+        logf = open(d / "mosquitto.log", "ab")  # noqa: SIM115 - owned by the child
+        try:
+            self.proc = subprocess.Popen([self.binary, "-c", str(conf)], stdout=logf,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        finally:
+            logf.close()
+        if not wait_listening(self.host, self.port, START_TIMEOUT) or self.proc.poll() is not None:
+            log = self.log()
+            self.stop()
+            raise BrokerError(f"mosquitto did not start on {self.host}:{self.port}:\n{log}")
+        return self.url
+
+    def stop(self) -> None:
+        """Stop our process, by its PID only."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(STOP_TIMEOUT)
+
+    def kill(self) -> None:
+        """kill -9 (a crash: no clean shutdown)."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(STOP_TIMEOUT)
+
+    def restart(self) -> str:
+        self.stop()
+        return self.start()
+
+    def log(self) -> str:
+        if self._dir is None:
+            return ""
+        p = Path(self._dir.name) / "mosquitto.log"
+        return p.read_text(errors="replace")[-4000:] if p.exists() else ""
+
+    def close(self) -> None:
+        self.stop()
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+    def __enter__(self) -> Mosquitto:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # last resort: never leave a broker behind
+        proc = getattr(self, "proc", None)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+
+
+
+
+# ================================================================ `ctlab broker`
+async def serve(host: str = "127.0.0.1", port: int = 1883,
+                ready: Callable[[str], None] | None = None) -> None:
+    """Run the embedded broker until cancelled (`ctlab broker`, SIGTERM)."""
+    import asyncio
+
+    async with embedded_broker(host, port) as url:
+        if ready is not None:
+            ready(url)
+        await asyncio.Event().wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m syncbus.broker [--host H] [--port P]: the embedded amqtt broker
+    in its own process; prints its URL on stdout once it listens."""
+    import argparse
+    import asyncio
+
+    ap = argparse.ArgumentParser(prog="syncbus.broker", description=main.__doc__)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=1883)
+    args = ap.parse_args(argv)
+
+    def ready(url: str) -> None:
+        print(url, flush=True)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await serve(args.host, args.port, ready)
+
+    asyncio.run(run())
+    return 0
+
+
+class BrokerProcess:
+    """`python -m syncbus.broker` as a child process (amqtt out of the caller's
+    process, like a real broker); stopped by its PID."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    def __enter__(self) -> BrokerProcess:
+        import sys
+
+        root = str(Path(__file__).resolve().parents[1])  # importable without installing
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "syncbus.broker", "--host", self.host, "--port",
+             str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL, env=env)
+        if not wait_listening(self.host, self.port, START_TIMEOUT):
+            self.__exit__(None, None, None)
+            raise BrokerError(f"embedded broker process did not start on port {self.port}")
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(STOP_TIMEOUT)
+
+    def restart(self) -> str:
+        """Stop and start again on the same port (a broker restart fault)."""
+        self.stop()
+        self.__enter__()
+        return self.url
+
+
+__all__ = ["MOSQUITTO", "BrokerError", "BrokerProcess", "Mosquitto", "embedded_broker",
+           "free_port", "main", "serve", "wait_listening"]
+
+if __name__ == "__main__":
+    raise SystemExit(main())

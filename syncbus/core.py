@@ -1,0 +1,304 @@
+"""One member's replication, pure: what the node daemon drives.
+
+SyncCore joins the outbox (what this node says), the replica (what it hears),
+aging and the election, checks every incoming frame against the topic it came
+on, and answers resync requests. Bytes in, Publish values out, time passed in:
+the daemon owns the bus, the clock and the timers.
+
+What the daemon calls, and when:
+
+    core = SyncCore(SyncConfig(...), ct, card, epoch=<increasing per start>, now=t)
+    bus subscribes to core.subscriptions(); its will is core.will(session, t)
+    on every (re)connect      publish(core.on_connected(session, t))
+    on disconnect             core.on_disconnected(t)
+    on every message          publish(core.on_message(topic, payload, t))
+    after packets/card polls  publish(core.on_local_events(ct.take_events(), t))
+                              (every CtEvent, NEW/UPDATE/DESTROY, in order)
+    local traffic             core.aging.note(zone, orig, at) (software hits, card
+                              PollResult.active), then once per poll cycle
+                              publish(core.touches(t))
+    at core.next_deadline()   publish(core.poll(t)) (flush timer, heartbeats,
+                              election, resync retries, snapshot frames)
+    role changes              core.take_events() (RoleChanged, PeerDown, GateChanged...)
+
+Every frame that does not decode, does not verify, or does not belong on its
+topic is counted in stats["bad_messages"] and dropped before it touches state.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from node.conntrack.events import DESTROY, CtEvent
+from node.conntrack.table import Conntrack
+from syncbus import codec, topics
+from syncbus.aging import Aging
+from syncbus.election import (
+    ACTIVE_STANDBY,
+    Election,
+    ElectionConfig,
+    Event,
+    PeerDown,
+    SyncFrom,
+)
+from syncbus.errors import CodecError, TopicError
+from syncbus.messages import (
+    CtBatch,
+    CtDelete,
+    Envelope,
+    Heartbeat,
+    ResyncRequest,
+    SnapshotChunk,
+    SnapshotEnd,
+    SnapshotStart,
+    TouchDigest,
+)
+from syncbus.outbox import (
+    DEFAULT_BUDGET,
+    DEFAULT_DELAY,
+    DEFAULT_HISTORY,
+    Outbox,
+    Publish,
+    SnapshotWriter,
+)
+from syncbus.replica import (
+    RESYNC_RETRY,
+    TOMBSTONE_TTL,
+    Replica,
+    RequestResync,
+    SnapshotComplete,
+)
+
+REPLICA_TICK = 0.25  # resync retries and tombstone expiry
+
+
+@dataclass(frozen=True, slots=True)
+class SyncConfig:
+    cluster: str
+    node: str
+    key: bytes | None = None  # cluster key: HMAC on every frame, unauthenticated refused
+    priority: int = 100
+    preempt: bool = False
+    mode: str = ACTIVE_STANDBY
+    hb_interval: float = 0.1
+    dead_after: float = 0.35
+    discover: float = 0.3
+    sync_timeout: float = 10.0
+    reconnect_grace: float = 2.0
+    budget: int = DEFAULT_BUDGET
+    flush_delay: float = DEFAULT_DELAY
+    history_bytes: int = DEFAULT_HISTORY
+    tombstone_ttl: float = TOMBSTONE_TTL
+    resync_retry: float = RESYNC_RETRY
+    snapshot_frames_per_poll: int = 16
+
+    def __post_init__(self) -> None:
+        topics.check_name(self.cluster, "cluster")
+        topics.check_name(self.node)
+        codec.check_key(self.key)
+
+
+_BODY_FOR_KIND: dict[str, tuple[type, ...]] = {
+    topics.CT: (CtBatch,),
+    topics.TOUCH: (TouchDigest,),
+    topics.HB: (Heartbeat,),
+    topics.RESYNC_REQ: (ResyncRequest,),
+    topics.RESYNC_RESP: (CtBatch, SnapshotStart, SnapshotChunk, SnapshotEnd),
+}
+
+
+class SyncCore:
+    def __init__(self, cfg: SyncConfig, ct: Conntrack, card: Any = None, *, epoch: int,
+                 now: float) -> None:
+        self.cfg = cfg
+        self.ct = ct
+        self.card = card
+        self.epoch = epoch
+        self.aging = Aging()
+        self.replica = Replica(cfg.node, epoch, ct, card, tombstone_ttl=cfg.tombstone_ttl,
+                               resync_retry=cfg.resync_retry,
+                               last_seen=self.aging.last_seen)
+        self.outbox = Outbox(cfg.cluster, cfg.node, epoch, cfg.key, budget=cfg.budget,
+                             delay=cfg.flush_delay, history_bytes=cfg.history_bytes,
+                             identity=self.replica.identity)
+        self.election = Election(ElectionConfig(
+            cfg.node, cfg.priority, cfg.preempt, cfg.mode, cfg.hb_interval, cfg.dead_after,
+            cfg.discover, cfg.sync_timeout, cfg.reconnect_grace), epoch, now)
+        self._events: list[Event] = []
+        self._snapshots: deque[SnapshotWriter] = deque()
+        self._next_replica_tick = now
+        self.stats = {"bad_messages": 0, "messages": 0, "published": 0, "requests": 0}
+        self.bad_reasons: dict[str, int] = {}
+
+    # ------------------------------------------------------------ wiring
+    def subscriptions(self) -> list[str]:
+        return topics.subscriptions(self.cfg.cluster, self.cfg.node)
+
+    def will(self, session: int, now: float) -> Publish:
+        return self.outbox.will(self._heartbeat_body(now), session, now)
+
+    def on_connected(self, session: int, now: float) -> list[Publish]:
+        self._events += self.election.set_connected(True, session, now)
+        return self.poll(now)
+
+    def on_disconnected(self, now: float) -> None:
+        self._events += self.election.set_connected(False, self.election.session, now)
+
+    def take_events(self) -> list[Event]:
+        out, self._events = self._events, []
+        return out
+
+    @property
+    def role(self) -> str:
+        return self.election.role
+
+    # ------------------------------------------------------------ incoming
+    def on_message(self, topic: str, payload: bytes, now: float) -> list[Publish]:
+        self.stats["messages"] += 1
+        try:
+            where = topics.parse(topic)
+            env = codec.decode(payload, self.cfg.key)
+        except (TopicError, CodecError) as exc:
+            return self._bad(type(exc).__name__, exc)
+        if where.cluster != self.cfg.cluster or env.cluster != self.cfg.cluster:
+            return self._bad("cluster", None)
+        if not isinstance(env.body, _BODY_FOR_KIND[where.kind]):
+            return self._bad("body_not_for_topic", None)
+        if where.kind == topics.RESYNC_REQ:  # published to the target by the requester
+            assert isinstance(env.body, ResyncRequest)
+            if env.body.requester != env.origin:
+                return self._bad("requester_not_origin", None)
+        elif env.origin != where.node:
+            return self._bad("origin_not_topic_owner", None)  # a spoofed origin
+        if env.origin == self.cfg.node:  # our own frames come back through ct/+ and hb/+
+            if where.kind == topics.HB and env.epoch == self.epoch:
+                self._events += self.election.on_echo(now)
+            return []
+        if where.kind == topics.RESYNC_REQ:
+            assert isinstance(env.body, ResyncRequest)
+            return self._answer(env.body, now) if where.node == self.cfg.node else []
+        if where.kind == topics.RESYNC_RESP and where.requester != self.cfg.node:
+            return []
+        if where.kind == topics.TOUCH:
+            assert isinstance(env.body, TouchDigest)
+            self.aging.receive(env.body, now)
+            self.aging.apply(self.ct, now, self.card)
+            return []
+        out: list[Publish] = []
+        if where.kind == topics.HB:
+            assert isinstance(env.body, Heartbeat)
+            self._on_election(self.election.on_heartbeat(env.epoch, env.seq, env.body, now),
+                              now, out)
+        for action in self.replica.apply(env, now):
+            if isinstance(action, RequestResync):
+                out.append(self._request(action, now))
+            elif isinstance(action, SnapshotComplete):
+                self._on_election(self.election.snapshot_complete(action.origin, now), now,
+                                  out)
+        return out
+
+    def _bad(self, reason: str, exc: Exception | None) -> list[Publish]:
+        self.stats["bad_messages"] += 1
+        self.bad_reasons[reason] = self.bad_reasons.get(reason, 0) + 1
+        return []
+
+    def _request(self, action: RequestResync, now: float) -> Publish:
+        self.stats["requests"] += 1
+        env = Envelope(1, self.cfg.cluster, self.cfg.node, self.epoch, 0, now, action.request)
+        return Publish(topics.resync_req(self.cfg.cluster, action.origin),
+                       codec.encode(env, self.cfg.key))
+
+    def _answer(self, req: ResyncRequest, now: float) -> list[Publish]:
+        frames = self.outbox.replay(req)
+        if frames is not None:
+            return frames
+        if any(w.requester == req.requester for w in self._snapshots):
+            return []  # one snapshot in flight per requester is enough
+        self._snapshots.append(self.outbox.snapshot(req.requester, self.ct.entries()))
+        return self._snapshot_frames(now)
+
+    def _snapshot_frames(self, now: float) -> list[Publish]:
+        out: list[Publish] = []
+        while self._snapshots and len(out) < self.cfg.snapshot_frames_per_poll:
+            frame = self._snapshots[0].next(now)
+            if frame is None:
+                self._snapshots.popleft()
+            else:
+                out.append(frame)
+        return out
+
+    def _on_election(self, events: list[Event], now: float, out: list[Publish]) -> None:
+        for ev in events:
+            if isinstance(ev, SyncFrom):
+                out.append(self._request(self.replica.request_full(ev.source, ev.epoch, now),
+                                        now))
+            elif isinstance(ev, PeerDown):
+                self.replica.forget_origin(ev.node)
+        self._events += events
+
+    # ------------------------------------------------------------ outgoing
+    def on_local_events(self, events: Iterable[CtEvent], now: float) -> list[Publish]:
+        """The engine's events (ct.take_events()): publish what this node's own
+        datapath did; drop the echoes of what the replica applied."""
+        ct, outbox, replica = self.ct, self.outbox, self.replica
+        for ev in events:
+            view = ev.entry
+            if ev.type == DESTROY:
+                conn = replica.destroyed(view.id)
+                self.aging.forget((view.zone, view.orig))
+                if conn is not None:
+                    outbox.delete(CtDelete(conn, view.orig, view.reply, view.zone), now)
+                continue
+            entry = ct.find(view.orig, view.zone)
+            if entry is None or entry.id != view.id:
+                continue  # gone since (its DESTROY follows)
+            replica.adopt(entry)
+            outbox.upsert(entry, now)
+        return outbox.poll(now)
+
+    def touches(self, now: float) -> list[Publish]:
+        """Once per poll cycle: this node's touch digest."""
+        touched = self.aging.digest(now)
+        return self.outbox.touches(touched, now) if touched else []
+
+    def _heartbeat_body(self, now: float) -> Heartbeat:
+        return self.election.heartbeat(now, len(self.ct), self.outbox.ct_seq)
+
+    def poll(self, now: float) -> list[Publish]:
+        out = self.outbox.poll(now)
+        self._on_election(self.election.tick(now), now, out)
+        if now >= self._next_replica_tick:
+            self._next_replica_tick = now + REPLICA_TICK
+            for action in self.replica.tick(now):
+                if isinstance(action, RequestResync):
+                    out.append(self._request(action, now))
+        if self.election.heartbeat_due(now):
+            hb = self._heartbeat_body(now)  # re-arms the heartbeat timer
+            if self.election.connected:
+                out.append(self.outbox.heartbeat(hb, now))
+        out += self._snapshot_frames(now)
+        self.stats["published"] += len(out)
+        return out
+
+    def next_deadline(self) -> float:
+        t = min(self.election.next_deadline(), self._next_replica_tick)
+        d = self.outbox.next_deadline()
+        if d is not None:
+            t = min(t, d)
+        if self._snapshots:
+            t = float("-inf")  # frames to send: come back at once
+        return t
+
+    def metrics(self) -> dict[str, Any]:
+        r, o = self.replica, self.outbox
+        return {"role": self.role, "term": self.election.term, "gate": self.election.gate.state,
+                "gate_timed_out": self.election.gate.timed_out, **self.stats,
+                "bad_reasons": dict(self.bad_reasons), "replica": dict(r.stats),
+                "outbox": dict(o.stats), "aging": dict(self.aging.stats),
+                "ct_seq": o.ct_seq, "install_latency_samples": len(r.install_latency)}
+
+
+__all__ = ["SyncConfig", "SyncCore"]

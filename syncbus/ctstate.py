@@ -1,0 +1,271 @@
+"""Conntrack entries to replication records and back, and the TCP merge rule.
+
+Pure and engine-facing: reads and builds node.conntrack Entry / TcpConn /
+NatBinding objects. The TCP block mirrors TcpTracker.export()/restore() field
+for field (tests check that export() of a rebuilt entry equals the original's),
+but is read and written directly: this runs once per replicated event.
+
+What a receiver keeps for itself: the IPS_OFFLOAD / IPS_HW_OFFLOAD bits belong
+to its own card (the sender's are in CtUpsert.offload), and IPS_DYING /
+IPS_TEMPLATE never describe a live replicated entry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from node.conntrack.entry import (
+    IPS_DYING,
+    IPS_HW_OFFLOAD,
+    IPS_OFFLOAD,
+    IPS_SRC_NAT_DONE,
+    IPS_TEMPLATE,
+    Entry,
+)
+from node.conntrack.nat import NatBinding, NatRange, register
+from node.conntrack.table import Conntrack
+from node.conntrack.tcp import TcpConn
+from node.conntrack.tcp_table import sCL, sCW, sES, sFW, sLA, sNO, sS2, sSR, sSS, sTW
+from syncbus import codec
+from syncbus.messages import (
+    OFFLOAD_HW,
+    OFFLOAD_NONE,
+    OFFLOAD_SW,
+    ConnId,
+    CtDelete,
+    CtUpsert,
+    NatInfo,
+    NatRangeInfo,
+    TcpDir,
+    TcpInfo,
+)
+
+LOCAL_BITS = IPS_OFFLOAD | IPS_HW_OFFLOAD  # the receiver's own card decides these
+DROP_BITS = IPS_DYING | IPS_TEMPLATE
+IPPROTO_TCP = 6
+_new = tuple.__new__  # builds a NamedTuple in C, without its Python __new__
+_M = 0xFFFFFFFF
+_H = 0x80000000
+
+# "Most advanced state wins" (pfsync_upd_tcp()): a rank that only grows over a
+# connection's life. FIN_WAIT and CLOSE_WAIT (one side closed) rank equal.
+TCP_RANK = {sNO: 0, sSS: 1, sS2: 2, sSR: 3, sES: 4, sFW: 5, sCW: 5, sLA: 6, sTW: 7, sCL: 8}
+
+
+# ---------------------------------------------------------------- entry -> record
+def offload_state(status: int) -> int:
+    if status & IPS_HW_OFFLOAD:
+        return OFFLOAD_HW
+    return OFFLOAD_SW if status & IPS_OFFLOAD else OFFLOAD_NONE
+
+
+def tcp_info(conn: TcpConn | None) -> TcpInfo:
+    """The record of a TcpConn. TcpConn keeps both directions' struct
+    ip_ct_tcp_state as flat slots suffixed with the direction (td_end0 is
+    seen[ORIGINAL].td_end), as TcpInfo does; they are read directly."""
+    c = conn if conn is not None else TcpConn()
+    return _new(TcpInfo, (
+        c.state, c.td_end0, c.td_maxend0, c.td_maxwin0, c.td_maxack0, c.td_scale0, c.flags0,
+        c.td_end1, c.td_maxend1, c.td_maxwin1, c.td_maxack1, c.td_scale1, c.flags1,
+        c.last_dir, c.last_index, c.last_seq, c.last_ack, c.last_end, c.last_win,
+        c.last_wscale, c.last_flags, c.retrans))
+
+
+def nat_info(binding: Any) -> NatInfo | None:
+    if not isinstance(binding, NatBinding) or (binding.src is None and binding.dst is None):
+        return None
+    return NatInfo(_range_info(binding.src), _range_info(binding.dst))
+
+
+def _range_info(rng: NatRange | None) -> NatRangeInfo | None:
+    if rng is None:
+        return None
+    return NatRangeInfo(rng.kind, rng.min_addr, rng.max_addr, rng.min_port, rng.max_port,
+                        rng.flags)
+
+
+def upsert_of(entry: Entry, conn: ConnId, now: float) -> CtUpsert:
+    """The replication record of `entry`'s current state."""
+    status = entry.status
+    master = entry.master
+    nat = entry.nat
+    return _new(CtUpsert, (
+        conn, entry.orig, entry.reply, entry.zone, status & ~DROP_BITS,
+        max(entry.expires_at - now, 0.0), entry.timeout, max(now - entry.created, 0.0),
+        entry.mark, entry.labels, entry.helper, master.orig if master is not None else None,
+        tcp_info(entry.proto) if entry.orig.proto == IPPROTO_TCP else None,
+        nat_info(nat) if nat is not None else None, offload_state(status)))
+
+
+def pack_entry(entry: Entry, conn: ConnId, now: float, origin: str, epoch: int) -> bytes:
+    """codec.pack_item(upsert_of(entry, conn, now), origin, epoch), without
+    building the record for the common case (the sender's own connection, no
+    labels, helper, master or NAT binding): the send path runs it per event."""
+    if (conn.creator != origin or conn.epoch != epoch or entry.labels
+            or entry.helper is not None or entry.master is not None
+            or (entry.nat is not None and nat_info(entry.nat) is not None)):
+        return codec.pack_item(upsert_of(entry, conn, now), origin, epoch)
+    tcp = None
+    if entry.orig[1] == IPPROTO_TCP:
+        tcp = tcp_info(entry.proto)
+    status = entry.status
+    return codec.pack_own_upsert(
+        conn.id, entry.orig, entry.reply, entry.zone, status & ~DROP_BITS,
+        entry.expires_at - now, entry.timeout, now - entry.created, entry.mark,
+        offload_state(status), tcp)
+
+
+def delete_of(conn: ConnId, orig: Any, reply: Any, zone: int) -> CtDelete:
+    return CtDelete(conn, orig, reply, zone)
+
+
+# ---------------------------------------------------------------- record -> entry
+def tcp_conn(info: TcpInfo) -> TcpConn:
+    """A TcpConn equal to what TcpTracker.restore() builds from export()."""
+    c = TcpConn.__new__(TcpConn)
+    (c.state, c.td_end0, c.td_maxend0, c.td_maxwin0, c.td_maxack0, c.td_scale0, c.flags0,
+     c.td_end1, c.td_maxend1, c.td_maxwin1, c.td_maxack1, c.td_scale1, c.flags1,
+     c.last_dir, c.last_index, c.last_seq, c.last_ack, c.last_end, c.last_win, c.last_wscale,
+     c.last_flags, c.retrans) = info
+    return c
+
+
+def nat_binding(info: NatInfo | None) -> NatBinding | None:
+    """Raises ValueError (NatError) for a range the engine refuses."""
+    if info is None:
+        return None
+    return NatBinding(_range(info.src), _range(info.dst))
+
+
+def _range(r: NatRangeInfo | None) -> NatRange | None:
+    if r is None:
+        return None
+    return NatRange(r.kind, r.min_addr, r.max_addr, r.min_port, r.max_port, r.flags)
+
+
+def new_entry(up: CtUpsert, ct: Conntrack, now: float) -> Entry:
+    """A fresh Entry holding `up`'s state, ready for Conntrack.insert_synced().
+    Raises ValueError for a NAT range the engine refuses (nothing is changed)."""
+    nat = nat_binding(up.nat)
+    entry = Entry(up.orig, up.reply, up.zone, now - up.age, 0)
+    entry.status = up.status & ~(LOCAL_BITS | DROP_BITS)
+    entry.expires_at = now + up.timeout
+    entry.timeout = up.period
+    entry.mark = up.mark
+    entry.labels = up.labels
+    entry.nat = nat
+    if up.tcp is not None:
+        entry.proto = tcp_conn(up.tcp)
+    if up.master is not None:
+        entry.master = ct.find(up.master, up.zone)
+    if up.helper is not None:
+        _set_helper(ct, entry, up.helper)
+    return entry
+
+
+def after_insert(ct: Conntrack, entry: Entry) -> None:
+    """What the engine needs once a synced entry is in the table."""
+    if entry.status & IPS_SRC_NAT_DONE:
+        register(ct, entry)  # known to find_appropriate_src(), as ctnetlink does
+
+
+def _set_helper(ct: Conntrack, entry: Entry, name: str) -> None:
+    entry.helper = name
+    helper = ct.helpers.get(name)
+    from_nlattr = getattr(helper, "from_nlattr", None)
+    if from_nlattr is not None:
+        from_nlattr(entry)
+
+
+def replace_state(entry: Entry, up: CtUpsert, ct: Conntrack, now: float) -> None:
+    """Overwrite a synced entry with the newer state of the same connection
+    (one writer: the standby follows its active). Raises ValueError for a NAT
+    range the engine refuses, before changing anything."""
+    nat = nat_binding(up.nat) if up.nat is not None else entry.nat
+    entry.status = (up.status & ~(LOCAL_BITS | DROP_BITS)) | (entry.status & LOCAL_BITS)
+    _set_timeout(ct, entry, up, now)
+    entry.mark = up.mark
+    entry.labels = up.labels
+    entry.nat = nat
+    if up.tcp is not None:
+        entry.proto = tcp_conn(up.tcp)
+    if up.helper is not None and up.helper != entry.helper:
+        _set_helper(ct, entry, up.helper)
+
+
+def _set_timeout(ct: Conntrack, entry: Entry, up: CtUpsert, now: float) -> None:
+    ct.refresh(entry, up.timeout, now)  # reschedules in the expiry heap
+    entry.timeout = up.period
+
+
+def merge_state(entry: Entry, up: CtUpsert, ct: Conntrack, now: float) -> bool:
+    """Several writers (active-active, asymmetric paths, an entry this node's
+    own traffic also updates): the most advanced state wins, field by field, and
+    nothing moves backwards. Status bits accumulate, the expiry only extends,
+    and TCP follows merge_tcp(). Returns True if the entry changed."""
+    changed = False
+    status = entry.status | (up.status & ~(LOCAL_BITS | DROP_BITS))
+    if status != entry.status:
+        entry.status = status
+        changed = True
+    if now + up.timeout > entry.expires_at:
+        _set_timeout(ct, entry, up, now)
+        changed = True
+    if up.tcp is not None:
+        if entry.proto is None:
+            entry.proto = tcp_conn(up.tcp)
+            changed = True
+        else:
+            changed |= merge_tcp(entry.proto, up.tcp)
+    return changed
+
+
+def _after(a: int, b: int) -> bool:
+    """after(a, b) in u32 sequence space."""
+    return ((b - a) & _M) >= _H and a != b
+
+
+def merge_tcp(conn: TcpConn, info: TcpInfo) -> bool:
+    """pfsync's stale rule as a join: the state with the higher rank wins (with
+    its last-packet fields); each direction's window edges only move forward in
+    sequence space, the maximum window only grows, flags accumulate."""
+    changed = False
+    if TCP_RANK.get(info.state, 0) > TCP_RANK.get(conn.state, 0):
+        conn.state = info.state
+        conn.last_dir, conn.last_index = info.last_dir, info.last_index
+        conn.last_seq, conn.last_ack, conn.last_end = info.last_seq, info.last_ack, info.last_end
+        conn.last_win, conn.last_wscale = info.last_win, info.last_wscale
+        conn.last_flags, conn.retrans = info.last_flags, info.retrans
+        changed = True
+    changed |= _merge_dir(conn, "0", info.direction(0))
+    changed |= _merge_dir(conn, "1", info.direction(1))
+    return changed
+
+
+_DIR_FIELDS = ("td_end", "td_maxend", "td_maxwin", "td_maxack", "td_scale", "flags")
+
+
+def _merge_dir(c: TcpConn, d: str, theirs: TcpDir) -> bool:
+    if not theirs.td_maxwin:
+        return False  # the other side has seen nothing from this sender
+    names = [f + d for f in _DIR_FIELDS]
+    mine = TcpDir(*(getattr(c, n) for n in names))
+    if not mine.td_maxwin:
+        new = theirs
+    else:
+        new = TcpDir(
+            theirs.td_end if _after(theirs.td_end, mine.td_end) else mine.td_end,
+            theirs.td_maxend if _after(theirs.td_maxend, mine.td_maxend) else mine.td_maxend,
+            max(theirs.td_maxwin, mine.td_maxwin),
+            theirs.td_maxack if _after(theirs.td_maxack, mine.td_maxack) else mine.td_maxack,
+            mine.td_scale, mine.flags | theirs.flags)
+    if new == mine:
+        return False
+    for n, v in zip(names, new, strict=True):
+        setattr(c, n, v)
+    return True
+
+
+__all__ = ["LOCAL_BITS", "TCP_RANK", "after_insert", "delete_of", "merge_state", "merge_tcp",
+           "nat_binding", "nat_info", "new_entry", "offload_state", "pack_entry", "replace_state",
+           "tcp_conn", "tcp_info", "upsert_of"]

@@ -1,0 +1,414 @@
+"""Roles, pure: active-standby election, the readiness gate, active-active ownership.
+
+Active-standby (VRRP's rules, with pfsync's gate and a fencing term):
+  - every member heartbeats every `hb_interval` (100 ms); a peer unheard for
+    `dead_after` is dead, and its MQTT will (role offline) kills it at once;
+  - with no live active, the best eligible member takes over: highest
+    priority, then the node name (deterministic, so all agree); a member that
+    has just become eligible first lets two heartbeats pass (a cold start);
+  - preempt on: an eligible member of higher priority than the active takes
+    over; preempt off: an active stays while it lives;
+  - each takeover starts a new term (max term seen + 1); an active that sees
+    another active with a higher (term, priority, name) steps down at once:
+    the term fences an old active that returns (SIGSTOP, partition);
+  - no promotion while the bus is down (the node cannot see the others), and
+    no peer is declared dead meanwhile; once back, peers get `reconnect_grace`
+    to reappear (a broker restart is not the active's death). "Down" includes a
+    stalled broker: a member that does not get its own heartbeat back within
+    `dead_after` trusts nobody's silence.
+
+Readiness gate (a joining node must not become active half-empty):
+  DISCOVERING for `discover` seconds (retained heartbeats arrive), then
+  SYNCING from the active (or the ready peer with the largest table) until its
+  full snapshot completes, then READY. With no peer holding state, READY at once
+  ("nothing to sync"). If the source dies, another one is picked. The wait is
+  bounded and visible: after `sync_timeout` the gate reports timed_out; the node
+  then becomes eligible only if no other live member is (it never pretends the
+  transfer was fine, and it never leaves the cluster without an active).
+
+Active-active: every ready member is active; a flow belongs to one member by
+rendezvous hashing of its direction-normalised tuple (owner_of()), so the
+original and the reply direction (an asymmetric path) name the same owner.
+
+The shell feeds heartbeats (on_heartbeat), snapshot completion
+(snapshot_complete) and time (tick); it publishes heartbeat() when
+heartbeat_due(), and acts on the returned events.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from node.conntrack.tuple import Tuple
+from syncbus.messages import (
+    ROLE_ACTIVE,
+    ROLE_JOINING,
+    ROLE_OFFLINE,
+    ROLE_STANDBY,
+    Heartbeat,
+)
+
+ACTIVE_STANDBY = "active-standby"
+ACTIVE_ACTIVE = "active-active"
+
+DISCOVERING = "discovering"
+SYNCING = "syncing"
+READY = "ready"
+
+
+@dataclass(frozen=True, slots=True)
+class ElectionConfig:
+    node: str
+    priority: int = 100  # 0..255
+    preempt: bool = False
+    mode: str = ACTIVE_STANDBY
+    hb_interval: float = 0.1
+    dead_after: float = 0.35  # 3 heartbeats + skew, VRRP style
+    discover: float = 0.3  # time to collect retained heartbeats before choosing a source
+    sync_timeout: float = 10.0  # the readiness gate's bound
+    reconnect_grace: float = 2.0  # after a bus outage, peers get this long to reappear
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.priority <= 255:
+            raise ValueError("priority must be 0..255")
+        if self.mode not in (ACTIVE_STANDBY, ACTIVE_ACTIVE):
+            raise ValueError(f"mode must be {ACTIVE_STANDBY} or {ACTIVE_ACTIVE}")
+        if not 0 < self.hb_interval < self.dead_after:
+            raise ValueError("need 0 < hb_interval < dead_after")
+        if self.discover < 0 or self.sync_timeout <= 0:
+            raise ValueError("discover must be >= 0 and sync_timeout > 0")
+
+
+# ---------------------------------------------------------------- events
+class RoleChanged(NamedTuple):
+    old: str
+    new: str
+    term: int
+    reason: str
+
+
+class PeerDown(NamedTuple):
+    node: str
+    reason: str  # "will" or "timeout"
+    was_active: bool
+
+
+class PeerUp(NamedTuple):
+    node: str
+
+
+class SyncFrom(NamedTuple):
+    """Ask `source` for a full snapshot (Replica.request_full)."""
+
+    source: str
+    epoch: int
+
+
+class GateChanged(NamedTuple):
+    state: str  # DISCOVERING, SYNCING, READY
+    reason: str
+    timed_out: bool
+
+
+Event = RoleChanged | PeerDown | PeerUp | SyncFrom | GateChanged
+
+
+@dataclass
+class Peer:
+    node: str
+    epoch: int
+    hb: Heartbeat
+    heard_at: float
+    alive: bool = True
+    hb_seq: int = 0
+    will_session: int = -1  # the session a will declared dead (-1: none)
+
+    @property
+    def rank(self) -> tuple[int, int, str]:
+        return (self.hb.term, self.hb.priority, self.node)
+
+
+@dataclass
+class Gate:
+    state: str = DISCOVERING
+    since: float = 0.0
+    source: str | None = None
+    reason: str = "waiting for peers' heartbeats"
+    timed_out: bool = False
+    history: list[tuple[float, str, str]] = field(default_factory=list)
+
+
+class Election:
+    def __init__(self, cfg: ElectionConfig, epoch: int, now: float) -> None:
+        self.cfg = cfg
+        self.epoch = epoch
+        self.role = ROLE_JOINING
+        self.term = 0
+        self.peers: dict[str, Peer] = {}
+        self.gate = Gate(since=now)
+        self.connected = True
+        self.session = 0
+        self._next_hb = now
+        self._started = now
+        self._eligible_since = float("inf")
+        self._echo_at = now  # our own last heartbeat seen back through the bus
+        self.transitions: list[tuple[float, RoleChanged]] = []
+
+    # ------------------------------------------------------------ inputs
+    def set_connected(self, connected: bool, session: int, now: float) -> list[Event]:
+        """The bus went down or came back. While it is down nobody can be heard,
+        so nobody is declared dead; when it is back, peers that were alive get
+        `reconnect_grace` to reconnect too (a broker restart must not look like
+        the active's death: only a peer that stays silent after it is dead)."""
+        was = self.connected
+        first = connected and self.session == 0
+        self.connected = connected
+        self.session = session
+        if first and self.gate.state == DISCOVERING:
+            self._started = now  # retained heartbeats arrive from the first connection on
+        if connected:
+            self._next_hb = now  # announce ourselves at once on (re)connect
+            if not was:
+                self._grace(now)
+            self._echo_at = now
+        return self.tick(now)
+
+    def on_echo(self, now: float) -> list[Event]:
+        """Our own heartbeat came back through the broker: the bus works. (A
+        broker that stalls keeps connections open but forwards nothing: without
+        our own echo we declare nobody dead and promote nobody.)"""
+        if now - self._echo_at > self.cfg.dead_after:
+            self._grace(now)  # the bus was stalled: peers could not be heard either
+        self._echo_at = now
+        return []
+
+    def bus_ok(self, now: float) -> bool:
+        return self.connected and now - self._echo_at <= self.cfg.dead_after
+
+    def _grace(self, now: float) -> None:
+        grace = now + self.cfg.reconnect_grace - self.cfg.dead_after
+        for p in self.peers.values():
+            if p.alive:
+                p.heard_at = max(p.heard_at, grace)
+
+    def on_heartbeat(self, origin_epoch: int, seq: int, hb: Heartbeat,
+                     now: float) -> list[Event]:
+        """A heartbeat (seq > 0) or a will (seq 0, role offline) from a peer."""
+        if hb.node == self.cfg.node:
+            return []
+        out: list[Event] = []
+        p = self.peers.get(hb.node)
+        if p is not None and origin_epoch < p.epoch:
+            return []  # an old incarnation (a late retained will): fenced
+        if p is None or origin_epoch > p.epoch:
+            was_alive = p is not None and p.alive
+            p = self.peers[hb.node] = Peer(hb.node, origin_epoch, hb, now, alive=False)
+            if was_alive:
+                p.alive = True
+        if seq == 0 or hb.role == ROLE_OFFLINE:
+            if p.hb.session > hb.session and p.hb.role != ROLE_OFFLINE:
+                return []  # the will of an earlier connection: the node reconnected
+            p.will_session = max(p.will_session, hb.session)
+            if p.alive:
+                out.append(PeerDown(p.node, "will", p.hb.role == ROLE_ACTIVE))
+            p.alive = False
+            p.hb = hb
+            return out + self.tick(now)
+        if seq <= p.hb_seq:
+            return []  # a replayed or reordered heartbeat
+        if hb.session <= p.will_session:
+            return []  # sent before the connection whose will we already took
+        p.hb_seq = seq
+        p.hb = hb
+        p.heard_at = now
+        if not p.alive:
+            p.alive = True
+            out.append(PeerUp(p.node))
+        return out + self.tick(now)
+
+    def snapshot_complete(self, source: str, now: float) -> list[Event]:
+        g = self.gate
+        if g.state == SYNCING and source == g.source:
+            return [self._gate(READY, f"snapshot from {source} complete", now), *self.tick(now)]
+        return []
+
+    # ------------------------------------------------------------ time
+    def tick(self, now: float) -> list[Event]:
+        out: list[Event] = []
+        bus_ok = self.bus_ok(now)
+        for p in self.peers.values():
+            if bus_ok and p.alive and now - p.heard_at > self.cfg.dead_after:
+                p.alive = False
+                out.append(PeerDown(p.node, "timeout", p.hb.role == ROLE_ACTIVE))
+        out += self._gate_step(now)
+        out += self._decide(now)
+        return out
+
+    def next_deadline(self) -> float:
+        """The next time tick() or heartbeat() has something to do."""
+        t = self._next_hb
+        if self.connected and self._echo_at + self.cfg.dead_after > t:
+            for p in self.peers.values():
+                if p.alive:
+                    t = min(t, p.heard_at + self.cfg.dead_after)
+        g = self.gate
+        if g.state == DISCOVERING:
+            t = min(t, self._started + self.cfg.discover)
+        elif g.state == SYNCING and not g.timed_out:
+            t = min(t, g.since + self.cfg.sync_timeout)
+        return t
+
+    def heartbeat_due(self, now: float) -> bool:
+        return now >= self._next_hb
+
+    def heartbeat(self, now: float, table_size: int, ct_seq: int) -> Heartbeat:
+        self._next_hb = now + self.cfg.hb_interval
+        return Heartbeat(self.cfg.node, self.role, self.cfg.priority, self.term,
+                         self.gate.state == READY, table_size, ct_seq, self.session)
+
+    # ------------------------------------------------------------ readiness gate
+    def _gate(self, state: str, reason: str, now: float, source: str | None = None) -> GateChanged:
+        g = self.gate
+        g.state, g.reason, g.since, g.source = state, reason, now, source
+        g.history.append((now, state, reason))
+        return GateChanged(state, reason, g.timed_out)
+
+    def _gate_step(self, now: float) -> list[Event]:
+        g = self.gate
+        if g.state == READY:
+            return []
+        if g.state == DISCOVERING:
+            if now - self._started < self.cfg.discover:
+                return []
+            return self._pick_source(now, "")
+        source = self.peers.get(g.source or "")
+        if source is None or not source.alive:
+            return self._pick_source(now, f"source {g.source} is gone; ")
+        if not g.timed_out and now - g.since >= self.cfg.sync_timeout:
+            g.timed_out = True
+            g.history.append((now, SYNCING, "timed out"))
+            return [GateChanged(SYNCING, f"no complete snapshot from {g.source} after "
+                                f"{self.cfg.sync_timeout:g} s", True)]
+        return []
+
+    def _pick_source(self, now: float, why: str) -> list[Event]:
+        live = [p for p in self.peers.values() if p.alive]
+        actives = [p for p in live if p.hb.role == ROLE_ACTIVE]
+        holders = [p for p in live if p.hb.ready and p.hb.table_size > 0]
+        if actives:
+            src = max(actives, key=lambda p: p.rank)
+        elif holders:
+            src = max(holders, key=lambda p: (p.hb.table_size, p.node))
+        else:
+            return [self._gate(READY, why + "no peer holds state: nothing to sync", now)]
+        return [self._gate(SYNCING, why + f"bulk sync from {src.node}", now, src.node),
+                SyncFrom(src.node, src.epoch)]
+
+    def eligible(self) -> bool:
+        g = self.gate
+        if g.state == READY:
+            return True
+        if not g.timed_out:
+            return False
+        # the bound expired: eligible only when nobody else is
+        return not any(p.alive and p.hb.ready and p.hb.role != ROLE_OFFLINE
+                       for p in self.peers.values())
+
+    # ------------------------------------------------------------ roles
+    def _set_role(self, role: str, now: float, reason: str) -> list[Event]:
+        if role == self.role:
+            return []
+        ev = RoleChanged(self.role, role, self.term, reason)
+        self.role = role
+        self.transitions.append((now, ev))
+        self._next_hb = now  # tell everyone at once
+        return [ev]
+
+    def _max_term(self) -> int:
+        return max([self.term, *(p.hb.term for p in self.peers.values())])
+
+    def _decide(self, now: float) -> list[Event]:
+        eligible = self.eligible()
+        if not eligible:
+            self._eligible_since = float("inf")
+        elif self._eligible_since == float("inf"):
+            self._eligible_since = now
+        if self.cfg.mode == ACTIVE_ACTIVE:
+            return self._set_role(ROLE_ACTIVE if eligible else ROLE_JOINING, now,
+                                  "active-active: every ready member forwards")
+        me = (self.term, self.cfg.priority, self.cfg.node)
+        live = [p for p in self.peers.values() if p.alive]
+        actives = [p for p in live if p.hb.role == ROLE_ACTIVE]
+        best = max(actives, key=lambda p: p.rank) if actives else None
+        if self.role == ROLE_ACTIVE:
+            if best is not None and best.rank > me:
+                return self._set_role(ROLE_STANDBY, now,
+                                      f"fenced by {best.node} (term {best.hb.term})")
+            return []
+        if not eligible:
+            return self._set_role(ROLE_JOINING, now, self.gate.reason)
+        if not self.bus_ok(now):
+            return self._set_role(ROLE_STANDBY, now, "bus down or stalled: no promotion")
+        if best is not None:
+            if self.cfg.preempt and self.cfg.priority > best.hb.priority:
+                return self._promote(now, f"preempting {best.node} "
+                                          f"(priority {self.cfg.priority} > {best.hb.priority})")
+            return self._set_role(ROLE_STANDBY, now, f"{best.node} is active")
+        if live and now - self._eligible_since < 2 * self.cfg.hb_interval:
+            # just became eligible (a cold start): let the peers hear that first,
+            # so that every member compares the same candidates
+            return self._set_role(ROLE_STANDBY, now, "settling")
+        rivals = [p for p in live if p.hb.ready and p.hb.role == ROLE_STANDBY]
+        mine = (self.cfg.priority, self.cfg.node)
+        if any((p.hb.priority, p.node) > mine for p in rivals):
+            return self._set_role(ROLE_STANDBY, now, "a better standby will take over")
+        return self._promote(now, "no live active")
+
+    def _promote(self, now: float, reason: str) -> list[Event]:
+        self.term = self._max_term() + 1
+        return self._set_role(ROLE_ACTIVE, now, reason)
+
+    # ------------------------------------------------------------ inspection
+    def members(self) -> list[str]:
+        """Live, ready members including this one, sorted (active-active owners)."""
+        out = [p.node for p in self.peers.values() if p.alive and p.hb.ready]
+        if self.eligible():
+            out.append(self.cfg.node)
+        return sorted(out)
+
+    def active(self) -> str | None:
+        """The node this one believes is active (active-standby)."""
+        if self.role == ROLE_ACTIVE:
+            return self.cfg.node
+        actives = [p for p in self.peers.values() if p.alive and p.hb.role == ROLE_ACTIVE]
+        return max(actives, key=lambda p: p.rank).node if actives else None
+
+
+# ---------------------------------------------------------------- active-active
+def flow_key(orig: Tuple, zone: int) -> bytes:
+    """The direction-normalised key of a connection: the same for its original
+    and its reply tuple when there is no NAT (an asymmetric path sees either)."""
+    a = orig.src + orig.sport.to_bytes(2, "big")
+    b = orig.dst + orig.dport.to_bytes(2, "big")
+    lo, hi = (a, b) if a <= b else (b, a)
+    return bytes((orig.family, orig.proto)) + zone.to_bytes(2, "big") + lo + hi
+
+
+def owner_of(orig: Tuple, zone: int, members: Sequence[str] | Iterable[str]) -> str | None:
+    """Rendezvous (highest random weight) hashing: every member computes the
+    same owner, and a member leaving moves only its own flows."""
+    key = flow_key(orig, zone)
+    best, best_score = None, b""
+    for m in members:
+        score = hashlib.blake2b(key, digest_size=8, key=m.encode()[:64]).digest()
+        if best is None or score > best_score:
+            best, best_score = m, score
+    return best
+
+
+__all__ = ["ACTIVE_ACTIVE", "ACTIVE_STANDBY", "DISCOVERING", "READY", "SYNCING", "Election",
+           "ElectionConfig", "Event", "Gate", "GateChanged", "Peer", "PeerDown", "PeerUp",
+           "RoleChanged", "SyncFrom", "flow_key", "owner_of"]

@@ -1,0 +1,27 @@
+"""`ctlab bench sync` end to end, tiny: the figures come back under the keys
+DESIGN.md section 5 names (nothing here judges their values)."""
+
+from __future__ import annotations
+
+import pytest
+
+from syncbus.bench import bench_sync
+from tests.syncbus.conftest import have_mosquitto
+
+pytestmark = [pytest.mark.broker, pytest.mark.timeout(180)]
+
+
+@pytest.mark.parametrize("broker", [
+    pytest.param("mosquitto", marks=pytest.mark.skipif(not have_mosquitto(),
+                                                       reason="mosquitto is not installed")),
+    "amqtt"])
+def test_bench_sync_reports_its_figures(broker: str) -> None:
+    res = bench_sync(broker=broker, conns=300, rounds=2, rate=300, seconds=0.5,
+                     stage_records=300, timeout=120)
+    assert res["broker"].startswith(broker)
+    for key in ("sync_events_per_s", "sync_install_p50_ms", "sync_install_p99_ms",
+                "sync_bytes_per_event"):
+        assert res[key] > 0
+    ev = res["details"]["events"]
+    assert ev["items"] == 600 and ev["created"] == 300 and ev["bad"] == 0
+    assert res["details"]["latency"]["samples"] > 0

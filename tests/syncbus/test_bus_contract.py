@@ -1,0 +1,185 @@
+"""The Bus contract, the same tests for LocalBus, MqttBus on the embedded amqtt
+broker and MqttBus on a real Mosquitto (a unique topic tree per test)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from syncbus.bus import BusConfig, Connected, Disconnected, MqttBus, topic_matches
+from syncbus.errors import BusError
+from tests.syncbus.conftest import Brokered, messages, next_event
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def test_publish_subscribe_in_order_with_exact_bytes(brokered: Brokered) -> None:
+    p = brokered.prefix
+    async with brokered.bus("sub", (f"{p}/ct/+",)) as sub, brokered.bus("pub") as pub:
+        await sub.wait_connected()
+        await pub.wait_connected()
+        payloads = [bytes([i % 256]) * (i + 1) + b"\x00\xff" for i in range(200)]
+        payloads.append(bytes(range(256)) * 800)  # 200 kB
+        for x in payloads:
+            assert await pub.publish(f"{p}/ct/a", x)
+        got = await messages(sub, len(payloads))
+        assert [m.payload for m in got] == payloads
+        assert {m.topic for m in got} == {f"{p}/ct/a"}
+        await pub.drain()
+
+
+async def test_wildcards_select_topics(brokered: Brokered) -> None:
+    p = brokered.prefix
+    async with brokered.bus("sub", (f"{p}/ct/+", f"{p}/resync/b/#")) as sub, \
+            brokered.bus("pub") as pub:
+        await sub.wait_connected()
+        await pub.wait_connected()
+        for t in ("ct/a", "hb/a", "ct/a/x", "resync/b/req", "resync/c/req", "ct/z"):
+            await pub.publish(f"{p}/{t}", t.encode())
+        got = await messages(sub, 3)
+        assert [m.payload for m in got] == [b"ct/a", b"resync/b/req", b"ct/z"]
+
+
+async def test_a_retained_message_reaches_a_late_subscriber(brokered: Brokered) -> None:
+    p = brokered.prefix
+    async with brokered.bus("pub") as pub:
+        await pub.wait_connected()
+        await pub.publish(f"{p}/hb/a", b"old", retain=True)
+        await pub.publish(f"{p}/hb/a", b"new", retain=True)
+        await pub.drain()
+        async with brokered.bus("late", (f"{p}/hb/+",)) as late:
+            (m,) = await messages(late, 1)
+            assert m.payload == b"new"
+
+
+async def test_the_will_fires_when_the_connection_dies_and_the_bus_reconnects(
+        brokered: Brokered) -> None:
+    p = brokered.prefix
+    sessions: list[int] = []
+
+    def will(session: int) -> tuple[str, bytes]:
+        sessions.append(session)
+        return f"{p}/hb/a", f"offline {session}".encode()
+    async with brokered.bus("watch", (f"{p}/hb/+",)) as watch, \
+            brokered.bus("a", will=will, keepalive=2) as a:
+        await watch.wait_connected()
+        assert isinstance(await next_event(a, Connected), Connected)
+        await a.publish(f"{p}/hb/a", b"alive 1", retain=True)
+        assert (await messages(watch, 1))[0].payload == b"alive 1"
+        a.abort_connection()  # no DISCONNECT: the broker publishes the will
+        assert (await messages(watch, 1))[0].payload == b"offline 1"
+        ev = await next_event(a, Disconnected)
+        assert isinstance(ev, Disconnected) and ev.session == 1
+        ev = await next_event(a, Connected)
+        assert isinstance(ev, Connected) and ev.session == 2 and sessions[:2] == [1, 2]
+        await a.wait_connected()
+        await a.publish(f"{p}/hb/a", b"alive 2", retain=True)
+        assert (await messages(watch, 1))[0].payload == b"alive 2"
+        assert a.status()["connects"] == 2
+
+
+async def test_a_clean_close_does_not_fire_the_will(brokered: Brokered) -> None:
+    p = brokered.prefix
+    async with brokered.bus("watch", (f"{p}/hb/+",)) as watch:
+        await watch.wait_connected()
+        async with brokered.bus("a", will=lambda s: (f"{p}/hb/a", b"offline")) as a:
+            await a.wait_connected()
+            await a.publish(f"{p}/hb/a", b"bye")
+            await a.drain()
+        assert (await messages(watch, 1))[0].payload == b"bye"
+        with pytest.raises(TimeoutError):
+            await messages(watch, 1, timeout=0.5)
+
+
+async def test_after_a_broker_restart_the_bus_reconnects_and_resubscribes(
+        brokered: Brokered) -> None:
+    p = brokered.prefix
+    async with brokered.bus("sub", (f"{p}/ct/+",), backoff_max=0.2) as sub, \
+            brokered.bus("pub", backoff_max=0.2) as pub:
+        await sub.wait_connected()
+        await pub.wait_connected()
+        await brokered.restart()
+        assert isinstance(await next_event(sub, Disconnected), Disconnected)
+        ev = await next_event(sub, Connected)
+        assert isinstance(ev, Connected) and ev.session >= 2
+        await pub.wait_connected(15)
+        await sub.wait_connected(15)
+        for _ in range(50):  # until the new subscription is in place
+            await pub.publish(f"{p}/ct/a", b"after")
+            try:
+                (m,) = await messages(sub, 1, timeout=0.2)
+                break
+            except TimeoutError:
+                continue
+        assert m.payload == b"after"
+
+
+async def test_publishing_while_disconnected_is_refused_and_counted(brokered: Brokered) -> None:
+    bus = brokered.bus("x")
+    async with bus:
+        await bus.wait_connected()
+        await brokered.restart()
+        refused = 0
+        for _ in range(200):
+            if not await bus.publish(f"{brokered.prefix}/ct/x", b"?"):
+                refused += 1
+                break
+            await asyncio.sleep(0.005)
+        assert refused and bus.status()["dropped_offline"] >= 1
+
+
+def test_topic_matching() -> None:
+    assert topic_matches("a/+/c", "a/b/c") and not topic_matches("a/+/c", "a/b/d")
+    assert topic_matches("a/#", "a/b/c/d") and topic_matches("#", "x")
+    assert not topic_matches("a/+", "a/b/c") and not topic_matches("a/b", "a")
+
+
+def test_bad_urls_are_refused() -> None:
+    for url in ("http://x", "mqtt://", "mqtt://h:99999"):
+        with pytest.raises(BusError):
+            BusConfig(url, "c").endpoint()
+    host, port, user, pw, tls = BusConfig("mqtts://u:p%40ss@h", "c").endpoint()
+    assert (host, port, user, pw, tls) == ("h", 8883, "u", "p@ss", True)
+    assert BusConfig("mqtt://u:p@h:1", "c", username="v").endpoint()[2] == "v"
+
+
+async def test_an_unreachable_broker_is_retried_visibly() -> None:
+    from syncbus.broker import free_port
+    bus = MqttBus(BusConfig(f"mqtt://127.0.0.1:{free_port()}", "lonely", backoff_max=0.1))
+    async with bus:
+        await asyncio.sleep(0.5)
+        st = bus.status()
+        assert not st["connected"] and st["session"] >= 3 and st["last_error"]
+
+
+async def test_the_embedded_broker_runs_in_process() -> None:
+    from syncbus.broker import embedded_broker
+    async with embedded_broker() as url, MqttBus(BusConfig(url, "e-sub", ("x/#",))) as sub, \
+            MqttBus(BusConfig(url, "e-pub")) as pub:
+        await sub.wait_connected()
+        await pub.wait_connected()
+        await pub.publish("x/1", b"hello")
+        (m,) = await messages(sub, 1)
+        assert m.payload == b"hello"
+
+
+async def test_a_later_subscription_works_and_survives_a_reconnect(brokered: Brokered) -> None:
+    p = brokered.prefix
+    async with brokered.bus("sub", ()) as sub, brokered.bus("pub") as pub:
+        await sub.wait_connected()
+        await pub.wait_connected()
+        await sub.subscribe(f"{p}/touch/+")
+        await pub.publish(f"{p}/touch/a", b"1")
+        assert (await messages(sub, 1))[0].payload == b"1"
+        sub.abort_connection()
+        ev = await next_event(sub, Connected)
+        assert isinstance(ev, Connected) and ev.session == 2
+        for _ in range(50):
+            await pub.publish(f"{p}/touch/a", b"2")
+            try:
+                (m,) = await messages(sub, 1, timeout=0.2)
+                break
+            except TimeoutError:
+                continue
+        assert m.payload == b"2"

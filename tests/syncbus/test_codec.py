@@ -1,0 +1,312 @@
+"""The wire format: round trips, authentication, limits, and fuzzing.
+
+Whatever bytes arrive, decode() either returns an Envelope or raises CodecError:
+random, truncated, bit-flipped, forged and oversized frames never raise
+anything else."""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import struct
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from node.conntrack import Conntrack
+from node.conntrack.table import TRACKERS
+from node.conntrack.tuple import Tuple
+from syncbus import codec, ctstate
+from syncbus.errors import CodecError
+from syncbus.messages import (
+    OFFLOAD_HW,
+    ConnId,
+    CtBatch,
+    CtDelete,
+    CtUpsert,
+    Envelope,
+    Heartbeat,
+    NatInfo,
+    NatRangeInfo,
+    ResyncRequest,
+    SnapshotChunk,
+    SnapshotEnd,
+    SnapshotStart,
+    TcpInfo,
+    Touch,
+    TouchDigest,
+)
+from tests.syncbus.helpers import KEY, open_snat, open_tcp, open_udp
+
+V4 = Tuple(4, 6, b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02", 1234, 80)
+V6 = Tuple(6, 17, bytes(range(16)), bytes(range(16, 32)), 5353, 53)
+TCP = TcpInfo(3, 1, 2, 3, 4, 7, 0x23, 5, 6, 7, 8, 0, 0x08, 1, 3, 9, 10, 11, 65535, 7, 0x40, 2)
+
+
+def env(body: object, origin: str = "a", epoch: int = 7, seq: int = 1) -> Envelope:
+    return Envelope(1, "c1", origin, epoch, seq, 1000.5, body)  # type: ignore[arg-type]
+
+
+def upsert(**kw: object) -> CtUpsert:
+    base = dict(conn=ConnId("a", 7, 42), orig=V4, reply=V4.invert(), zone=3, status=0x3E,
+                timeout=119.5, period=120.0, age=2.25, mark=0xDEADBEEF, labels=0, helper=None,
+                master=None, tcp=TCP, nat=None, offload=OFFLOAD_HW)
+    base.update(kw)
+    return CtUpsert(**base)  # type: ignore[arg-type]
+
+
+ITEMS = [
+    upsert(),
+    upsert(conn=ConnId("b", 3, 9)),  # adopted from another creator
+    upsert(labels=(1 << 127) | 5, helper="ftp", master=V4, mark=0),
+    upsert(orig=V6, reply=V6.invert(), tcp=None),
+    upsert(orig=V6, reply=Tuple(6, 17, bytes(range(16, 32)), bytes(16), 53, 4000), tcp=None,
+           nat=NatInfo(NatRangeInfo(0, bytes(16), bytes(16), 4000, 4100, 0), None)),
+    upsert(reply=Tuple(4, 6, b"\x0a\x00\x00\x02", b"\xcb\x00\x71\x01", 80, 61000),
+           nat=NatInfo(NatRangeInfo(0, b"\xcb\x00\x71\x01", b"\xcb\x00\x71\x01", None, None, 0),
+                       None), status=0x3E | 0x90),
+    CtDelete(ConnId("a", 7, 42), V4, V4.invert(), 3),
+    CtDelete(ConnId("z", 1, 2), V6, V6.invert(), 0),
+]
+
+
+@pytest.mark.parametrize("key", [None, KEY])
+def test_every_body_round_trips(key: bytes | None) -> None:
+    bodies = [
+        CtBatch(tuple(ITEMS)),
+        CtBatch(()),
+        TouchDigest((Touch(0, V4, 0.25), Touch(65535, V6, 3600.0))),
+        Heartbeat("a", "active", 200, 5, True, 123456, 99, 3),
+        Heartbeat("a", "offline", 0, 0, False, 0, 0),
+        ResyncRequest("b", 7, 12, False),
+        ResyncRequest("b", 0, None, True),
+        SnapshotStart(4, "b", True, 77, 1000),
+        SnapshotChunk(4, 0, tuple(ITEMS)),
+        SnapshotEnd(4, 1, len(ITEMS)),
+    ]
+    for body in bodies:
+        e = env(body)
+        assert codec.decode(codec.encode(e, key), key) == e
+
+
+def test_items_keep_every_field_exactly() -> None:
+    got = codec.decode(codec.encode(env(CtBatch(tuple(ITEMS)))))
+    assert isinstance(got.body, CtBatch)
+    for want, have in zip(ITEMS, got.body.items, strict=True):
+        assert type(want) is type(have)
+        assert want == have
+
+
+def test_engine_entries_round_trip_through_the_wire() -> None:
+    """TCP windows, NAT, status: a standby rebuilds what TcpTracker.export() says."""
+    ct = Conntrack()
+    entries = [open_tcp(ct, 1, 10.0), open_tcp(ct, 2, 10.0, v6=True), open_udp(ct, 3, 10.0),
+               open_snat(ct, 4, 10.0)]
+    ups = [ctstate.upsert_of(e, ConnId("a", 7, e.id), 11.0) for e in entries]
+    got = codec.decode(codec.encode(env(CtBatch(tuple(ups))), KEY), KEY)
+    assert isinstance(got.body, CtBatch)
+    other = Conntrack()
+    for e, up in zip(entries, got.body.items, strict=True):
+        assert isinstance(up, CtUpsert)
+        rebuilt = ctstate.new_entry(up, other, 11.0)
+        tracker = TRACKERS.get(e.orig.proto)
+        if tracker is not None:
+            assert tracker.export(rebuilt) == tracker.export(e)
+        assert (rebuilt.orig, rebuilt.reply, rebuilt.status, rebuilt.mark) == \
+            (e.orig, e.reply, e.status, e.mark)
+        assert rebuilt.expires_at == pytest.approx(e.expires_at, abs=1e-3)
+        assert rebuilt.created == pytest.approx(e.created, abs=1e-3)
+        assert rebuilt.nat == e.nat
+
+
+def test_bytes_on_the_wire_per_event_are_small() -> None:
+    ct = Conntrack()
+    tcp4, udp4 = open_tcp(ct, 1, 10.0), open_udp(ct, 2, 10.0)
+    tcp6 = open_tcp(ct, 3, 10.0, v6=True)
+    size = {name: len(codec.pack_item(ctstate.upsert_of(e, ConnId("a", 1, e.id), 10.0), "a", 1))
+            for name, e in (("tcp4", tcp4), ("udp4", udp4), ("tcp6", tcp6))}
+    delete = len(codec.pack_item(CtDelete(ConnId("a", 1, 1), V4, V4.invert(), 0), "a", 1))
+    assert size == {"tcp4": 103, "udp4": 45, "tcp6": 127}
+    assert delete == 26
+    frame = codec.encode(env(CtBatch(tuple(ctstate.upsert_of(tcp4, ConnId("a", 7, i), 10.0)
+                                           for i in range(500)))), KEY)
+    assert len(frame) / 500 < 104  # the envelope and HMAC are amortised
+
+
+# ------------------------------------------------------------------ authentication
+def test_with_a_key_unauthenticated_frames_are_refused() -> None:
+    frame = codec.encode(env(CtBatch(tuple(ITEMS))), None)
+    with pytest.raises(CodecError, match="unauthenticated"):
+        codec.decode(frame, KEY)
+
+
+def test_a_wrong_key_or_a_forged_frame_does_not_verify() -> None:
+    frame = codec.encode(env(CtBatch(tuple(ITEMS))), KEY)
+    with pytest.raises(CodecError, match="HMAC"):
+        codec.decode(frame, b"x" * 32)
+    forged = bytearray(frame)
+    forged[20] ^= 1
+    with pytest.raises(CodecError, match="HMAC"):
+        codec.decode(bytes(forged), KEY)
+    # re-signed with the attacker's key: still refused
+    body = bytes(forged[:-32])
+    with pytest.raises(CodecError):
+        codec.decode(body + hmac.digest(b"evil" * 8, body, "sha256"), KEY)
+
+
+def test_without_a_key_authenticated_frames_are_refused_too() -> None:
+    with pytest.raises(CodecError, match="no cluster key"):
+        codec.decode(codec.encode(env(CtBatch(())), KEY), None)
+
+
+def test_keys_must_be_long_enough() -> None:
+    with pytest.raises(ValueError):
+        codec.check_key(b"short")
+
+
+# ------------------------------------------------------------------ validation
+def test_truncations_of_a_valid_frame_all_raise_codec_error() -> None:
+    frame = codec.encode(env(CtBatch(tuple(ITEMS))))
+    for n in range(len(frame)):
+        with pytest.raises(CodecError):
+            codec.decode(frame[:n])
+
+
+def test_oversized_and_over_limit_frames_are_refused() -> None:
+    with pytest.raises(CodecError, match="exceeds"):
+        codec.decode(b"\x01" + b"\x00" * codec.MAX_MESSAGE_BYTES)
+    too_many = CtBatch(tuple(CtDelete(ConnId("a", 7, i), V4, V4.invert(), 0)
+                             for i in range(codec.MAX_ITEMS + 1)))
+    with pytest.raises(CodecError, match="exceed"):
+        codec.encode(env(too_many))
+
+
+def _raw(typ: int, body: object, origin: str = "a") -> bytes:
+    return b"\x01" + msgpack.packb([typ, "c1", origin, 7, 1, 1.0, body], use_bin_type=True)
+
+
+@pytest.mark.parametrize("frame, why", [
+    (b"\x02" + b"\x90", "version"),
+    (_raw(99, []), "unknown message type"),
+    (b"\x01" + msgpack.packb([1, "c1", "a/b", 7, 1, 1.0, []]), "name"),
+    (b"\x01" + msgpack.packb([1, "c1", "a", -1, 1, 1.0, []]), "epoch"),
+    (b"\x01" + msgpack.packb([1, "c1", "a", 7, 1, 1, []]), "sent_at"),
+    (b"\x01" + msgpack.packb([1, "c1", "a", 7, 1, float("nan"), []]), "sent_at"),
+    (b"\x01" + msgpack.packb({"a": 1}), "msgpack|array"),
+    (_raw(1, [b"\x7f" + bytes(40)]), "flags"),
+    (_raw(1, [b"\x21" + bytes(10)]), "bytes, expected"),
+    (_raw(1, ["text"]), "array of 7"),
+    (_raw(1, [[b"\x21", "b", 1, None, None, None, None]]), "creator"),
+    (_raw(3, ["b", "active", 1, 1, True, 1, 1, 1]), "heartbeat"),
+    (_raw(3, ["a", "king", 1, 1, True, 1, 1, 1]), "heartbeat"),
+    (_raw(3, ["a", "active", 256, 1, True, 1, 1, 1]), "range"),
+    (_raw(3, ["a", "active", 1, 1, 1, 1, 1, 1]), "heartbeat"),
+    (_raw(4, ["b", 1, None, False]), "from_seq or full"),
+    (_raw(2, [2, b"\x00" * 20]), "touch"),
+    (_raw(2, [1, b"\x00" * 21]), "trailing"),
+])
+def test_malformed_frames_name_the_problem(frame: bytes, why: str) -> None:
+    with pytest.raises(CodecError, match=why):
+        codec.decode(frame)
+
+
+def test_out_of_range_fields_in_records_are_refused() -> None:
+    good = codec.item_record(upsert(), "a", 7)[0]
+    hdr = struct.calcsize("!" + codec.UPSERT_HDR)
+    tcp_off = hdr + 12
+    bad_state = bytearray(good)
+    bad_state[tcp_off] = 10  # sIV is never a connection's state
+    bad_scale = bytearray(good)
+    bad_scale[tcp_off + 17] = 15  # td_scale > 14
+    bad_offload = bytearray(good)
+    bad_offload[hdr - 1] = 3
+    for rec in (bad_state, bad_scale, bad_offload):
+        with pytest.raises(CodecError):
+            codec.decode(_raw(1, [bytes(rec)]))
+
+
+def test_encode_refuses_what_it_could_not_decode() -> None:
+    for item in (upsert(zone=70000), upsert(mark=1 << 32), upsert(labels=1 << 128),
+                 upsert(helper="x" * 16), upsert(helper="f/p"), upsert(tcp=None),
+                 upsert(orig=Tuple(4, 6, b"\x00" * 16, b"\x00" * 4, 1, 2)),
+                 upsert(orig=V4._replace(sport=70000))):
+        with pytest.raises(CodecError):
+            codec.encode(env(CtBatch((item,))))
+    with pytest.raises(CodecError):
+        codec.encode(env(Heartbeat("b", "active", 1, 1, True, 1, 1)))  # node != origin
+
+
+def test_times_are_clamped_not_wrapped() -> None:
+    got = codec.decode(codec.encode(env(CtBatch((upsert(timeout=1e12, age=-5.0),)))))
+    assert isinstance(got.body, CtBatch)
+    item = got.body.items[0]
+    assert isinstance(item, CtUpsert)
+    assert item.timeout == pytest.approx(0xFFFFFFFF / 1000)
+    assert item.age == 0.0
+
+
+# ------------------------------------------------------------------ fuzzing
+FRAMES = [codec.encode(env(b), k) for k in (None, KEY) for b in (
+    CtBatch(tuple(ITEMS)), TouchDigest((Touch(1, V4, 1.0),)),
+    Heartbeat("a", "standby", 1, 1, True, 1, 1), ResyncRequest("b", 1, 1, False),
+    SnapshotChunk(1, 0, tuple(ITEMS)))]
+
+
+def _decodes_or_codec_error(data: bytes, key: bytes | None) -> None:
+    with contextlib.suppress(CodecError):
+        codec.decode(data, key)
+
+
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=512), st.sampled_from([None, KEY]))
+def test_random_bytes_never_crash_the_decoder(data: bytes, key: bytes | None) -> None:
+    _decodes_or_codec_error(data, key)
+    _decodes_or_codec_error(b"\x01" + data, key)
+
+
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(FRAMES), st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)),
+                                          min_size=1, max_size=6), st.sampled_from([None, KEY]))
+def test_mutated_frames_never_crash_the_decoder(frame: bytes, edits: list[tuple[int, int]],
+                                                key: bytes | None) -> None:
+    data = bytearray(frame)
+    for pos, value in edits:
+        data[pos % len(data)] = value
+    _decodes_or_codec_error(bytes(data), key)
+
+
+def _msgpack_values() -> st.SearchStrategy[object]:
+    leaf = st.one_of(st.none(), st.booleans(), st.integers(-(1 << 64), 1 << 64),
+                     st.floats(allow_nan=True), st.text(max_size=20), st.binary(max_size=80))
+    return st.recursive(leaf, lambda inner: st.lists(inner, max_size=8), max_leaves=40)
+
+
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 9), _msgpack_values())
+def test_well_formed_msgpack_of_any_shape_is_validated(typ: int, body: object) -> None:
+    try:
+        frame = b"\x01" + msgpack.packb([typ, "c1", "a", 1, 1, 1.0, body], use_bin_type=True)
+    except (OverflowError, TypeError):
+        return
+    _decodes_or_codec_error(frame, None)
+
+
+@settings(max_examples=300)
+@given(st.lists(st.sampled_from(ITEMS), max_size=40), st.integers(0, (1 << 63) - 1),
+       st.integers(0, (1 << 63) - 1))
+def test_round_trip_any_batch(items: list[object], epoch: int, seq: int) -> None:
+    e = Envelope(1, "c1", "a", epoch, seq, 5.0, CtBatch(tuple(items)))  # type: ignore[arg-type]
+    assert codec.decode(codec.encode(e, KEY), KEY) == e
+
+
+def test_the_send_paths_fast_lane_gives_the_same_bytes() -> None:
+    ct = Conntrack()
+    entries = [open_tcp(ct, 1, 10.0), open_tcp(ct, 2, 10.0, v6=True), open_udp(ct, 3, 10.0),
+               open_snat(ct, 4, 10.0)]
+    entries[0].mark = 7
+    for conn in (ConnId("a", 7, 5), ConnId("z", 7, 5), ConnId("a", 6, 5)):
+        for e in entries:
+            slow = codec.pack_item(ctstate.upsert_of(e, conn, 12.5), "a", 7)
+            assert ctstate.pack_entry(e, conn, 12.5, "a", 7) == slow

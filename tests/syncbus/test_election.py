@@ -1,0 +1,347 @@
+"""Roles: heartbeats and priorities, preempt, the will, terms that fence a
+returning active, the readiness gate, and active-active ownership."""
+
+from __future__ import annotations
+
+import pytest
+
+from node.conntrack.tuple import Tuple
+from syncbus.election import (
+    ACTIVE_ACTIVE,
+    READY,
+    SYNCING,
+    Election,
+    ElectionConfig,
+    GateChanged,
+    PeerDown,
+    RoleChanged,
+    SyncFrom,
+    flow_key,
+    owner_of,
+)
+from syncbus.messages import Heartbeat
+
+T0 = 100.0
+
+
+class Cluster:
+    """Elections wired together by a perfect, instant heartbeat network."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, Election] = {}
+        self.seqs: dict[str, int] = {}
+        self.epochs: dict[str, int] = {}
+        self.down: set[str] = set()  # paused / partitioned: neither sends nor receives
+        self.stalled = False  # the broker forwards nothing (connections stay up)
+        self.now = T0
+        self.events: list[tuple[str, object]] = []
+
+    def add(self, name: str, epoch: int = 1, **cfg: object) -> Election:
+        e = Election(ElectionConfig(name, **cfg), epoch, self.now)  # type: ignore[arg-type]
+        self.nodes[name] = e
+        self.epochs[name] = epoch
+        return e
+
+    def beat(self, name: str) -> None:
+        e = self.nodes[name]
+        self.seqs[name] = self.seqs.get(name, 0) + 1
+        hb = e.heartbeat(self.now, 10 if e.role == "active" else 0, 0)
+        if self.stalled:
+            return  # the broker accepts it and forwards nothing
+        e.on_echo(self.now)  # its own heartbeat comes back through the broker
+        for other, o in self.nodes.items():
+            if other != name and other not in self.down:
+                self.events += [(other, ev) for ev in
+                                o.on_heartbeat(self.epochs[name], self.seqs[name], hb, self.now)]
+
+    def run(self, seconds: float, step: float = 0.01) -> None:
+        end = self.now + seconds
+        while self.now < end - 1e-9:
+            self.now = round(self.now + step, 6)
+            for name, e in self.nodes.items():
+                if name in self.down:
+                    continue
+                self.events += [(name, ev) for ev in e.tick(self.now)]
+                for ev in self.events:
+                    if ev[0] == name and isinstance(ev[1], SyncFrom):
+                        self.events.remove(ev)
+                        self.events += [(name, x) for x in
+                                        e.snapshot_complete(ev[1].source, self.now)]
+                if e.heartbeat_due(self.now):
+                    self.beat(name)
+
+    def will(self, name: str, session: int = 0) -> None:
+        e = self.nodes.pop(name)
+        hb = Heartbeat(name, "offline", e.cfg.priority, e.term, False, 0, 0, session)
+        for other, o in self.nodes.items():
+            self.events += [(other, ev) for ev in o.on_heartbeat(self.epochs[name], 0, hb,
+                                                                 self.now)]
+
+    def roles(self) -> dict[str, str]:
+        return {n: e.role for n, e in self.nodes.items()}
+
+
+def test_a_lone_node_becomes_active_after_discovery() -> None:
+    c = Cluster()
+    a = c.add("a")
+    c.run(0.25)
+    assert a.role == "joining" and a.gate.state == "discovering"
+    c.run(0.1)
+    assert a.role == "active" and a.term == 1
+    assert a.gate.state == READY and "nothing to sync" in a.gate.reason
+
+
+def test_the_highest_priority_wins_and_others_stand_by() -> None:
+    c = Cluster()
+    c.add("a", priority=100)
+    c.add("b", priority=200)
+    c.add("c", priority=150)
+    c.run(1.0)
+    assert c.roles() == {"a": "standby", "b": "active", "c": "standby"}
+
+
+def test_the_will_makes_the_best_standby_take_over_at_once() -> None:
+    c = Cluster()
+    c.add("a", priority=200)
+    c.run(1.0)
+    c.add("b", priority=100)
+    c.add("c", priority=150)
+    c.run(1.0)
+    term = c.nodes["a"].term
+    c.will("a")  # kill -9: the broker publishes a's will
+    c.run(0.011)
+    assert c.roles() == {"b": "standby", "c": "active"}
+    assert c.nodes["c"].term == term + 1
+    assert any(isinstance(ev, PeerDown) and ev.reason == "will" and ev.was_active
+               for _, ev in c.events)
+
+
+def test_a_silent_active_is_declared_dead_after_dead_after() -> None:
+    c = Cluster()
+    c.add("a", priority=200)
+    c.run(1.0)
+    c.add("b", priority=100)
+    c.run(1.0)
+    c.down.add("a")  # SIGSTOP: no will, just silence
+    c.run(0.2)
+    assert c.nodes["b"].role == "standby"  # not before dead_after (0.35 s)
+    c.run(0.2)
+    assert c.nodes["b"].role == "active"
+
+
+def test_a_returning_old_active_is_fenced_by_the_higher_term() -> None:
+    c = Cluster()
+    c.add("a", priority=200)
+    c.run(1.0)
+    c.add("b", priority=100)
+    c.run(1.0)
+    c.down.add("a")
+    c.run(1.0)
+    assert c.nodes["a"].role == "active" and c.nodes["b"].role == "active"  # a is frozen
+    assert c.nodes["b"].term > c.nodes["a"].term
+    c.down.discard("a")  # SIGCONT: a still believes it is active
+    c.run(0.2)
+    assert c.roles() == {"a": "standby", "b": "active"}  # no preempt: b keeps it
+    assert any(n == "a" and isinstance(ev, RoleChanged) and "fenced" in ev.reason
+               for n, ev in c.events)
+
+
+@pytest.mark.parametrize("preempt, expect", [(False, "b"), (True, "a")])
+def test_preempt_decides_whether_a_better_node_takes_back_the_role(preempt: bool,
+                                                                   expect: str) -> None:
+    c = Cluster()
+    c.add("b", priority=100)
+    c.run(1.0)
+    c.add("a", priority=200, preempt=preempt)
+    c.run(1.0)
+    assert [n for n, r in c.roles().items() if r == "active"] == [expect]
+
+
+def test_no_promotion_while_the_bus_is_down() -> None:
+    c = Cluster()
+    c.add("a", priority=200)
+    c.run(1.0)
+    b = c.add("b", priority=100)
+    c.run(1.0)
+    b.set_connected(False, 1, c.now)
+    c.will("a")
+    c.run(1.0)
+    assert b.role == "standby"
+    b.set_connected(True, 2, c.now)
+    c.run(0.02)
+    assert b.role == "active"
+
+
+def test_a_stale_will_from_an_earlier_connection_is_ignored() -> None:
+    c = Cluster()
+    a = c.add("a", priority=200)
+    c.run(1.0)
+    b = c.add("b", priority=100)
+    c.run(1.0)
+    a.set_connected(True, 2, c.now)  # a reconnected: its heartbeats now say session 2
+    c.run(0.2)
+    stale = Heartbeat("a", "offline", 200, a.term, False, 0, 0, 1)  # the will of session 1
+    assert b.on_heartbeat(1, 0, stale, c.now) == []
+    assert b.peers["a"].alive and b.role == "standby"
+    current = Heartbeat("a", "offline", 200, a.term, False, 0, 0, 2)
+    assert any(isinstance(ev, PeerDown) for ev in b.on_heartbeat(1, 0, current, c.now))
+
+
+def test_a_late_heartbeat_from_a_dead_session_does_not_revive_it() -> None:
+    c = Cluster()
+    c.add("a")
+    b = c.add("b")
+    c.run(1.0)
+    b.on_heartbeat(1, 0, Heartbeat("a", "offline", 100, 1, False, 0, 0, 1), c.now)
+    late = Heartbeat("a", "active", 100, 1, True, 0, 0, 1)  # sent before the will, delivered after
+    b.on_heartbeat(1, 10_000, late, c.now)
+    assert not b.peers["a"].alive
+
+
+def test_an_old_epochs_retained_will_does_not_kill_the_new_incarnation() -> None:
+    c = Cluster()
+    c.add("a", epoch=5)
+    b = c.add("b")
+    c.run(1.0)
+    b.on_heartbeat(4, 0, Heartbeat("a", "offline", 100, 1, False, 0, 0, 9), c.now)
+    assert b.peers["a"].alive
+
+
+# ------------------------------------------------------------------ readiness gate
+def test_a_joiner_syncs_from_the_active_before_it_is_eligible() -> None:
+    c = Cluster()
+    c.add("a", priority=100)
+    c.run(1.0)
+    b = c.add("b", priority=250, preempt=True)  # would preempt at once if it could
+    c.run(0.35)
+    sync = [ev for n, ev in c.events if n == "b" and isinstance(ev, SyncFrom)]
+    assert sync == [] or sync[0].source == "a"
+    assert b.gate.state == READY and "snapshot from a complete" in b.gate.reason
+    c.run(0.1)
+    assert b.role == "active"  # only after the gate opened
+
+
+def test_the_gate_holds_while_the_snapshot_is_missing_and_says_why() -> None:
+    c = Cluster()
+    c.add("a")
+    c.run(1.0)
+    b = Election(ElectionConfig("b", priority=250, preempt=True, sync_timeout=2.0), 1, c.now)
+    c.nodes["b"] = b
+    c.epochs["b"] = 1
+    out: list[object] = []
+    end = c.now + 1.5
+    while c.now < end:  # like Cluster.run, but the snapshot never completes
+        c.now = round(c.now + 0.01, 6)
+        out += b.tick(c.now)
+        for n in ("a", "b"):
+            c.nodes[n].tick(c.now)
+            if c.nodes[n].heartbeat_due(c.now):
+                c.beat(n)
+    assert b.gate.state == SYNCING and not b.eligible() and b.role == "joining"
+    assert any(isinstance(ev, SyncFrom) and ev.source == "a" for ev in out)
+    while c.now < end + 1.0:
+        c.now = round(c.now + 0.01, 6)
+        out += b.tick(c.now)
+        for n in ("a", "b"):
+            if c.nodes[n].heartbeat_due(c.now):
+                c.beat(n)
+    timed_out = [ev for ev in out if isinstance(ev, GateChanged) and ev.timed_out]
+    assert timed_out and "no complete snapshot from a" in timed_out[0].reason
+    assert b.gate.timed_out and not b.eligible()  # a is alive and ready: b keeps waiting
+    c.will("a")  # ... unless nobody else can be active
+    assert b.eligible()
+
+
+def test_the_gate_moves_to_another_source_when_its_source_dies() -> None:
+    c = Cluster()
+    c.add("a", priority=200)
+    c.run(1.0)
+    c.add("s", priority=100)
+    c.run(1.0)
+    j = Election(ElectionConfig("j", priority=50), 1, c.now)
+    c.nodes["j"] = j
+    c.epochs["j"] = 1
+    for n in ("a", "s"):
+        c.beat(n)
+    evs = j.tick(c.now + 0.31)
+    assert SyncFrom("a", 1) in evs
+    c.will("a")
+    j.tick(c.now + 0.32)
+    assert j.gate.source in ("s", None)
+
+
+# ------------------------------------------------------------------ active-active
+def test_active_active_every_ready_member_is_active() -> None:
+    c = Cluster()
+    c.add("a", mode=ACTIVE_ACTIVE)
+    c.add("b", mode=ACTIVE_ACTIVE)
+    c.run(1.0)
+    assert c.roles() == {"a": "active", "b": "active"}
+    assert c.nodes["a"].members() == ["a", "b"]
+
+
+def test_ownership_is_the_same_for_both_directions_and_moves_minimally() -> None:
+    members = ["a", "b", "c"]
+    flows = [Tuple(4, 6, bytes((10, 0, i >> 8, i & 255)), b"\x0a\x01\x00\x01", 1000 + i, 443)
+             for i in range(3000)]
+    owners = [owner_of(t, 0, members) for t in flows]
+    assert owners == [owner_of(t.invert(), 0, members) for t in flows]  # type: ignore[arg-type]
+    share = {m: owners.count(m) / len(flows) for m in members}
+    assert all(0.28 < s < 0.39 for s in share.values())
+    after = [owner_of(t, 0, ["a", "c"]) for t in flows]
+    moved = [i for i in range(len(flows)) if owners[i] != after[i]]
+    assert all(owners[i] == "b" for i in moved)  # only b's flows move
+    assert flow_key(flows[0], 1) != flow_key(flows[0], 2)
+
+
+def test_a_broker_outage_is_not_the_actives_death() -> None:
+    c = Cluster()
+    a = c.add("a", priority=200)
+    c.run(1.0)
+    b = c.add("b", priority=100)
+    c.run(1.0)
+    for e in (a, b):
+        e.set_connected(False, 1, c.now)
+    c.down |= {"a", "b"}  # nobody hears anybody
+    c.run(3.0)
+    assert (a.role, b.role) == ("active", "standby") and b.peers["a"].alive
+    c.down.discard("b")
+    b.set_connected(True, 2, c.now)  # b is back first ...
+    c.run(1.0)
+    assert b.role == "standby"  # ... and gives a its grace to reconnect
+    c.down.discard("a")
+    a.set_connected(True, 2, c.now)
+    c.run(1.0)
+    assert (a.role, b.role) == ("active", "standby")
+
+
+def test_an_active_that_does_not_come_back_after_an_outage_is_replaced() -> None:
+    c = Cluster()
+    c.add("a", priority=200)
+    c.run(1.0)
+    b = c.add("b", priority=100)
+    c.run(1.0)
+    b.set_connected(False, 1, c.now)
+    c.down |= {"a", "b"}
+    c.run(1.0)
+    c.down.discard("b")
+    b.set_connected(True, 2, c.now)
+    c.run(1.9)
+    assert b.role == "standby"
+    c.run(0.5)  # reconnect_grace (2 s) has passed without a word from a
+    assert b.role == "active"
+
+
+def test_a_stalled_broker_makes_nobody_dead() -> None:
+    c = Cluster()
+    a = c.add("a", priority=200)
+    c.run(1.0)
+    b = c.add("b", priority=100)
+    c.run(1.0)
+    c.stalled = True  # connected, but nothing gets through, not even b's own heartbeat
+    c.run(3.0)
+    assert (a.role, b.role) == ("active", "standby") and b.peers["a"].alive
+    assert not b.bus_ok(c.now)
+    c.stalled = False
+    c.run(1.0)
+    assert (a.role, b.role) == ("active", "standby")
