@@ -2,7 +2,10 @@
 
     ctlab ct replay CASE... [--json] [--compare]   conntrack engine vs kernel-oracle cases
     ctlab tc [-s] [-j] [-p] -batch FILE            iproute2 tc against an in-memory model
-    ctlab bench [ct|all] [--json]                  performance figures (DESIGN.md section 6)
+    ctlab bench [ct|datapath|all] [--json]         performance figures (DESIGN.md section 6)
+    ctlab node --config FILE                       run a node (node/daemon)
+    ctlab broker [--host H] [--port P]             the embedded amqtt broker
+    ctlab conntrack -L|-E [--node URL]             conntrack-tools output from a running node
 """
 
 from __future__ import annotations
@@ -49,16 +52,19 @@ def _parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="measure the performance figures",
                            description="Measure ctlab's performance figures (DESIGN.md §6).")
-    bench.add_argument("what", nargs="?", default="all", choices=["ct", "all"])
+    bench.add_argument("what", nargs="?", default="all", choices=["ct", "datapath", "sync", "all"])
     bench.add_argument("--json", action="store_true",
                        help="last line of stdout is one JSON object with the figures")
     bench.add_argument("--seconds", type=float, default=2.0,
                        help="measuring time per figure (default 2)")
+    _daemon_parsers(sub)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] and args_list[0] in DAEMON_COMMANDS:
+        return _daemon_main(args_list)
     if args_list[:1] == ["tc"]:
         from node.tc.cli import main as tc_main
 
@@ -74,6 +80,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 1
     return 2
+
+
+# ---------------------------------------------------------------- node daemon commands
+# `ctlab node | broker | conntrack` live in node/daemon/cli.py (their own argument
+# parsing); this block only lists them in `ctlab --help` and hands them their argv.
+DAEMON_COMMANDS = {
+    "node": "run a node: ctlab node --config FILE",
+    "broker": "the embedded amqtt MQTT broker: ctlab broker [--host H] [--port P]",
+    "conntrack": "conntrack-tools style -L / -E from a running node's control API",
+}
+
+
+def _daemon_parsers(sub: Any) -> None:
+    for name, text in DAEMON_COMMANDS.items():
+        sub.add_parser(name, add_help=False, help=text)
+
+
+def _daemon_main(args_list: list[str]) -> int:
+    from node.daemon import cli as daemon_cli
+
+    run = {"node": daemon_cli.node_main, "broker": daemon_cli.broker_main,
+           "conntrack": daemon_cli.conntrack_main}[args_list[0]]
+    return run(args_list[1:])
+# ---------------------------------------------------------------- end of node daemon commands
 
 
 def _ct_replay(args: argparse.Namespace, out: TextIO) -> int:

@@ -1,0 +1,205 @@
+"""What the control API shows, pure: a Node (and the bus status) in, JSON-able
+values or text out. Nothing here changes state."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from node.conntrack.entry import IPS_HW_OFFLOAD, IPS_OFFLOAD, status_names
+from node.conntrack.events import CtEvent, CtView
+from node.conntrack.listing import format_entry
+from node.conntrack.tuple import Tuple
+from node.daemon.metrics import Metrics
+from node.daemon.node import Node
+from node.datapath import PATHS, Outcome
+from node.packet import build, ip_str
+from node.tc.skb import ct_state_str
+
+EVENT_TAGS = {"NEW": "[NEW]", "UPDATE": "[UPDATE]", "DESTROY": "[DESTROY]"}
+
+
+def tuple_json(t: Tuple | None) -> dict[str, Any] | None:
+    if t is None:
+        return None
+    return {"family": t.family, "proto": t.proto, "src": ip_str(t.src), "dst": ip_str(t.dst),
+            "sport": t.sport, "dport": t.dport}
+
+
+def view_json(v: CtView) -> dict[str, Any]:
+    return {"id": v.id, "orig": tuple_json(v.orig), "reply": tuple_json(v.reply),
+            "zone": v.zone, "status": status_names(v.status), "state": v.proto_state,
+            "timeout": round(v.timeout, 3), "mark": v.mark, "labels": v.labels,
+            "helper": v.helper, "flags": v.flags, "packets": list(v.packets),
+            "bytes": list(v.bytes)}
+
+
+def conntrack_json(node: Node, now: float) -> list[dict[str, Any]]:
+    """Every entry with its card flow and where it came from."""
+    out = []
+    meta = node.core.replica.meta
+    for v in node.ct.dump(now):
+        d = view_json(v)
+        d["offload"] = ("hw" if v.status & IPS_HW_OFFLOAD else
+                        "sw" if v.status & IPS_OFFLOAD else None)
+        entry = node.ct.find(v.orig, v.zone)
+        info = node.card.inspect(entry) if entry is not None else None
+        d["card"] = None if info is None else {
+            "flags": info.flags, "hw": [s.name for s in info.hw],
+            "installed": any(s.name == "IN_HW" for s in info.hw)
+            and all(s.name in ("IN_HW", "DYING", "ABSENT") for s in info.hw),
+            "packets": list(info.packets), "timeout": round(info.timeout - now, 3)}
+        m = meta.get(v.id)
+        d["synced_from"] = m.origin if m is not None else None
+        out.append(d)
+    return out
+
+
+def conntrack_text(node: Node, now: float) -> str:
+    counters = bool(node.ct.sysctl.nf_conntrack_acct)
+    lines = [format_entry(v, counters=counters) for v in node.ct.dump(now)]
+    return "".join(line + "\n" for line in lines)
+
+
+def event_json(seq: int, ev: CtEvent) -> dict[str, Any]:
+    return {"seq": seq, "type": ev.type, "at": ev.at, "bits": ev.bit_names,
+            "entry": view_json(ev.entry), "text": event_text(ev)}
+
+
+def event_text(ev: CtEvent) -> str:
+    """One `conntrack -E` line."""
+    return f"{EVENT_TAGS.get(ev.type, ev.type):>9} {format_entry(ev.entry)}"
+
+
+def outcome_json(out: Outcome) -> dict[str, Any]:
+    return {"verdict": out.verdict, "code": out.code, "path": out.path, "why": out.why,
+            "chains": [list(c) for c in out.chains], "ct_state": ct_state_str(out.ct_state),
+            "zone": out.zone, "mark": out.mark, "drop_reason": out.drop_reason,
+            "forwarded": out.forwarded, "ports": list(out.ports),
+            "egress": [{"port": e.port, "how": e.how, "direction": e.direction,
+                        "sent": e.sent, "hex": build(e.pkt).hex()} for e in out.egress],
+            "pkt": build(out.pkt).hex()}
+
+
+def quantiles(samples: Any, qs: tuple[float, ...] = (0.5, 0.99)) -> list[float | None]:
+    xs = sorted(itertools.islice(reversed(samples), 10000))
+    if not xs:
+        return [None for _ in qs]
+    return [xs[min(len(xs) - 1, int(q * len(xs)))] for q in qs]
+
+
+def _ms(x: float | None) -> float | None:
+    return None if x is None else round(1000 * x, 3)
+
+
+def state_json(node: Node, now: float, bus: dict[str, Any]) -> dict[str, Any]:
+    core = node.core
+    el = core.election
+    g = el.gate
+    lag = list(core.replica.sync_lag)
+    p50, p99 = quantiles(lag)
+    inst = node.installs.latency
+    return {
+        "node": node.cfg.node, "cluster": node.cfg.cluster, "epoch": node.epoch,
+        "role": el.role, "term": el.term, "mode": node.cfg.role.mode,
+        "priority": node.cfg.role.priority, "active": el.active(), "eligible": el.eligible(),
+        "members": el.members(),
+        "gate": {"state": g.state, "reason": g.reason, "timed_out": g.timed_out,
+                 "source": g.source, "since": round(now - g.since, 3),
+                 "history": [[round(t - node.started, 3), s, r] for t, s, r in g.history]},
+        "peers": [{"node": p.node, "alive": p.alive, "role": p.hb.role, "epoch": p.epoch,
+                   "priority": p.hb.priority, "term": p.hb.term, "ready": p.hb.ready,
+                   "table_size": p.hb.table_size, "heard_ago": round(now - p.heard_at, 3)}
+                  for p in sorted(el.peers.values(), key=lambda p: p.node)],
+        "tables": {"conntrack": len(node.ct), "card_entries": node.card.hw.entries,
+                   "card_flows": len(node.card.flows)},
+        "sync_lag_ms": {"p50": _ms(p50), "p99": _ms(p99), "max": _ms(max(lag, default=None)),
+                        "samples": len(lag)},
+        "install_latency_ms": {"p50": _ms(inst.quantile(0.5)), "p99": _ms(inst.quantile(0.99)),
+                               "count": inst.count},
+        "bad_messages": core.stats["bad_messages"], "bad_reasons": dict(core.bad_reasons),
+        "replica": dict(core.replica.stats), "outbox": dict(core.outbox.stats),
+        "aging": dict(core.aging.stats), "bus": bus, "uptime": round(now - node.started, 3),
+        "roles": [[round(t - node.started, 3), what] for t, what in node.role_log],
+    }
+
+
+def metrics_text(node: Node, now: float, bus: dict[str, Any],
+                 ports: dict[str, dict[str, int]]) -> str:
+    m = Metrics()
+    c = node.counters
+    for path in PATHS:
+        m.counter("ctlab_packets_total", "Packets through the datapath, by path (hw: the "
+                  "card alone; sw-fastpath: act_ct's flow table; sw: conntrack)",
+                  c.get("packets_" + path, 0), path=path)
+    for why, n in sorted(node.datapath.misses.items()):
+        m.counter("ctlab_packets_card_miss_total", "Packets the card sent to software, by "
+                  "where it missed", n, reason=why)
+    for verdict in ("pass", "drop", "stolen"):
+        m.counter("ctlab_packet_verdicts_total", "Packets by tc verdict",
+                  c.get("verdict_" + verdict, 0), verdict=verdict)
+    m.counter("ctlab_packets_forwarded_total", "Packets redirected out of a port",
+              c["forwarded"])
+    for reason in sorted({"parse", *node.bad_packets}):
+        m.counter("ctlab_bad_packets_total", "Packets dropped before the datapath",
+                  node.bad_packets.get(reason, 0), reason=reason)
+    for where, n in sorted(node.internal_errors.items()):
+        m.counter("ctlab_internal_errors_total", "Bugs caught at a task boundary (see the log)",
+                  n, where=where)
+    for name, st in sorted(ports.items()):
+        for key in ("rx", "tx", "rx_dropped", "tx_dropped"):
+            m.counter(f"ctlab_port_{key}_total", f"Port {key} packets", st.get(key, 0),
+                      port=name)
+    m.gauge("ctlab_conntrack_entries", "Conntrack entries", len(node.ct))
+    card = node.card.stats
+    m.gauge("ctlab_card_entries", "Hardware CT entries in use", card["entries"])
+    m.gauge("ctlab_card_flows", "Flows in the flow tables", card["flows"])
+    m.gauge("ctlab_card_capacity", "Hardware CT entries available", card["capacity"])
+    m.counter("ctlab_card_inserts_total", "Hardware inserts done", card["inserts"])
+    m.counter("ctlab_card_synced_total", "Replicated connections pre-installed",
+              card["synced"])
+    for reason in sorted({"fault", "table_full", "busy", *card["insert_failures_by_reason"]}):
+        m.counter("ctlab_card_insert_failures_total", "Hardware inserts refused, by reason",
+                  card["insert_failures_by_reason"].get(reason, 0), reason=reason)
+    for reason, n in sorted(card["misses"].items()):
+        m.counter("ctlab_card_misses_total", "Packets the card sent to software, by reason",
+                  n, reason=reason)
+    m.counter("ctlab_card_hw_packets_total", "Packets handled in hardware", card["hw_packets"])
+    core = node.core
+    m.counter("ctlab_sync_events_published_total", "Connection records published",
+              core.outbox.stats["items"])
+    m.counter("ctlab_sync_events_applied_total", "Connection records applied from peers",
+              core.replica.stats["items"])
+    m.counter("ctlab_sync_frames_published_total", "ct frames published",
+              core.outbox.stats["frames"])
+    m.counter("ctlab_sync_bad_messages_total", "Frames dropped: malformed, forged, misplaced",
+              core.stats["bad_messages"])
+    for key in ("gaps", "resync_requests", "snapshots", "tombstoned", "fenced", "duplicates"):
+        m.counter(f"ctlab_sync_{key}_total", f"Replica {key}", core.replica.stats[key])
+    m.histogram("ctlab_sync_install_latency_seconds",
+                "Creation on the origin to installed in this node's card",
+                node.installs.latency)
+    lag = list(core.replica.sync_lag)
+    for q, v in zip(("0.5", "0.99"), quantiles(lag), strict=True):
+        if v is not None:
+            m.gauge("ctlab_sync_lag_seconds", "Batch transit, recent samples", v, quantile=q)
+    el = core.election
+    for role in ("joining", "standby", "active", "offline"):
+        m.gauge("ctlab_role", "This node's role (1 for the current one)",
+                int(el.role == role), role=role)
+    m.gauge("ctlab_term", "Election term", el.term)
+    m.gauge("ctlab_epoch", "This process incarnation", node.epoch)
+    m.gauge("ctlab_ready", "Readiness gate passed (snapshot complete)",
+            int(el.gate.state == "ready"))
+    m.gauge("ctlab_peers_alive", "Peers heard recently",
+            sum(1 for p in el.peers.values() if p.alive))
+    m.gauge("ctlab_bus_connected", "Connected to the broker", int(bool(bus.get("connected"))))
+    m.counter("ctlab_bus_connects_total", "Broker (re)connections", bus.get("connects", 0))
+    m.histogram("ctlab_card_poll_seconds", "Card poll (bulk read + GC) duration",
+                node.poll_seconds)
+    m.gauge("ctlab_uptime_seconds", "Seconds since start", now - node.started)
+    return m.render()
+
+
+__all__ = ["conntrack_json", "conntrack_text", "event_json", "event_text", "metrics_text",
+           "outcome_json", "state_json", "tuple_json", "view_json"]
