@@ -101,18 +101,26 @@ class Block:
             err = program(skb, env, eth)
             if err < 0:
                 return TC_ACT_UNSPEC
-            if err == TC_ACT_RECLASSIFY:
-                chain = self.chains.get(0)
-            elif err & _OPCODE == TC_ACT_GOTO_CHAIN:
-                chain = self.chains.get(err & TC_ACT_EXT_VAL_MASK)
-            else:
-                return err
-            if resets >= MAX_RECLASSIFY_LOOP:
-                skb.drop_reason = "TC_RECLASSIFY_LOOP"
-                return TC_ACT_SHOT
+            nxt = self._next_chain(err, skb, resets)
+            if isinstance(nxt, int):
+                return nxt
+            chain = nxt
             resets += 1
-            if chain is None:
-                return TC_ACT_UNSPEC
+
+    def _next_chain(self, err: int, skb: Skb, resets: int) -> Chain | int:
+        """After a chain's verdict: the chain to go on in (reclassify restarts at
+        chain 0, goto chain N), or the final verdict, with the 16-reset limit of
+        tcf_classify (a goto to a chain that is gone ends as UNSPEC)."""
+        if err == TC_ACT_RECLASSIFY:
+            chain = self.chains.get(0)
+        elif err & _OPCODE == TC_ACT_GOTO_CHAIN:
+            chain = self.chains.get(err & TC_ACT_EXT_VAL_MASK)
+        else:
+            return err
+        if resets >= MAX_RECLASSIFY_LOOP:
+            skb.drop_reason = "TC_RECLASSIFY_LOOP"
+            return TC_ACT_SHOT
+        return TC_ACT_UNSPEC if chain is None else chain
 
     def interpret(self, skb: Skb, env: Env, chain: Chain | None = None, resets: int = 0,
                   pos: int = 0) -> int:
@@ -135,19 +143,12 @@ class Block:
                     break
             else:
                 return TC_ACT_UNSPEC
-            if err == TC_ACT_RECLASSIFY:
-                chain = self.chains.get(0)
-            elif err & _OPCODE == TC_ACT_GOTO_CHAIN:
-                chain = self.chains.get(err & TC_ACT_EXT_VAL_MASK)
-            else:
-                return err
-            if resets >= MAX_RECLASSIFY_LOOP:
-                skb.drop_reason = "TC_RECLASSIFY_LOOP"
-                return TC_ACT_SHOT
+            nxt = self._next_chain(err, skb, resets)
+            if isinstance(nxt, int):
+                return nxt
+            chain = nxt
             resets += 1
             pos = 0
-            if chain is None:
-                return TC_ACT_UNSPEC
 
     def resume(self, skb: Skb, env: Env, chain: Chain | None, pos: int = 0,
                flt: Filter | None = None, act_index: int = 0) -> int:
