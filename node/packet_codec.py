@@ -114,6 +114,12 @@ def _pseudo(src: bytes, dst: bytes, proto: int, length: int) -> int:
     return int.from_bytes(src, "big") + int.from_bytes(dst, "big") + proto + length
 
 
+def pseudo_checksum_ok(src: bytes, dst: bytes, proto: int, length: int, data: bytes) -> bool:
+    """Whether `data` (checksum field included) verifies under the pseudo-header
+    (src, dst, proto, length), IPv4 and IPv6 alike."""
+    return not (_pseudo(src, dst, proto, length) + _words(data)) % 0xFFFF
+
+
 def _checksum(total: int) -> int:
     """The Internet checksum (RFC 1071) of words whose plain sum is `total`."""
     folded = total % 0xFFFF

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from node.conntrack.entry import IPCT_ASSURED, IPS_ASSURED, IPS_NAT_CLASH, IPS_SEEN_REPLY
 from node.conntrack.l4proto import ACCEPT, INVALID
 from node.conntrack.tuple import ICMP_VALID_NEW, ICMPV6_VALID_NEW
+from node.packet_codec import pseudo_checksum_ok
 
 if TYPE_CHECKING:
     from node.conntrack.entry import Entry
@@ -75,25 +76,9 @@ class UdpLiteTracker(UdpTracker):
         if not seg[6] and not seg[7]:
             return INVALID  # "checksum missing": UDP-Lite mandates checksums
         if ct.sysctl.nf_conntrack_checksum and \
-                inet_checksum(pseudo_header(pkt.src, pkt.dst, 17, len(seg)) + seg[:cscov]):
+                not pseudo_checksum_ok(pkt.src, pkt.dst, 17, len(seg), seg[:cscov]):
             return INVALID  # "bad checksum"
         return UdpTracker.packet(self, ct, entry, pkt, direction, ctinfo, now)
-
-
-def pseudo_header(src: bytes, dst: bytes, proto: int, length: int) -> bytes:
-    if len(src) == 4:
-        return src + dst + bytes((0, proto)) + length.to_bytes(2, "big")
-    return src + dst + length.to_bytes(4, "big") + bytes((0, 0, 0, proto))
-
-
-def inet_checksum(data: bytes) -> int:
-    """The Internet checksum of `data` (0 when `data` carries a correct checksum)."""
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 class IcmpTracker(_Stateless):
