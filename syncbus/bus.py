@@ -9,7 +9,12 @@ A Bus is an async context manager that keeps a connection to a broker, with
                 same order, Connected(session) / Disconnected(session, reason):
                 reconnection is visible to the daemon, which re-announces itself
   - drain()     wait until everything published so far is acknowledged
-  - status()    connected, session, counters, last error
+  - status()    connected, session, counters, last error, link ("up" | "cut")
+  - hold() / release()   a partition (fault injection): hold() drops the
+                connection at once, without an MQTT DISCONNECT (the broker
+                publishes the will, as when a link dies), and the loop does not
+                reconnect until release(); meanwhile publish() drops as during
+                any disconnection
 Subscriptions and the will are configuration: they are (re)established on
 every connection; the will payload is asked for per session (will(session)),
 because a will must name the connection it belongs to.
@@ -78,6 +83,10 @@ class Bus(Protocol):
     def abort_connection(self) -> None: ...
 
     async def crash(self, timeout: float = 10.0) -> None: ...
+
+    def hold(self) -> None: ...
+
+    def release(self) -> None: ...
 
 
 # ================================================================ configuration
@@ -157,9 +166,12 @@ class MqttBus:
         self._stack: contextlib.AsyncExitStack | None = None
         self._stopping = asyncio.Event()
         self._up = asyncio.Event()
+        self._released = asyncio.Event()  # clear: held (a cut link), no reconnecting
+        self._released.set()
         self.subscriptions: list[str] = list(cfg.subscriptions)
         self.stats = {"connects": 0, "disconnects": 0, "published": 0, "received": 0,
-                      "dropped_offline": 0, "dropped_on_disconnect": 0, "publish_errors": 0}
+                      "dropped_offline": 0, "dropped_on_disconnect": 0, "publish_errors": 0,
+                      "holds": 0}
 
     async def __aenter__(self) -> MqttBus:
         self._stack = contextlib.AsyncExitStack()
@@ -170,6 +182,7 @@ class MqttBus:
     async def __aexit__(self, et: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         self._stopping.set()
+        self._released.set()  # a held loop wakes up to stop
         assert self._stack is not None
         await self._stack.aclose()
 
@@ -181,6 +194,12 @@ class MqttBus:
     async def _run(self) -> None:
         backoff = self.cfg.backoff_min
         while not self._stopping.is_set():
+            if not self._released.is_set():
+                log.warning("mqtt %s: link held (cut): not reconnecting until released",
+                            self.cfg.client_id)
+                await self._released.wait()
+                backoff = self.cfg.backoff_min
+                continue
             self.session += 1
             session = self.session
             reason = "closed"
@@ -192,10 +211,22 @@ class MqttBus:
                 reason = "; ".join(str(e) for e in eg.exceptions)
             except* _Stop:
                 pass
+            # A lost session (its TaskGroup and aiomqtt) can leave a cancel request
+            # counted on this task (Task.cancelling() stays 1) though nothing cancels
+            # the bus. Python 3.11.2's asyncio.timeout() (Debian bookworm, the
+            # container image) then turns the backoff below into a CancelledError and
+            # the loop dies: no reconnection, ever. A real cancellation has already
+            # propagated out of _connection() (or is still pending: uncancel() leaves
+            # it), so the stale count goes.
+            me = asyncio.current_task()
+            while me is not None and me.cancelling():
+                me.uncancel()
             was_up = self.connected
             self._down()
             if self._stopping.is_set():
                 break
+            if not self._released.is_set():
+                reason = "link cut (held)"
             self.last_error = reason
             if was_up:
                 backoff = self.cfg.backoff_min
@@ -205,6 +236,8 @@ class MqttBus:
             else:
                 log.warning("mqtt %s: connect to %s:%d failed (%s); retry in %.2fs",
                             self.cfg.client_id, self.host, self.port, reason, backoff)
+            if not self._released.is_set():
+                continue  # held: wait for release() at the top, no backoff
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(backoff * (0.5 + random.random())):
                     await self._stopping.wait()
@@ -223,9 +256,12 @@ class MqttBus:
             tls_context=_tls_context(cfg.tls) if self._tls else None, **cfg.extra)
         client.pending_calls_threshold = cfg.max_inflight + 16  # we keep that many in flight
         async with client:
+            self._client = client  # from here on hold() can abort it
+            if not self._released.is_set():  # held while connecting: drop it now
+                _shutdown(client)
+                raise _Stop
             for sub in list(self.subscriptions):
                 await client.subscribe(sub, qos=QOS)
-            self._client = client
             self.connected = True
             self._up.set()
             self.stats["connects"] += 1
@@ -301,6 +337,7 @@ class MqttBus:
     def status(self) -> dict[str, Any]:
         return {"connected": self.connected, "session": self.session,
                 "broker": f"{self.host}:{self.port}", "last_error": self.last_error,
+                "link": "up" if self._released.is_set() else "cut",
                 "pending_in": self._events.qsize(), "pending_out": self._outq.qsize(),
                 **self.stats}
 
@@ -309,12 +346,23 @@ class MqttBus:
         publishes the will; the loop reconnects). For tests and fault injection."""
         client = self._client
         if client is not None:
-            sock = client._client.socket()  # paho's socket
-            shutdown = getattr(sock, "shutdown", None)
-            if shutdown is not None:
-                with contextlib.suppress(OSError):
-                    shutdown(2)
+            _shutdown(client)
 
+    def hold(self) -> None:
+        """Cut the link: drop the connection now (no DISCONNECT: the will fires)
+        and do not reconnect until release()."""
+        if self._released.is_set():
+            self.stats["holds"] += 1
+        self._released.clear()
+        self.abort_connection()
+
+    def release(self) -> None:
+        """Heal the link: the loop reconnects at once."""
+        self._released.set()
+
+    @property
+    def held(self) -> bool:
+        return not self._released.is_set()
 
     async def crash(self, timeout: float = 10.0) -> None:
         """Die like kill -9: the connection drops without DISCONNECT (the broker
@@ -327,7 +375,16 @@ class MqttBus:
 
 
 class _Stop(Exception):
-    """The bus is closing (internal)."""
+    """The bus is closing, or its link is held (internal)."""
+
+
+def _shutdown(client: aiomqtt.Client) -> None:
+    """Shut paho's socket down: the connection dies without a DISCONNECT."""
+    sock = client._client.socket()
+    shutdown = getattr(sock, "shutdown", None)
+    if shutdown is not None:
+        with contextlib.suppress(OSError):
+            shutdown(2)
 
 
 # ================================================================ in memory
@@ -409,9 +466,11 @@ class LocalBus:
         self._stopping = asyncio.Event()
         self._stack: contextlib.AsyncExitStack | None = None
         self._up = asyncio.Event()
+        self._released = asyncio.Event()  # clear: held (a cut link)
+        self._released.set()
         self.subscriptions: list[str] = list(cfg.subscriptions)
         self.stats = {"connects": 0, "disconnects": 0, "published": 0, "received": 0,
-                      "dropped_offline": 0}
+                      "dropped_offline": 0, "holds": 0}
 
     async def __aenter__(self) -> LocalBus:
         self._stack = contextlib.AsyncExitStack()
@@ -423,6 +482,7 @@ class LocalBus:
                         tb: TracebackType | None) -> None:
         self._stopping.set()
         self._wake.set()
+        self._released.set()
         if self.connected:
             self.broker._detach(self, clean=True)
             self.connected = False
@@ -436,6 +496,10 @@ class LocalBus:
     async def _run(self) -> None:
         backoff = self.cfg.backoff_min
         while not self._stopping.is_set():
+            if not self._released.is_set():
+                await self._released.wait()
+                backoff = self.cfg.backoff_min
+                continue
             if self.broker.up:
                 self.session += 1
                 self.will_message = self.cfg.will(self.session) if self.cfg.will else None
@@ -492,11 +556,26 @@ class LocalBus:
 
     def status(self) -> dict[str, Any]:
         return {"connected": self.connected, "session": self.session, "broker": "local",
-                "last_error": self.last_error, "pending_in": self._events.qsize(),
-                "pending_out": 0, **self.stats}
+                "last_error": self.last_error,
+                "link": "up" if self._released.is_set() else "cut",
+                "pending_in": self._events.qsize(), "pending_out": 0, **self.stats}
 
     def abort_connection(self) -> None:
         self.broker.drop(self.cfg.client_id)
+
+    def hold(self) -> None:
+        if self._released.is_set():
+            self.stats["holds"] += 1
+        self._released.clear()
+        self.broker.drop(self.cfg.client_id)
+        self.last_error = "link cut (held)"
+
+    def release(self) -> None:
+        self._released.set()
+
+    @property
+    def held(self) -> bool:
+        return not self._released.is_set()
 
     async def crash(self, timeout: float = 10.0) -> None:
         self._stopping.set()

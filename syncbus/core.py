@@ -23,6 +23,18 @@ What the daemon calls, and when:
 
 Every frame that does not decode, does not verify, or does not belong on its
 topic is counted in stats["bad_messages"] and dropped before it touches state.
+
+The protective mechanisms can be switched off one by one (SyncConfig; negative
+controls prove that a scenario's checks can fail):
+    replication=False        nothing is said about this node's connections: no
+                             ct frames, no deletes; resync requests get an empty
+                             (well-formed) snapshot. Heartbeats, the election and
+                             touches go on; what peers send is still applied.
+    preinstall=False         replicated entries enter conntrack but are not
+                             installed in the card (it offloads them on traffic)
+    distributed_aging=False  no touch digests are published; received ones are
+                             ignored (stats["touches_ignored"])
+    readiness_gate=False     the node is eligible before its snapshot completes
 """
 
 from __future__ import annotations
@@ -87,13 +99,17 @@ class SyncConfig:
     dead_after: float = 0.35
     discover: float = 0.3
     sync_timeout: float = 10.0
-    reconnect_grace: float = 2.0
+    reconnect_grace: float = 5.0
     budget: int = DEFAULT_BUDGET
     flush_delay: float = DEFAULT_DELAY
     history_bytes: int = DEFAULT_HISTORY
     tombstone_ttl: float = TOMBSTONE_TTL
     resync_retry: float = RESYNC_RETRY
     snapshot_frames_per_poll: int = 16
+    replication: bool = True  # the mechanisms (see the module docstring)
+    preinstall: bool = True
+    distributed_aging: bool = True
+    readiness_gate: bool = True
 
     def __post_init__(self) -> None:
         topics.check_name(self.cluster, "cluster")
@@ -118,7 +134,8 @@ class SyncCore:
         self.card = card
         self.epoch = epoch
         self.aging = Aging()
-        self.replica = Replica(cfg.node, epoch, ct, card, tombstone_ttl=cfg.tombstone_ttl,
+        self.replica = Replica(cfg.node, epoch, ct, card if cfg.preinstall else None,
+                               tombstone_ttl=cfg.tombstone_ttl,
                                resync_retry=cfg.resync_retry,
                                last_seen=self.aging.last_seen)
         self.outbox = Outbox(cfg.cluster, cfg.node, epoch, cfg.key, budget=cfg.budget,
@@ -126,11 +143,12 @@ class SyncCore:
                              identity=self.replica.identity)
         self.election = Election(ElectionConfig(
             cfg.node, cfg.priority, cfg.preempt, cfg.mode, cfg.hb_interval, cfg.dead_after,
-            cfg.discover, cfg.sync_timeout, cfg.reconnect_grace), epoch, now)
+            cfg.discover, cfg.sync_timeout, cfg.reconnect_grace, cfg.readiness_gate), epoch, now)
         self._events: list[Event] = []
         self._snapshots: deque[SnapshotWriter] = deque()
         self._next_replica_tick = now
-        self.stats = {"bad_messages": 0, "messages": 0, "published": 0, "requests": 0}
+        self.stats = {"bad_messages": 0, "messages": 0, "published": 0, "requests": 0,
+                      "touches_ignored": 0}
         self.bad_reasons: dict[str, int] = {}
 
     # ------------------------------------------------------------ wiring
@@ -184,6 +202,9 @@ class SyncCore:
             return []
         if where.kind == topics.TOUCH:
             assert isinstance(env.body, TouchDigest)
+            if not self.cfg.distributed_aging:
+                self.stats["touches_ignored"] += 1
+                return []
             self.aging.receive(env.body, now)
             self.aging.apply(self.ct, now, self.card)
             return []
@@ -217,7 +238,8 @@ class SyncCore:
             return frames
         if any(w.requester == req.requester for w in self._snapshots):
             return []  # one snapshot in flight per requester is enough
-        self._snapshots.append(self.outbox.snapshot(req.requester, self.ct.entries()))
+        entries = self.ct.entries() if self.cfg.replication else ()
+        self._snapshots.append(self.outbox.snapshot(req.requester, entries))
         return self._snapshot_frames(now)
 
     def _snapshot_frames(self, now: float) -> list[Publish]:
@@ -249,8 +271,10 @@ class SyncCore:
             if ev.type == DESTROY:
                 conn = replica.destroyed(view.id)
                 self.aging.forget((view.zone, view.orig))
-                if conn is not None:
+                if conn is not None and self.cfg.replication:
                     outbox.delete(CtDelete(conn, view.orig, view.reply, view.zone), now)
+                continue
+            if not self.cfg.replication:
                 continue
             entry = ct.find(view.orig, view.zone)
             if entry is None or entry.id != view.id:
@@ -261,8 +285,10 @@ class SyncCore:
 
     def touches(self, now: float) -> list[Publish]:
         """Once per poll cycle: this node's touch digest."""
-        touched = self.aging.digest(now)
-        return self.outbox.touches(touched, now) if touched else []
+        touched = self.aging.digest(now)  # (taken either way: it must not grow)
+        if not touched or not self.cfg.distributed_aging:
+            return []
+        return self.outbox.touches(touched, now)
 
     def _heartbeat_body(self, now: float) -> Heartbeat:
         return self.election.heartbeat(now, len(self.ct), self.outbox.ct_seq)

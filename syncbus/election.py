@@ -25,6 +25,9 @@ Readiness gate (a joining node must not become active half-empty):
   bounded and visible: after `sync_timeout` the gate reports timed_out; the node
   then becomes eligible only if no other live member is (it never pretends the
   transfer was fine, and it never leaves the cluster without an active).
+  With readiness_gate off (a negative control) the node is eligible from the
+  start: it still syncs, but may take the active role before the snapshot is
+  complete (the gate's state still tells how far the sync is).
 
 Active-active: every ready member is active; a flow belongs to one member by
 rendezvous hashing of its direction-normalised tuple (owner_of()), so the
@@ -69,7 +72,9 @@ class ElectionConfig:
     dead_after: float = 0.35  # 3 heartbeats + skew, VRRP style
     discover: float = 0.3  # time to collect retained heartbeats before choosing a source
     sync_timeout: float = 10.0  # the readiness gate's bound
-    reconnect_grace: float = 2.0  # after a bus outage, peers get this long to reappear
+    reconnect_grace: float = 5.0  # after a bus outage, peers get this long to reappear
+    # (a restarted broker takes 1-2 s to listen, and each member its reconnect backoff)
+    readiness_gate: bool = True  # False (a negative control): eligible at once
 
     def __post_init__(self) -> None:
         if not 0 <= self.priority <= 255:
@@ -309,7 +314,7 @@ class Election:
 
     def eligible(self) -> bool:
         g = self.gate
-        if g.state == READY:
+        if g.state == READY or not self.cfg.readiness_gate:
             return True
         if not g.timed_out:
             return False

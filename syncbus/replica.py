@@ -471,7 +471,7 @@ class Replica:
         self.meta.pop(entry.id, None)
         if self.ct.emit_events:  # its DESTROY event will come through destroyed()
             self._removed.add(entry.id)
-        self.ct.kill(entry, now)
+        self.ct.kill(entry, now, "synced")
         self.stats["deleted"] += 1
 
     # ------------------------------------------------------------ inspection

@@ -27,6 +27,13 @@ NEW = "NEW"
 UPDATE = "UPDATE"
 DESTROY = "DESTROY"
 
+# Why an entry was destroyed (not in ctnetlink: the engine knows, the control API
+# shows it): its timeout passed, early drop (table full), a flush, a TCP RST that
+# ended a connection never replied to, a SYN reopening a closed connection,
+# removed by replication (a peer's delete or snapshot), or any other kill
+# (act_ct force, a NAT clash).
+DESTROY_REASONS = ("timeout", "early_drop", "flush", "rst", "reopen", "synced", "kill")
+
 
 @dataclass(frozen=True, slots=True)
 class CtView:
@@ -46,6 +53,7 @@ class CtView:
     protoinfo: dict[str, Any] | None
     packets: tuple[int, int] = (0, 0)  # original, reply
     bytes: tuple[int, int] = (0, 0)
+    period: float = 0.0  # the timeout the entry was last given, seconds (Entry.timeout)
 
     @property
     def flags(self) -> list[str]:
@@ -74,6 +82,7 @@ class CtEvent:
     bits: int  # IPCT_* mask
     entry: CtView
     at: float  # engine time of the event
+    reason: str = ""  # DESTROY only: why (DESTROY_REASONS); "" for NEW/UPDATE
 
     @property
     def bit_names(self) -> list[str]:

@@ -13,6 +13,8 @@
     ports:                        # name -> a UDP endpoint: one raw L3 packet per datagram
       inside:  {bind: "127.0.0.1:7001", peer: "127.0.0.1:7101"}
       outside: {bind: "127.0.0.1:7002"}          # no peer: answer the last sender
+      # annotate: true  prefixes every datagram sent with the packet's path (hw,
+      #                 sw-fastpath, sw): 8 bytes, wire.encode_annotation()
     tc: |                         # a tc batch script (iproute2 syntax), applied at start
       qdisc add dev inside ingress
     tc_file: firewall.tc          # or the script in a file (relative to this file)
@@ -22,6 +24,15 @@
     control: {listen: "127.0.0.1:8001"}
     sysctl: {nf_conntrack_udp_timeout: 30}       # net.netfilter.* names
     clock_offset: 0               # seconds added to this node's clock (skew tests)
+    mechanisms:                   # the protective mechanisms; negative controls turn one off
+      replication: true           # off: publish nothing about this node's connections
+                                  #   (no ct batches or deletes; resync answers and
+                                  #   snapshots carry no entries); still heartbeats,
+                                  #   elects, receives and applies what peers send
+      preinstall: true            # off: replicated entries enter conntrack but not the
+                                  #   card; it offloads them on software traffic, as local ones
+      distributed_aging: true     # off: no touch digests sent, received ones ignored
+      readiness_gate: true        # off: eligible at once, before the snapshot completes
 
 Every problem is one ConfigError whose message names the field
 ("ports.inside.bind: ..."); unknown fields are errors too (a typo must not
@@ -74,6 +85,7 @@ class PortConfig:
     type: str = "udp"  # "udp" | "memory" (in-process tests)
     bind: Addr | None = None
     peer: Addr | None = None
+    annotate: bool = False  # prefix every datagram sent with its path (wire.py)
 
 
 @dataclass(frozen=True)
@@ -96,6 +108,16 @@ class RoleConfig:
 
 
 @dataclass(frozen=True)
+class Mechanisms:
+    """The cluster's protective mechanisms (all on); a negative control turns one off."""
+
+    replication: bool = True
+    preinstall: bool = True
+    distributed_aging: bool = True
+    readiness_gate: bool = True
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     node: str
     cluster: str
@@ -109,6 +131,7 @@ class NodeConfig:
     control: Addr = ("127.0.0.1", 0)
     sysctl: Sysctl = field(default_factory=Sysctl)
     clock_offset: float = 0.0
+    mechanisms: Mechanisms = field(default_factory=Mechanisms)
 
     def port(self, name: str) -> PortConfig:
         for p in self.ports:
@@ -152,9 +175,10 @@ def parse(data: object, *, base: Path | None = None) -> NodeConfig:
     control.done()
     sysctl = _sysctl(top.get("sysctl", {}), "sysctl")
     offset = top.number("clock_offset", 0.0, lo=-86400.0, hi=86400.0)
+    mechanisms = _mechanisms(top.section("mechanisms"))
     top.done()
     return NodeConfig(node, cluster, ports, key, broker, tc, tc_name, card, role, listen,
-                      sysctl, offset)
+                      sysctl, offset, mechanisms)
 
 
 def _broker(s: _Section, base: Path | None) -> BrokerConfig:
@@ -207,10 +231,11 @@ def _ports(raw: object, where: str) -> tuple[PortConfig, ...]:
         kind = s.choice("type", "udp", ("udp", "memory"))
         bind = s.addr("bind", None)
         peer = s.addr("peer", None)
+        annotate = s.flag("annotate", False)
         s.done()
         if kind == "udp" and bind is None:
             raise ConfigError(f"{where}.{name}.bind: required for a UDP port (HOST:PORT)")
-        out.append(PortConfig(name, kind, bind, peer))
+        out.append(PortConfig(name, kind, bind, peer, annotate))
     return tuple(out)
 
 
@@ -250,6 +275,13 @@ def _role(s: _Section) -> RoleConfig:
     s.done()
     if not out.hb_interval < out.dead_after:
         raise ConfigError("role.dead_after: must be longer than role.hb_interval")
+    return out
+
+
+def _mechanisms(s: _Section) -> Mechanisms:
+    out = Mechanisms(s.flag("replication", True), s.flag("preinstall", True),
+                     s.flag("distributed_aging", True), s.flag("readiness_gate", True))
+    s.done()
     return out
 
 
@@ -377,5 +409,5 @@ def parse_addr(value: object, where: str) -> Addr:
     return host, port
 
 
-__all__ = ["Addr", "BrokerConfig", "CardConfig", "ConfigError", "NodeConfig", "PortConfig",
-           "RoleConfig", "TlsConfig", "load", "parse", "parse_addr"]
+__all__ = ["Addr", "BrokerConfig", "CardConfig", "ConfigError", "Mechanisms", "NodeConfig",
+           "PortConfig", "RoleConfig", "TlsConfig", "load", "parse", "parse_addr"]

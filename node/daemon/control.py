@@ -1,16 +1,37 @@
 """The control API: a small HTTP/1.1 server on asyncio streams, JSON in and out.
 
     GET  /health                       {"ok": true, ...}
-    GET  /state                        role, term, epoch, readiness gate, peers,
-                                       table sizes, sync lag, counters
-    GET  /conntrack[?format=text]      the table (conntrack -L lines with text)
+    GET  /state[?brief=1]              role, term, epoch, readiness gate, peers,
+                                       table sizes, sync lag, counters (brief: role,
+                                       term, epoch, gate, tables, counters: cheap
+                                       enough to poll at 10 Hz); "now" (this
+                                       node's clock), "mechanisms" (the config's
+                                       switches), "offload" {"eligible": N,
+                                       "installed": M}, "nemesis" (as GET /nemesis)
+    GET  /conntrack[?format=text]      the table (conntrack -L lines with text); each
+                                       entry: "orig" tuple, "state" (protocol state
+                                       name, e.g. ESTABLISHED), "timeout" (seconds
+                                       left), "period" (its timeout setting) ...
     GET  /tc[?json=1]                  tc -s qdisc show + tc -s filter show per port
-    GET  /card                         card statistics and fault knobs
+    GET  /card[?entries=1]             card statistics and fault knobs (+ "entries")
+    GET  /card/entries                 {"entries": [{"orig": TUPLE, "zone": Z, "id": ID,
+                                       "direction": "original"|"reply", "state":
+                                       "IN_HW"|"PENDING"|"DYING"|..., "packets": N}]}:
+                                       the card's hardware CT entries
     POST /card/fault                   {"knob": value, ...} (node.offload.faults.KNOBS)
-    POST /inject                       {"port": P, "hex": RAW_L3} -> the Outcome
+    GET  /nemesis                      the nemesis settings and counters (nemesis.py)
+    POST /nemesis                      {"sync": {...} | null, "broker_link": "cut"|"up",
+                                       "data": "cut"|"up", "clock_offset": S} (any
+                                       subset; all validated before any is applied)
+    POST /inject                       {"port": P, "hex": RAW_L3} -> the Outcome (a
+                                       data link cut drops it: "drop_reason" NEMESIS)
     GET  /capture                      packets sent out of ports since the last read
     GET  /events?since=N[&wait=S]      CtEvents after seq N (long poll up to S s);
-                                       &format=text: conntrack -E lines
+                                       &format=text: conntrack -E lines; &brief=1:
+                                       seq, type, reason, timeout and orig only. A DESTROY's
+                                       "reason": timeout, early_drop, flush, rst,
+                                       reopen, synced, kill; "timeout": the entry's
+                                       timeout setting (s)
     GET  /metrics                      Prometheus text format
 
 One request per connection (Connection: close). A bad request gets a 4xx and
@@ -28,7 +49,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
-from node.daemon import views
+from node.daemon import nemesis, views
 from node.daemon.config import Addr
 from node.daemon.errors import ConfigError, RequestError
 from node.offload.faults import FaultError, read_knobs
@@ -98,9 +119,12 @@ async def health(d: Daemon, req: Request) -> Response:
 
 
 async def state(d: Daemon, req: Request) -> Response:
+    if req.arg("brief", "0") not in ("0", "", "false"):
+        return ok(views.brief_state_json(d.node))
     st = views.state_json(d.node, d.clock(), d.bus.status())
     st["ports"] = d.port_stats()
     st["control"] = d.control_url
+    st["nemesis"] = nemesis.state(d)
     return ok(st)
 
 
@@ -134,8 +158,28 @@ async def tc_show(d: Daemon, req: Request) -> Response:
 
 async def card(d: Daemon, req: Request) -> Response:
     c = d.node.card
-    return ok({"stats": c.stats, "knobs": read_knobs(c.faults),
-               "sw_only_zones": sorted(c.sw_only_zones)})
+    out: dict[str, Any] = {"stats": c.stats, "knobs": read_knobs(c.faults),
+                           "sw_only_zones": sorted(c.sw_only_zones)}
+    if req.arg("entries", "0") not in ("0", "", "false"):
+        out["entries"] = views.card_entries_json(d.node)
+    return ok(out)
+
+
+async def card_entries(d: Daemon, req: Request) -> Response:
+    return ok({"entries": views.card_entries_json(d.node)})
+
+
+async def nemesis_get(d: Daemon, req: Request) -> Response:
+    return ok(nemesis.state(d))
+
+
+async def nemesis_post(d: Daemon, req: Request) -> Response:
+    try:
+        change = nemesis.parse(req.json())
+    except nemesis.NemesisError as exc:
+        raise RequestError(400, str(exc)) from None
+    nemesis.apply(d, change)
+    return ok(nemesis.state(d))
 
 
 async def card_fault(d: Daemon, req: Request) -> Response:
@@ -162,11 +206,18 @@ async def inject(d: Daemon, req: Request) -> Response:
         data = bytes.fromhex(raw)
     except ValueError:
         raise RequestError(400, "hex is not hex") from None
+    if d.ports[port].cut:  # the data link is cut: it never arrives
+        d.ports[port].stats["nemesis_drops"] += 1
+        return ok({"verdict": "drop", "code": -1, "path": None, "why": "nemesis",
+                   "chains": [], "ct_state": "", "zone": 0, "mark": 0,
+                   "drop_reason": "NEMESIS_DATA_CUT", "forwarded": False, "ports": [],
+                   "egress": [], "pkt": raw, "sent": []})
     got = await d.inject(port, data)
     if got.outcome is None:
         raise RequestError(400, got.error)
     out = views.outcome_json(got.outcome)
-    out["sent"] = [{"port": p, "hex": b.hex()} for p, b in got.sends]
+    out["sent"] = [{"port": p, "hex": b.hex(), "path": path} for p, b, path in got.sends
+                   if p in d.ports and not d.ports[p].cut]
     return ok(out)
 
 
@@ -191,6 +242,9 @@ async def events(d: Daemon, req: Request) -> Response:
     got = [(seq, ev) for seq, ev in node.events if seq > since]
     if req.arg("format") == "text":
         return text("".join(views.event_text(ev) + "\n" for _, ev in got))
+    if req.arg("brief", "0") not in ("0", "", "false"):
+        return ok({"events": [views.brief_event_json(seq, ev) for seq, ev in got],
+                   "next": node.event_seq})
     return ok({"events": [views.event_json(seq, ev) for seq, ev in got],
                "next": node.event_seq})
 
@@ -206,7 +260,9 @@ ROUTES: dict[str, dict[str, Handler]] = {
     "/conntrack": {"GET": conntrack},
     "/tc": {"GET": tc_show},
     "/card": {"GET": card},
+    "/card/entries": {"GET": card_entries},
     "/card/fault": {"POST": card_fault},
+    "/nemesis": {"GET": nemesis_get, "POST": nemesis_post},
     "/inject": {"POST": inject},
     "/capture": {"GET": capture},
     "/events": {"GET": events},

@@ -41,7 +41,7 @@ MAX_LAG_FOR_LATENCY = 5.0  # a transit outside [0, this] means skewed clocks: no
 @dataclass
 class Received:
     outcome: Outcome | None
-    sends: list[tuple[str, bytes]] = field(default_factory=list)
+    sends: list[tuple[str, bytes, str]] = field(default_factory=list)  # port, packet, path
     error: str = ""
 
 
@@ -107,12 +107,14 @@ class Node:
         self.datapath = Datapath(self.ports, tc, self.ct, now, card=self.card)
         self._apply_tc(cfg.tc, cfg.tc_name)
         self.installs = InstallTimer(self.card)
-        r = cfg.role
+        r, m = cfg.role, cfg.mechanisms
         try:
             sync = SyncConfig(cfg.cluster, cfg.node, cfg.cluster_key, priority=r.priority,
                               preempt=r.preempt, mode=r.mode, hb_interval=r.hb_interval,
                               dead_after=r.dead_after, discover=r.discover,
-                              sync_timeout=r.sync_timeout)
+                              sync_timeout=r.sync_timeout, replication=m.replication,
+                              preinstall=m.preinstall, distributed_aging=m.distributed_aging,
+                              readiness_gate=m.readiness_gate)
         except ValueError as exc:
             raise ConfigError(f"role: {exc}") from None
         self.core = SyncCore(sync, self.ct, self.installs, epoch=epoch, now=now)
@@ -168,7 +170,7 @@ class Node:
                 except (PacketError, ValueError) as exc:
                     self._bad("build", str(exc))
                     continue
-                sends.append((e.port, raw))
+                sends.append((e.port, raw, out.path))
                 self.capture_seq += 1
                 self.capture.append({"seq": self.capture_seq, "at": now, "port": e.port,
                                      "path": out.path, "hex": raw.hex()})

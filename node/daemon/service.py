@@ -17,7 +17,9 @@ engines) and syncbus.service.Member (replication):
       member.goodbye()                  an offline heartbeat, then the bus closes
 
 Time: one monotonic clock (plus the configured offset, for skew tests) is
-passed into every core call.
+passed into every core call. The offset can be changed at run time (the
+control API's nemesis hooks, nemesis.py), as can the sync impairment, the
+broker link and the data ports.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ class Daemon:
     """The running node: what the tasks and the control API share."""
 
     def __init__(self, node: Node, member: Member, bus: MqttBus, ports: Mapping[str, Port],
-                 clock: Callable[[], float]) -> None:
+                 clock: Clock) -> None:
         self.node = node
         self.member = member
         self.bus = bus
@@ -87,10 +89,10 @@ class Daemon:
     # ------------------------------------------------------------ packets
     def _handle(self, port: str, data: bytes) -> Received:
         got = self.node.receive(port, data, self.clock())
-        for out_port, raw in got.sends:
+        for out_port, raw, path in got.sends:
             p = self.ports.get(out_port)
             if p is not None:
-                p.send(raw)
+                p.send(raw, path)
         return got
 
     async def flush(self) -> None:
@@ -156,10 +158,10 @@ class Daemon:
 # ================================================================ run
 async def open_port(pc: PortConfig) -> Port:
     if pc.type == "memory":
-        return MemoryPort(pc.name)
+        return MemoryPort(pc.name, annotate=pc.annotate)
     assert pc.bind is not None
     try:
-        return await UdpPort.open(pc.name, pc.bind, pc.peer)
+        return await UdpPort.open(pc.name, pc.bind, pc.peer, annotate=pc.annotate)
     except OSError as exc:
         raise ConfigError(f"ports.{pc.name}.bind: cannot bind {pc.bind[0]}:{pc.bind[1]}: "
                           f"{exc.strerror or exc}") from None
@@ -212,7 +214,9 @@ async def run(cfg: NodeConfig, *, ready: asyncio.Event | None = None,
     async with contextlib.AsyncExitStack() as stack:
         opened: dict[str, Port] = dict(ports or {})
         for pc in cfg.ports:
-            if pc.name not in opened:
+            if pc.name in opened:
+                opened[pc.name].annotate = pc.annotate  # the config says what the wire carries
+            else:
                 opened[pc.name] = await open_port(pc)
                 stack.callback(opened[pc.name].close)
         url = await _broker_url(cfg, stack)

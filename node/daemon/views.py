@@ -3,16 +3,29 @@ values or text out. Nothing here changes state."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from typing import Any
 
-from node.conntrack.entry import IPS_HW_OFFLOAD, IPS_OFFLOAD, status_names
-from node.conntrack.events import CtEvent, CtView
+import numpy as np
+
+from node.conntrack.entry import (
+    IP_CT_ESTABLISHED,
+    IP_CT_NEW,
+    IPS_HW_OFFLOAD,
+    IPS_OFFLOAD,
+    IPS_SEEN_REPLY,
+    status_names,
+)
+from node.conntrack.events import DESTROY, CtEvent, CtView
 from node.conntrack.listing import format_entry
 from node.conntrack.tuple import Tuple
 from node.daemon.metrics import Metrics
 from node.daemon.node import Node
 from node.datapath import PATHS, Outcome
+from node.offload.flowtable import FLOW_USED
+from node.offload.hwtable import ABSENT, DYING, IN_HW, HwState
+from node.offload.policy import should_offload
 from node.packet import build, ip_str
 from node.tc.skb import ct_state_str
 
@@ -29,7 +42,8 @@ def tuple_json(t: Tuple | None) -> dict[str, Any] | None:
 def view_json(v: CtView) -> dict[str, Any]:
     return {"id": v.id, "orig": tuple_json(v.orig), "reply": tuple_json(v.reply),
             "zone": v.zone, "status": status_names(v.status), "state": v.proto_state,
-            "timeout": round(v.timeout, 3), "mark": v.mark, "labels": v.labels,
+            "timeout": round(v.timeout, 3), "period": v.period, "mark": v.mark,
+            "labels": v.labels,
             "helper": v.helper, "flags": v.flags, "packets": list(v.packets),
             "bytes": list(v.bytes)}
 
@@ -61,9 +75,21 @@ def conntrack_text(node: Node, now: float) -> str:
     return "".join(line + "\n" for line in lines)
 
 
+def brief_event_json(seq: int, ev: CtEvent) -> dict[str, Any]:
+    """event_json() without the entry's details: what a history recorder needs."""
+    return {"seq": seq, "type": ev.type,
+            "reason": (ev.reason or "kill") if ev.type == DESTROY else None,
+            "timeout": ev.entry.period, "orig": tuple_json(ev.entry.orig)}
+
+
 def event_json(seq: int, ev: CtEvent) -> dict[str, Any]:
+    """One event. "reason" says why a DESTROY happened ("timeout", "early_drop",
+    "flush", "rst", "reopen", "synced", "kill"; None for NEW/UPDATE) and "timeout"
+    is the entry's timeout setting in seconds (entry.period; entry.timeout is
+    the seconds it had left)."""
     return {"seq": seq, "type": ev.type, "at": ev.at, "bits": ev.bit_names,
-            "entry": view_json(ev.entry), "text": event_text(ev)}
+            "reason": (ev.reason or "kill") if ev.type == DESTROY else None,
+            "timeout": ev.entry.period, "entry": view_json(ev.entry), "text": event_text(ev)}
 
 
 def event_text(ev: CtEvent) -> str:
@@ -92,6 +118,75 @@ def _ms(x: float | None) -> float | None:
     return None if x is None else round(1000 * x, 3)
 
 
+def _installed_ids(node: Node) -> set[int]:
+    """Ids of the conntrack entries whose flow is in the card: at least one
+    hardware entry IN_HW, none pending or failed (the conntrack listing's rule)."""
+    flows, hw = node.card.flows, node.card.hw
+    n = len(flows.owners)
+    if not n:
+        return set()
+    st = hw.state_v[:2 * n].reshape(-1, 2)
+    done = np.isin(st, _DONE).all(axis=1)
+    ok = (st == IN_HW).any(axis=1) & done & (flows.flags[:n] & FLOW_USED).astype(bool)
+    return set(flows.cookie[:n][ok].tolist())
+
+
+_DONE = (IN_HW, DYING, ABSENT)
+_STATE_NAMES = {int(s): s.name for s in HwState}
+
+
+def offload_json(node: Node) -> dict[str, int]:
+    """{"eligible": conntrack entries act_ct's offload rule (policy.should_offload)
+    would put in the card (not in a software-only zone), "installed": how many of
+    them have their hardware entries IN_HW}. One pass over the table."""
+    sw_only = node.card.sw_only_zones
+    ids = _installed_ids(node)
+    offload = should_offload
+    eligible = installed = 0
+    for entry in node.ct.entries():
+        if offload(entry, IP_CT_ESTABLISHED if entry.status & IPS_SEEN_REPLY else IP_CT_NEW) \
+                is None or (sw_only and entry.zone in sw_only):
+            continue
+        eligible += 1
+        if entry.id in ids:
+            installed += 1
+    return {"eligible": eligible, "installed": installed}
+
+
+def card_entries_json(node: Node) -> list[dict[str, Any]]:
+    """The card's hardware CT entries (one per offloaded direction, any state but
+    ABSENT): the connection's orig tuple and zone, the direction, the state."""
+    card = node.card
+    flows, hw = card.flows, card.hw
+    n = 2 * len(flows.owners)
+    out = []
+    orig: dict[str, Any] | None = None
+    last = -1
+    for slot in np.flatnonzero(hw.state_v[:n] != ABSENT).tolist():
+        fid = slot >> 1
+        if not int(flows.flags[fid]) & FLOW_USED:
+            continue
+        entry = flows.owners[fid]
+        if fid != last:  # both directions of a flow share the tuple
+            orig, last = tuple_json(entry.orig), fid
+        out.append({"orig": orig, "zone": entry.zone, "id": entry.id,
+                    "direction": "reply" if slot & 1 else "original",
+                    "state": _STATE_NAMES[hw.state[slot]], "packets": hw.packets[slot]})
+    return out
+
+
+def brief_state_json(node: Node) -> dict[str, Any]:
+    """The part of /state a poller needs every tick: no pass over the table."""
+    core = node.core
+    el = core.election
+    return {"node": node.cfg.node, "epoch": node.epoch, "role": el.role, "term": el.term,
+            "gate": {"state": el.gate.state},
+            "tables": {"conntrack": len(node.ct), "card_entries": node.card.hw.entries},
+            "counters": dict(node.counters), "bad_messages": core.stats["bad_messages"],
+            "outbox": {"items": core.outbox.stats.get("items", 0)},
+            "replica": {"items": core.replica.stats.get("items", 0)}}
+
+
 def state_json(node: Node, now: float, bus: dict[str, Any]) -> dict[str, Any]:
     core = node.core
     el = core.election
@@ -117,10 +212,12 @@ def state_json(node: Node, now: float, bus: dict[str, Any]) -> dict[str, Any]:
                         "samples": len(lag)},
         "install_latency_ms": {"p50": _ms(inst.quantile(0.5)), "p99": _ms(inst.quantile(0.99)),
                                "count": inst.count},
+        "counters": dict(node.counters),
         "bad_messages": core.stats["bad_messages"], "bad_reasons": dict(core.bad_reasons),
         "replica": dict(core.replica.stats), "outbox": dict(core.outbox.stats),
         "aging": dict(core.aging.stats), "bus": bus, "uptime": round(now - node.started, 3),
-        "roles": [[round(t - node.started, 3), what] for t, what in node.role_log],
+        "now": now, "roles": [[round(t - node.started, 3), what] for t, what in node.role_log],
+        "mechanisms": dataclasses.asdict(node.cfg.mechanisms), "offload": offload_json(node),
     }
 
 
@@ -147,7 +244,7 @@ def metrics_text(node: Node, now: float, bus: dict[str, Any],
         m.counter("ctlab_internal_errors_total", "Bugs caught at a task boundary (see the log)",
                   n, where=where)
     for name, st in sorted(ports.items()):
-        for key in ("rx", "tx", "rx_dropped", "tx_dropped"):
+        for key in ("rx", "tx", "rx_dropped", "tx_dropped", "nemesis_drops"):
             m.counter(f"ctlab_port_{key}_total", f"Port {key} packets", st.get(key, 0),
                       port=name)
     m.gauge("ctlab_conntrack_entries", "Conntrack entries", len(node.ct))
@@ -201,5 +298,6 @@ def metrics_text(node: Node, now: float, bus: dict[str, Any],
     return m.render()
 
 
-__all__ = ["conntrack_json", "conntrack_text", "event_json", "event_text", "metrics_text",
-           "outcome_json", "state_json", "tuple_json", "view_json"]
+__all__ = ["card_entries_json", "conntrack_json", "conntrack_text", "event_json", "event_text",
+           "metrics_text", "offload_json", "outcome_json", "state_json", "tuple_json",
+           "view_json"]
