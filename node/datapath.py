@@ -43,7 +43,14 @@ from node.offload.outcomes import PollResult
 from node.packet import Packet, TcpOptions, tcp
 from node.tc.model import TcModel
 from node.tc.offload import DEFAULT_RULE_CAPACITY, MISS_REASONS, Miss, TcOffload
-from node.tc.skb import PATH_CONNTRACK, PATH_FLOWTABLE, PATH_HW_CT, PATH_SOFTWARE, Skb
+from node.tc.skb import (
+    ETH_HLEN,
+    PATH_CONNTRACK,
+    PATH_FLOWTABLE,
+    PATH_HW_CT,
+    PATH_SOFTWARE,
+    Skb,
+)
 from node.tc.verdict import (
     TC_ACT_QUEUED,
     TC_ACT_REDIRECT,
@@ -56,6 +63,7 @@ from node.tc.verdict import (
 PASS, DROP, STOLEN = "pass", "drop", "stolen"
 CONSUMED = frozenset((TC_ACT_STOLEN, TC_ACT_QUEUED, TC_ACT_TRAP))
 HW, SW_FASTPATH, SW = "hw", "sw-fastpath", "sw"
+_VERDICTS = {TC_ACT_SHOT: DROP, TC_ACT_REDIRECT: STOLEN, **dict.fromkeys(CONSUMED, STOLEN)}
 PATHS = (HW, SW_FASTPATH, SW)
 CT_HIT, HW_RULE = "ct_hit", "hw_rule"  # Outcome.why of a packet handled in hardware
 _new = tuple.__new__  # a NamedTuple without its Python-level __new__ (the per-packet path)
@@ -118,6 +126,7 @@ class Datapath:
         if conntrack is None:
             conntrack = card.ct if card is not None else Conntrack()
         self.conntrack_table = conntrack
+        self.conntrack = conntrack  # (Env.conntrack: an attribute, read per ct action)
         self.tc = tc if tc is not None else TcModel(auto_devices=False,
                                                     helpers=self.conntrack_table.helpers)
         # The card's tc driver; also act_ct's flow tables (env.flowtable).
@@ -136,26 +145,28 @@ class Datapath:
                     if block is not None and block.offload is None:
                         block.offload = self.offload
         self.now = now
-        self._egress: list[Egress] = []
+        self._egress: tuple[Egress, ...] = ()  # what mirred sent, during receive()
+        # receive()'s Skb, kept for the next packet (nothing holds an Skb after
+        # receive() returns); None while one is in use.
+        self._spare: Skb | None = None
         self._why = ""
         self.paths = dict.fromkeys(PATHS, 0)  # packets received, by path
         self.misses = dict.fromkeys(MISS_REASONS, 0)  # software packets, by card miss
 
     # ------------------------------------------------------------ Env / HwEnv
-    @property
-    def conntrack(self) -> Conntrack:
-        return self.conntrack_table
-
     def mirred(self, skb: Skb, dev: str, egress: bool, redirect: bool) -> bool:
         """Software mirred: the packet runs the target's tc in software."""
-        port = self.tc.devices.get(dev)
-        if port is None or not port.up:
+        try:
+            port = self.tc.devices[dev]
+        except KeyError:
+            return True
+        if not port.up:
             return True
         block = port.egress if egress else port.ingress
         if block is None or not block.chains:  # no tc there: transmitted as it is
-            self._egress.append(_new(Egress, (dev, skb.pkt, "redirect" if redirect else "mirror",
-                                              "egress" if egress else "ingress", True, (),
-                                              skb.mark)))
+            self._egress += (_new(Egress, (dev, skb.pkt, "redirect" if redirect else "mirror",
+                                           "egress" if egress else "ingress", True, (),
+                                           skb.mark)),)
             return False
         target = _copy(skb, dev)
         code = block.classify(target, self)
@@ -171,8 +182,8 @@ class Datapath:
             return True
         block = port.egress if egress else port.ingress
         if block is None or not block.chains:
-            self._egress.append(Egress(dev, skb.pkt, "redirect" if redirect else "mirror",
-                                       "egress" if egress else "ingress", True, (), skb.mark))
+            self._egress += (Egress(dev, skb.pkt, "redirect" if redirect else "mirror",
+                                    "egress" if egress else "ingress", True, (), skb.mark),)
             return False
         target = _copy(skb, dev)
         code = self._hw_then_sw(block, target)
@@ -182,9 +193,9 @@ class Datapath:
 
     def _sent(self, target: Skb, dev: str, egress: bool, redirect: bool, code: int) -> None:
         sent = code != TC_ACT_SHOT and code not in CONSUMED
-        self._egress.append(Egress(dev, target.pkt, "redirect" if redirect else "mirror",
-                                   "egress" if egress else "ingress", sent,
-                                   tuple(target.trace), target.mark))
+        self._egress += (Egress(dev, target.pkt, "redirect" if redirect else "mirror",
+                                "egress" if egress else "ingress", sent,
+                                target.trace, target.mark),)
 
     def _hw_then_sw(self, block: Any, skb: Skb) -> int:
         hw = self.offload
@@ -202,27 +213,41 @@ class Datapath:
         """A packet arrives on `port` at time `now`."""
         self.now = now
         self.tc.now = now
-        egress = self._egress = []
-        dev = self.tc.devices.get(port)
-        if dev is None:
-            raise KeyError(f"no port {port!r}")
-        skb = Skb(pkt, port, mark)
+        self._egress = ()
+        try:
+            dev = self.tc.devices[port]
+        except KeyError:
+            raise KeyError(f"no port {port!r}") from None
+        skb = self._spare
+        if skb is None:
+            skb = Skb(pkt, port, mark)
+        else:  # Skb.__init__, on the last packet's Skb
+            self._spare = None
+            skb.pkt = pkt
+            skb.len = pkt.length + ETH_HLEN
+            skb.dev = port
+            skb.mark = mark
+            skb.ct = None
+            skb.ctinfo = None
+            skb.ct_state = 0
+            skb.post_ct = False
+            skb.zone = 0
+            skb.trace = ()
+            skb.path = 0
+            if skb.__dict__:
+                skb.__dict__.clear()
         block = dev.ingress
         hw = self.offload
         if block is None:
             code = -1
         elif hw is None:
-            code = block.classify(skb, self)
+            whole = block.program  # (Block.classify from chain 0, without its frame)
+            code = whole(skb, self) if whole else block.classify(skb, self)  # type: ignore[operator]
         else:
             self._why = ""
             code = self._hw_then_sw(block, skb)
-        if code == TC_ACT_SHOT:
-            verdict = DROP
-            reason = skb.drop_reason or "TC_INGRESS"
-        elif code in CONSUMED or code == TC_ACT_REDIRECT:
-            verdict, reason = STOLEN, ""
-        else:
-            verdict, reason = PASS, ""
+        verdict = _VERDICTS.get(code, PASS)
+        reason = (skb.drop_reason or "TC_INGRESS") if verdict is DROP else ""
         if hw is None or block is None:
             path, why = SW, ""
         else:
@@ -238,8 +263,9 @@ class Datapath:
                 self.misses[why] += 1
         self.paths[path] += 1
         entry = skb.ct
-        return _new(Outcome, (verdict, code, tuple(skb.trace), skb.ct_state,
-                              entry.zone if entry is not None else skb.zone, tuple(egress),
+        self._spare = skb
+        return _new(Outcome, (verdict, code, skb.trace, skb.ct_state,
+                              entry.zone if entry is not None else skb.zone, self._egress,
                               skb.pkt, reason, skb.mark, path, why))
 
     # ------------------------------------------------------------ time
@@ -273,7 +299,7 @@ def _copy(skb: Skb, dev: str) -> Skb:
     """The copy of `skb` a mirred target's tc works on: a new tc run on `dev`."""
     target = skb.clone()
     target.mirred_depth = skb.mirred_depth + 1
-    target.trace = []
+    target.trace = ()
     target.dev = dev
     target.reset_tc()
     return target

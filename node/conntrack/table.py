@@ -175,8 +175,16 @@ class Conntrack:
         # Entries destroyed while in a flow table (IPS_OFFLOAD), for its GC's
         # nf_ct_is_dying() check; None unless an offload card asked for them.
         self.offload_gone: list[Entry] | None = None
-        self.stats = {"found": 0, "invalid": 0, "insert": 0, "insert_failed": 0, "drop": 0,
-                      "early_drop": 0, "expired": 0, "untracked": 0}
+        self._stats = {"found": 0, "invalid": 0, "insert": 0, "insert_failed": 0, "drop": 0,
+                       "early_drop": 0, "expired": 0, "untracked": 0}
+        self._found = 0  # stats["found"], counted per packet apart from the dict
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters (the kernel's per-cpu conntrack stats): found, invalid, insert ..."""
+        stats = self._stats
+        stats["found"] = self._found
+        return stats
 
     # ------------------------------------------------------------------ lookup
     def __len__(self) -> int:
@@ -204,7 +212,7 @@ class Conntrack:
             return None
         entry = zmap.get(t)
         if entry is not None and entry.expires_at <= now:
-            self._destroy(entry, now)  # nf_ct_gc_expired()
+            self._destroy(entry, now, "timeout")  # nf_ct_gc_expired()
             self.stats["expired"] += 1
             return None
         return entry
@@ -213,6 +221,14 @@ class Conntrack:
     def track(self, pkt: Packet, now: float, template: Template = DEFAULT_TEMPLATE) -> CtResult:
         """nf_conntrack_in(): attach an entry to `pkt` (creating an unconfirmed one
         for a new flow) and run its L4 tracker."""
+        res = self.track_raw(pkt, now, template)
+        return res if res.__class__ is CtResult else _new_tuple(CtResult, res)
+
+    def track_raw(self, pkt: Packet, now: float,
+                  template: Template = DEFAULT_TEMPLATE) -> tuple[Entry | None, int, int, str]:
+        """track()'s (entry, ctinfo, verdict, reason), as a plain tuple when the
+        packet is accepted (a CtResult otherwise): for callers that unpack it
+        (act_ct, commit()), one object less per packet."""
         if template.notrack:
             self.stats["untracked"] += 1
             return UNTRACKED
@@ -250,7 +266,7 @@ class Conntrack:
             # _find_live(), inline for the hot path
             entry = zmap.get(t) if zmap else None
             if entry is not None and entry.expires_at <= now:
-                self._destroy(entry, now)  # nf_ct_gc_expired()
+                self._destroy(entry, now, "timeout")  # nf_ct_gc_expired()
                 self.stats["expired"] += 1
                 entry = None
             if entry is None:
@@ -260,7 +276,7 @@ class Conntrack:
                 entry, direction = created, ORIGINAL
             else:
                 direction = ORIGINAL if entry.orig == t else REPLY
-                self.stats["found"] += 1
+                self._found += 1
             status = entry.status
             if direction:
                 ctinfo = IP_CT_ESTABLISHED_REPLY
@@ -271,9 +287,9 @@ class Conntrack:
             else:
                 ctinfo = IP_CT_NEW
             ret = tracker.packet(self, entry, pkt, direction, ctinfo, now)
-            if ret == REPEAT:
-                continue
             if ret <= 0:
+                if ret == REPEAT:
+                    continue
                 if ret == l4proto.DROP:
                     self.stats["drop"] += 1
                     return CtResult(None, INVALID_CTINFO, l4proto.DROP, "dropped by tracker")
@@ -285,7 +301,7 @@ class Conntrack:
                 acct = entry.acct
                 acct[2 * direction] += 1
                 acct[2 * direction + 1] += pkt.length
-            return _new_tuple(CtResult, (entry, ctinfo, ACCEPT, ""))
+            return entry, ctinfo, ACCEPT, ""
         return self._count_invalid("repeated NF_REPEAT")
 
     def _count_invalid(self, reason: str) -> CtResult:
@@ -339,7 +355,8 @@ class Conntrack:
             if i >= EARLY_DROP_SCAN:
                 break
             if entry.expires_at <= now or not entry.status & IPS_ASSURED:
-                self._destroy(entry, now)
+                self._destroy(entry, now, "timeout" if entry.expires_at <= now
+                              else "early_drop")
                 self.stats["early_drop"] += 1
                 return True
         return False
@@ -391,7 +408,8 @@ class Conntrack:
                template: Template = DEFAULT_TEMPLATE) -> CtResult:
         """track + help + confirm: what iptables does for every packet, and what
         `action ct commit` does in tc."""
-        res = self.track(pkt, now, template)
+        raw = self.track_raw(pkt, now, template)
+        res = raw if raw.__class__ is CtResult else _new_tuple(CtResult, raw)
         entry = res[0]
         if entry is not None and entry.status & IPS_CONFIRMED and not entry.events:
             # An established flow without a helper: help() and confirm() would do nothing.
@@ -446,14 +464,15 @@ class Conntrack:
         if self.emit_events:
             self._events.append(CtEvent(event_type(bits), bits, self.view(entry, now), now))
 
-    def kill(self, entry: Entry, now: float) -> None:
-        """nf_ct_kill(): remove the entry now (DESTROY event if it was inserted)."""
+    def kill(self, entry: Entry, now: float, reason: str = "kill") -> None:
+        """nf_ct_kill(): remove the entry now (DESTROY event if it was inserted;
+        `reason` goes into the event, see events.DESTROY_REASONS)."""
         if entry.status & IPS_CONFIRMED:
-            self._destroy(entry, now)
+            self._destroy(entry, now, reason)
         else:
             entry.status |= IPS_DYING
 
-    def _destroy(self, entry: Entry, now: float) -> None:
+    def _destroy(self, entry: Entry, now: float, reason: str = "kill") -> None:
         zmap = self._zones.get(entry.zone)
         if zmap is None or zmap.get(entry.orig) is not entry:
             return  # not in the table (any more)
@@ -467,7 +486,7 @@ class Conntrack:
         self.expect.remove_master(entry)
         if self.emit_events:
             self._events.append(CtEvent(event_type(IPCT_DESTROY), IPCT_DESTROY | entry.events,
-                                        self.view(entry, now), now))
+                                        self.view(entry, now), now, reason))
         entry.events = 0
 
     def insert_synced(self, entry: Entry, now: float) -> bool:
@@ -526,7 +545,7 @@ class Conntrack:
                 continue  # stale item: the entry was rescheduled or is gone
             entry.heap_at = float("inf")
             if entry.expires_at <= now:
-                self._destroy(entry, now)
+                self._destroy(entry, now, "timeout")
                 gone += 1
             else:
                 self._schedule(entry)
@@ -552,7 +571,7 @@ class Conntrack:
 
     def flush(self, now: float) -> None:
         for entry in self.entries():
-            self._destroy(entry, now)
+            self._destroy(entry, now, "flush")
         self.expect.clear()
 
     # ------------------------------------------------------------------ output
@@ -570,7 +589,7 @@ class Conntrack:
             timeout=entry.expires_at - now, mark=entry.mark, labels=entry.labels,
             helper=entry.helper, master=entry.master.orig if entry.master else None,
             protoinfo=tracker.export(entry), packets=(acct[0], acct[2]),
-            bytes=(acct[1], acct[3]))
+            bytes=(acct[1], acct[3]), period=entry.timeout)
 
     def dump(self, now: float) -> list[CtView]:
         return [self.view(e, now) for e in self._iter_entries()]

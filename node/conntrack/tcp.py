@@ -530,6 +530,9 @@ class TcpTracker:
         self._timeouts: dict[int, tuple[Sysctl, tuple[float, ...]]] = {}
         self._last_sysctl: Sysctl | None = None
         self._last_timeouts: tuple[float, ...] = ()
+        # For the established fast path, from the last one: the ESTABLISHED,
+        # RETRANS and UNACK timeouts and nf_conntrack_tcp_max_retrans.
+        self._last_est: tuple[float, float, float, int] = (0.0, 0.0, 0.0, 0)
 
     def timeouts(self, sysctl: Sysctl) -> tuple[float, ...]:
         """tcp_timeouts[] for these sysctls, indexed by TcpState (MAX/IGNORE: 0)."""
@@ -541,7 +544,10 @@ class TcpTracker:
                 self._timeouts.clear()
             cached = self._timeouts[id(sysctl)] = (sysctl, tuple(values))
         self._last_sysctl, self._last_timeouts = cached
-        return cached[1]
+        timeouts = cached[1]
+        self._last_est = (timeouts[sES], timeouts[TIMEOUT_RETRANS], timeouts[TIMEOUT_UNACK],
+                          sysctl.nf_conntrack_tcp_max_retrans)
+        return timeouts
 
     # ------------------------------------------------------------ per packet
     def packet(self, ct: Conntrack, entry: Entry, pkt: Packet, direction: int, ctinfo: int,
@@ -557,6 +563,137 @@ class TcpTracker:
         paylen = len(pkt.payload)
         conn: TcpConn | None = entry.proto
         status = entry.status
+        if index == ACK_SET and conn is not None and conn.state == sES \
+                and status & IPS_CONFIRMED:
+            # The steady state, inline: an ACK without SYN, FIN or RST on an
+            # ESTABLISHED connection. TCP_CONNTRACKS keeps ESTABLISHED and the
+            # switch has no case for it; tcp_in_window()'s established path is
+            # written out below (the same four checks, the same updates: see
+            # tests/node/test_tcp.py, which runs both on random states). Any other
+            # packet (a sender not seen yet, SACK blocks to read, a failed check)
+            # falls through to the general path before anything is changed.
+            if direction:
+                s_maxwin = conn.td_maxwin1
+                s_end = conn.td_end1
+                s_maxend = conn.td_maxend1
+                s_maxack = conn.td_maxack1
+                s_scale = conn.td_scale1
+                s_flags = conn.flags1
+                r_end = conn.td_end0
+                r_maxend = conn.td_maxend0
+                r_maxwin = conn.td_maxwin0
+                r_flags = conn.flags0
+            else:
+                s_maxwin = conn.td_maxwin0
+                s_end = conn.td_end0
+                s_maxend = conn.td_maxend0
+                s_maxack = conn.td_maxack0
+                s_scale = conn.td_scale0
+                s_flags = conn.flags0
+                r_end = conn.td_end1
+                r_maxend = conn.td_maxend1
+                r_maxwin = conn.td_maxwin1
+                r_flags = conn.flags1
+            if r_flags & IP_CT_TCP_FLAG_SACK_PERM:  # tcp_sack() would run: no SACK block?
+                raw = th.raw_options
+                no_sack = len(raw) == 12 and raw[:4] == TS_ONLY_PREFIX if raw \
+                    else not th.options.sack
+            else:
+                no_sack = True
+            seq = th.seq
+            ack = th.ack  # (and sack: no SACK block)
+            end = (seq + paylen) & M
+            maxackwin = s_maxwin if s_maxwin > MAXACKWINCONST else MAXACKWINCONST
+            if s_maxwin and no_sack \
+                    and (seq - s_maxend - 1) >> 31 & 1 \
+                    and (ack - r_end - 1) >> 31 & 1 \
+                    and (not r_maxwin or (s_end - r_maxwin - 1 - end) >> 31 & 1) \
+                    and (r_end - maxackwin - 1 - ack) >> 31 & 1:  # checks I, III, II, IV
+                win_raw = th.window
+                win = win_raw << s_scale
+                # Update the sender.
+                swin = win & M  # (win + sack - ack)
+                if s_maxwin < swin:
+                    s_maxwin = swin
+                if (s_end - end) >> 31 & 1:  # after(end, td_end)
+                    s_end = end
+                    s_flags |= IP_CT_TCP_FLAG_DATA_UNACKNOWLEDGED
+                if not s_flags & IP_CT_TCP_FLAG_MAXACK_SET:
+                    s_maxack = ack
+                    s_flags |= IP_CT_TCP_FLAG_MAXACK_SET
+                elif (s_maxack - ack) >> 31 & 1:  # after(ack, td_maxack)
+                    s_maxack = ack
+                # Update the receiver.
+                if r_maxwin and (s_maxend - end) >> 31 & 1:  # after(end, sender's td_maxend)
+                    r_maxwin = (r_maxwin + end - s_maxend) & M
+                if (r_maxend - 1 - ack - win) >> 31 & 1:  # after(sack + win, td_maxend - 1)
+                    r_maxend = (ack + win + (0 if win else 1)) & M
+                if ack == r_end and r_flags & IP_CT_TCP_FLAG_DATA_UNACKNOWLEDGED:
+                    r_flags &= ~IP_CT_TCP_FLAG_DATA_UNACKNOWLEDGED
+                if direction:
+                    conn.td_end1 = s_end
+                    conn.td_maxwin1 = s_maxwin
+                    conn.td_maxack1 = s_maxack
+                    conn.flags1 = s_flags
+                    conn.td_maxend0 = r_maxend
+                    conn.td_maxwin0 = r_maxwin
+                    conn.flags0 = r_flags
+                else:
+                    conn.td_end0 = s_end
+                    conn.td_maxwin0 = s_maxwin
+                    conn.td_maxack0 = s_maxack
+                    conn.flags0 = s_flags
+                    conn.td_maxend1 = r_maxend
+                    conn.td_maxwin1 = r_maxwin
+                    conn.flags1 = r_flags
+                # Count retransmissions of the same ACK segment.
+                if conn.last_seq == seq and conn.last_end == end and conn.last_ack == ack \
+                        and conn.last_dir == direction and conn.last_win == win_raw:
+                    retrans = conn.retrans = conn.retrans + 1
+                else:
+                    conn.last_seq = seq
+                    conn.last_ack = ack
+                    conn.last_end = end
+                    conn.last_win = win_raw
+                    retrans = conn.retrans = 0
+                # in_window (ESTABLISHED -> ESTABLISHED: no state change, no event)
+                conn.last_index = ACK_SET
+                conn.last_dir = direction
+                if sysctl is not self._last_sysctl:
+                    self.timeouts(sysctl)
+                timeout, t_retrans, t_unack, max_retrans = self._last_est
+                if retrans >= max_retrans and timeout > t_retrans:
+                    timeout = t_retrans
+                elif (s_flags | r_flags) & IP_CT_TCP_FLAG_DATA_UNACKNOWLEDGED \
+                        and timeout > t_unack:
+                    timeout = t_unack
+                elif win_raw == 0 and timeout > t_retrans:
+                    timeout = t_retrans  # zero window
+                if not status & IPS_SEEN_REPLY:
+                    if timeout > t_unack:
+                        timeout = t_unack  # a pickup waits for its first reply
+                elif not status & IPS_ASSURED:
+                    entry.status |= IPS_ASSURED
+                    entry.events |= IPCT_ASSURED
+                # ct.refresh(), inline unless the entry needs a sooner timer
+                at = now + timeout
+                if status & IPS_FIXED_TIMEOUT:
+                    pass
+                elif at < entry.heap_at:
+                    ct.refresh(entry, timeout, now)
+                else:
+                    entry.timeout = timeout
+                    entry.expires_at = at
+                return ACCEPT
+        return self.general(ct, entry, th, index, paylen, direction, status, now)
+
+    def general(self, ct: Conntrack, entry: Entry, th: Tcp, index: int, paylen: int,
+                direction: int, status: int, now: float) -> int:
+        """nf_conntrack_tcp_packet() after tcp_error(), for every packet (packet()
+        answers the steady state itself, the same way): tcp_new() for a new entry,
+        the state table and its special cases, tcp_in_window(), the timeout."""
+        sysctl = ct.sysctl
+        conn: TcpConn | None = entry.proto
         if not status & IPS_CONFIRMED:
             conn = _tcp_new(index, th, paylen, sysctl)
             if conn is None:
@@ -610,7 +747,7 @@ class TcpTracker:
             if th.flags & TCP_RST:
                 # The only answer is an RST (or the client gave up): not a
                 # connection; delete it now, the packet still passes.
-                ct.kill(entry, now)
+                ct.kill(entry, now, "rst")
                 return ACCEPT
             if index == SYN_SET and old_state == sSS:
                 return ACCEPT  # a SYN retransmit does not renew the timeout
@@ -636,7 +773,7 @@ class TcpTracker:
                     or (conn.last_dir == direction and conn.last_index == RST_SET):
                 # Reopening a closed or aborted connection: delete the entry and
                 # look the packet up again (it will create a new one).
-                ct.kill(entry, now)
+                ct.kill(entry, now, "reopen")
                 return REPEAT, old_state, new_state, False
             new_state = sIG  # the fallthrough into the IGNORE case
         if new_state == sIG:

@@ -208,9 +208,10 @@ class Card:
         if not entry.status & IPS_ASSURED:
             flows.mark_ct_seen(fid, now)
             return None  # let conntrack see it, so it can become ASSURED
-        acct = entry.acct
-        acct[2 * direction] += 1
-        acct[2 * direction + 1] += pkt.length
+        if self.ct.sysctl.nf_conntrack_acct:  # nf_ct_acct_update(), as conntrack does
+            acct = entry.acct
+            acct[2 * direction] += 1
+            acct[2 * direction + 1] += pkt.length
         self.counters.sw_packets += 1
         self.counters.sw_bytes += pkt.length
         return SwHit(entry, ctinfo, direction)

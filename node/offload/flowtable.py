@@ -169,6 +169,17 @@ def extend_ct_timeout(ct: Conntrack, entry: Entry, now: float) -> None:
 
 
 # ---------------------------------------------------------------- the tables
+_STATUS_WORDS: dict[int, int] = {}
+
+
+def status_word(status: int) -> int:
+    """The one int object for this conntrack status value. OFFLOAD and HW_OFFLOAD
+    (bits 14, 15) put an offloaded entry's status beyond CPython's small ints, so
+    that each `|=` here would give the entry an int of its own (32 bytes); the
+    flow table's transitions share them instead (there are few distinct values)."""
+    return _STATUS_WORDS.setdefault(status, status)
+
+
 def _vacant() -> Entry:
     entry = Entry(Tuple(0, 0, b"", b""), Tuple(0, 0, b"", b""), 0, 0.0, 0)
     entry.expires_at = float("inf")
@@ -239,7 +250,7 @@ class FlowTables:
         zmap = self.index.setdefault(entry.zone, {})
         if entry.orig in zmap or entry.reply in zmap:
             return -1
-        entry.status |= IPS_OFFLOAD
+        entry.status = status_word(entry.status | IPS_OFFLOAD)
         if tcp:
             set_be_liberal(entry)
         fid = self._alloc()
@@ -283,7 +294,7 @@ class FlowTables:
         """flow_offload_teardown(): clear IPS_OFFLOAD and, the first time, fix the
         conntrack entry up. True if the flow was not torn down before."""
         entry = self.owners[fid]
-        entry.status &= ~IPS_OFFLOAD
+        entry.status = status_word(entry.status & ~IPS_OFFLOAD)
         flags = int(self.flags[fid])
         if flags & NF_FLOW_TEARDOWN:
             return False

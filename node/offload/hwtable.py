@@ -10,7 +10,9 @@ One hardware entry per offloaded direction of a flow, at slot 2 * fid + directio
   mark      ct mark at the time of the insert (labels: sparse dict, usually empty)
   packets, bytes         hardware counters (cumulative)
   rep_packets, rep_bytes what the last stats read returned (mlx5_fc_query_cached()
-                         returns deltas since then)
+                         returns deltas since then); made by the first read: the
+                         stats jobs read deltas only for conntrack accounting
+                         (nf_conntrack_acct), so a card without it keeps none
   lastuse   the bulk poll at which the counters last changed (mlx5 fs_counters.c:77-91)
   dirty     hit since the last bulk poll
 
@@ -88,9 +90,13 @@ class HwTable:
         buf("bytes", "q", np.int64)
         for name, dtype in (("rep_packets", np.int64), ("rep_bytes", np.int64),
                             ("lastuse", np.float64)):
+            current = getattr(self, name, None) if old else None
+            if name.startswith("rep_") and current is None:
+                setattr(self, name, None)  # (not read yet: read_deltas() makes them)
+                continue
             arr = np.zeros(size, dtype)
-            if old:
-                arr[:old] = getattr(self, name)
+            if current is not None:
+                arr[:old] = current
             setattr(self, name, arr)
         self.size = size
 
@@ -107,8 +113,8 @@ class HwTable:
     mark_v: np.ndarray
     packets_v: np.ndarray
     bytes_v: np.ndarray
-    rep_packets: np.ndarray
-    rep_bytes: np.ndarray
+    rep_packets: np.ndarray | None
+    rep_bytes: np.ndarray | None
     lastuse: np.ndarray
 
     def ensure(self, nslots: int) -> None:
@@ -188,7 +194,8 @@ class HwTable:
             self.entries -= 1
         self.state[slot] = ABSENT
         self.packets[slot] = self.bytes[slot] = 0
-        self.rep_packets[slot] = self.rep_bytes[slot] = 0
+        if self.rep_packets is not None and self.rep_bytes is not None:
+            self.rep_packets[slot] = self.rep_bytes[slot] = 0
         self.lastuse[slot] = 0.0
         self.dirty[slot] = 0
         self.labels.pop(slot, None)
@@ -207,11 +214,16 @@ class HwTable:
         return moved
 
     def read_deltas(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """mlx5_fc_query_cached(): packets and bytes since the previous read."""
+        """mlx5_fc_query_cached(): packets and bytes since the previous read (the
+        first read of a slot: since it was inserted)."""
+        rep_packets, rep_bytes = self.rep_packets, self.rep_bytes
+        if rep_packets is None or rep_bytes is None:
+            rep_packets = self.rep_packets = np.zeros(self.size, np.int64)
+            rep_bytes = self.rep_bytes = np.zeros(self.size, np.int64)
         pk = self.packets_v[slots]
         by = self.bytes_v[slots]
-        dp = pk - self.rep_packets[slots]
-        db = by - self.rep_bytes[slots]
-        self.rep_packets[slots] = pk
-        self.rep_bytes[slots] = by
+        dp = pk - rep_packets[slots]
+        db = by - rep_bytes[slots]
+        rep_packets[slots] = pk
+        rep_bytes[slots] = by
         return dp, db

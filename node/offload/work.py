@@ -145,7 +145,8 @@ class Work:
 
     def _stats(self, fids: np.ndarray) -> int:
         """flow_offload_work_stats(): timeout = max(timeout, lastused + T) and the
-        hardware deltas added to conntrack accounting, per direction."""
+        hardware deltas added to conntrack accounting (nf_conntrack_acct), per
+        direction."""
         if not fids.size:
             return 0
         flows, hw = self.flows, self.hw
@@ -154,19 +155,23 @@ class Work:
         bidir = (flows.flags[fids] & ft.NF_FLOW_HW_BIDIRECTIONAL) != 0
         lastused = np.maximum(hw.lastuse[s0], np.where(bidir, hw.lastuse[s1], 0.0))
         flows.timeout[fids] = np.maximum(flows.timeout[fids], lastused + flows.period[fids])
+        acct = self.ct.sysctl.nf_conntrack_acct
+        if not acct and hw.rep_packets is None:  # no accounting, and there never was
+            self.counters.stats_jobs += int(fids.size)
+            return int(fids.size)
         dp0, db0 = hw.read_deltas(s0)
         dp1, db1 = hw.read_deltas(s1)
-        moved = np.flatnonzero(dp0 | dp1)
-        if moved.size:
+        moved = np.flatnonzero(dp0 | dp1) if acct else fids[:0]
+        if moved.size:  # nf_ct_acct_add(), with the acct extension (nf_conntrack_acct)
             owners = flows.owners
             rows = zip(fids[moved].tolist(), dp0[moved].tolist(), db0[moved].tolist(),
                        dp1[moved].tolist(), db1[moved].tolist(), strict=True)
             for fid, p0, b0, p1, b1 in rows:
-                acct = owners[fid].acct
-                acct[0] += p0
-                acct[1] += b0
-                acct[2] += p1
-                acct[3] += b1
+                counts = owners[fid].acct
+                counts[0] += p0
+                counts[1] += b0
+                counts[2] += p1
+                counts[3] += b1
         self.counters.stats_jobs += int(fids.size)
         return int(fids.size)
 
@@ -226,7 +231,8 @@ class Work:
         flags = int(flows.flags[fid])
         if flags & ft.NF_FLOW_HW_PENDING:
             return  # retried by the next GC
-        flows.owners[fid].status &= ~IPS_HW_OFFLOAD
+        entry = flows.owners[fid]
+        entry.status = ft.status_word(entry.status & ~IPS_HW_OFFLOAD)
         due = now
         for slot in (2 * fid, 2 * fid + 1):
             if hw.state[slot] == IN_HW:
@@ -260,7 +266,7 @@ class Work:
             elif kind == _DEL and hw.state[slot] == DYING:
                 hw.settle(slot)
         if kind == _ADD:
-            entry.status |= IPS_HW_OFFLOAD
+            entry.status = ft.status_word(entry.status | IPS_HW_OFFLOAD)
         else:
             flags |= ft.NF_FLOW_HW_DEAD
         flows.flags[fid] = flags

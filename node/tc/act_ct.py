@@ -11,7 +11,7 @@ later flower lookup matches on the ct state it left on the packet.
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from node.conntrack import l4proto
@@ -30,7 +30,13 @@ from node.tc.skb import (
 )
 from node.tc.verdict import TC_ACT_SHOT
 
+ACCEPT = l4proto.ACCEPT
+# CTINFO_TO_FLOWER.get(ctinfo, 0) as a tuple, for the ctinfo values conntrack
+# gives with an entry (and INVALID_CTINFO, -1: the last item)
+_CTINFO_FLOWER = tuple(CTINFO_TO_FLOWER.get(i, 0) for i in range(IP_CT_UNTRACKED + 1))
+
 if TYPE_CHECKING:
+    from node.conntrack.entry import Entry
     from node.tc.out import Out
     from node.tc.skb import Env, Skb
 
@@ -74,6 +80,14 @@ class CtParams:
     helper: tuple[int, int, str] | None = None  # (family, proto, name)
     nat_range: ct_nat.NatRange | None = None  # `nat` as conntrack's NAT takes it
     template: Template = DEFAULT_TEMPLATE  # the zone template conntrack runs with
+    # Derived (not an attribute of the action): whether tcf_ct_act has anything to
+    # do after the lookup besides what every entry may need (events, helper, flow
+    # table): commit, NAT or a helper to attach. False for a plain "ct zone N".
+    after_lookup: bool = field(default=False, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "after_lookup", bool(
+            self.ct_action & (CT_ACT_COMMIT | CT_ACT_NAT) or self.helper is not None))
 
     @property
     def commit(self) -> bool:
@@ -142,6 +156,58 @@ class CtKind:
                         nat_range, template)
 
     # ------------------------------------------------------------ datapath
+    def inline(self, action: Action, an: str, names: dict[str, Any],
+               ipv4: bool = False) -> list[str] | None:
+        """act() as source for a generated chain (node.tc.compiled), for the
+        action's present parameters, a packet without a ct and no flow table
+        (conntrack runs): a guard, then statements leaving the verdict in `ret`.
+        What follows the lookup for an entry with events or extensions, or for a
+        commit, NAT or helper, is finish(). None for "ct clear". `ipv4`: only
+        IPv4 packets reach the code (no family check then)."""
+        p: CtParams = action.params
+        if p.ct_action & CT_ACT_CLEAR:
+            return None
+        names[f"{an}p"], names[f"{an}t"] = p, p.template
+        names[f"{an}f"], names[f"{an}c"] = self.finish, _CTINFO_FLOWER
+        names[f"{an}s"] = action.stats  # (an action keeps its Stats object)
+        lines = [f"if {an}.params is {an}p and skb.ct is None and env.flowtable is None:",
+                 f"    st = {an}s",
+                 "    st.bytes += ln",
+                 "    st.packets += 1",
+                 "    st.lastuse = now",
+                 "    if st.firstuse is None:",
+                 "        st.firstuse = now",
+                 "    ct_ = env.conntrack",
+                 "    p_ = skb.pkt",
+                 "    if ct_ is None:" if ipv4 else
+                 "    if ct_ is None or (p_.family != 4 and p_.family != 6):",
+                 "        st.drops += 1",
+                 f"        ret = {TC_ACT_SHOT}",
+                 "    else:",
+                 f"        e_, ci_, v_, _ = ct_.track_raw(p_, now, {an}t)",
+                 f"        skb.path |= {PATH_CONNTRACK}",
+                 f"        if v_ != {ACCEPT}:",
+                 "            st.drops += 1",
+                 f"            ret = {TC_ACT_SHOT}",
+                 "        elif e_ is None:",
+                 "            skb.ctinfo = None",
+                 "            skb.post_ct = True",
+                 f"            skb.zone = {p.zone}",
+                 f"            skb.ct_state = {CT_TRACKED | CT_INVALID}",
+                 f"            ret = {an}.control",
+                 "        else:",
+                 "            skb.ct = e_",
+                 "            skb.ctinfo = ci_",
+                 f"            skb.ct_state = {an}c[ci_]"]
+        if p.after_lookup:
+            return [*lines, f"            ret = {an}f({an}, skb, env, e_, False, False)"]
+        return [*lines, "            if e_.events or e_.ext is not None:",
+                f"                ret = {an}f({an}, skb, env, e_, False, False)",
+                "            else:",
+                "                skb.post_ct = True",
+                f"                skb.zone = {p.zone}",
+                f"                ret = {an}.control"]
+
     def act(self, action: Action, skb: Skb, env: Env) -> int:
         """tcf_ct_act (reference/act_ct.md §4), with act_ct's flow table (the
         software fast path, tcf_ct_flow_table_lookup()) before conntrack and the
@@ -164,13 +230,15 @@ class CtKind:
             return retval
         ct = env.conntrack
         pkt = skb.pkt
-        if ct is None or (pkt.family != 4 and pkt.family != 6):
+        family = pkt.family
+        if ct is None or (family != 4 and family != 6):
             stats.drops += 1
             return TC_ACT_SHOT
         ft = env.flowtable
         entry = skb.ct
-        cached = entry is not None and self._cached(skb, p, ct, now)
-        skip_add = False
+        cached = skip_add = False
+        if entry is not None:
+            cached = self._cached(skb, p, ct, now)
         if not cached:
             hit = ft.sw_lookup(pkt, p.zone, now) if ft is not None else None
             if hit is not None:  # flow table hit: conntrack is skipped
@@ -179,66 +247,86 @@ class CtKind:
                 skb.path |= PATH_FLOWTABLE
                 skip_add = True
             else:
-                res = ct.track(pkt, now, p.template)
+                entry, ctinfo, verdict, _ = ct.track_raw(pkt, now, p.template)
                 skb.path |= PATH_CONNTRACK
-                if res.verdict != l4proto.ACCEPT:
+                if verdict != ACCEPT:
                     stats.drops += 1
                     return TC_ACT_SHOT
-                entry = res.entry
                 if entry is not None:  # skb.set_ct(), inline
                     skb.ct = entry
-                    skb.ctinfo = res.ctinfo
-                    skb.ct_state = CTINFO_TO_FLOWER.get(res.ctinfo, 0)
+                    skb.ctinfo = ctinfo
+                    skb.ct_state = CTINFO_TO_FLOWER.get(ctinfo, 0)
                 else:
                     skb.set_ct(None, None)
-        if entry is not None:
-            ctinfo = skb.ctinfo
-            if ctinfo is None:
-                ctinfo = IP_CT_UNTRACKED
-            commit = bool(ct_action & CT_ACT_COMMIT)
-            if entry.events:
-                ct.deliver(entry, now)
-            if ct_action & CT_ACT_NAT:
-                done = ct_nat.act_nat(ct, entry, ctinfo, skb.pkt, p.nat_range, commit, now)
-                if done.verdict != l4proto.ACCEPT:
-                    stats.drops += 1
-                    return TC_ACT_SHOT
-                skb.pkt = done.packet
-                skb.post_ct_snat |= done.snat
-                skb.post_ct_dnat |= done.dnat
-            confirmed = entry.status & IPS_CONFIRMED
-            add_helper = False
-            if not confirmed and commit and p.helper is not None and entry.helper is None:
-                name = p.helper[2]
-                helper = ct.helpers.get(name)
-                if helper is not None and getattr(helper, "proto", None) == entry.orig.proto:
-                    entry.helper = name  # __nf_ct_try_assign_helper from the template
-                    add_helper = True
-            ext = entry.ext  # entry.helper without the property, when there is none
-            if ext is not None and ext.helper is not None and \
-                    (((not cached and not skip_add) or add_helper) if confirmed else commit) \
-                    and ct.help(CtResult(entry, ctinfo), skb.pkt, now) != l4proto.ACCEPT:
-                stats.drops += 1
-                return TC_ACT_SHOT
-            if commit:
-                if p.mark_mask:
-                    ct.set_mark(entry, p.mark, p.mark_mask)
-                if p.labels_mask != NO_LABELS:
-                    ct.set_labels(entry, p.labels_value, p.labels_mask_value)
-                res = ct.confirm(CtResult(entry, ctinfo), now)
-                if res.verdict != l4proto.ACCEPT or res.entry is None:
-                    stats.drops += 1
-                    return TC_ACT_SHOT
-                if res.entry is not entry:
-                    entry = res.entry
-                    skb.set_ct(entry, ctinfo)
-            if not skip_add and ft is not None:
-                ft.offer(entry, ctinfo, now)
+        # What follows the lookup; none of it applies to a plain "ct zone N" on an
+        # entry without pending events or extensions, when there is no flow table.
+        if entry is not None and (p.after_lookup or entry.events or entry.ext is not None
+                                  or ft is not None):
+            return self.finish(action, skb, env, entry, cached, skip_add)
         skb.post_ct = True  # skb.set_post_ct(True, zone), inline
         skb.zone = p.zone
         if skb.ct is None:
             skb.ct_state = CT_TRACKED | CT_INVALID
         return retval
+
+    def finish(self, action: Action, skb: Skb, env: Env, entry: Entry, cached: bool,
+               skip_add: bool) -> int:
+        """tcf_ct_act after the lookup gave `entry` (`cached`: the packet's own;
+        `skip_add`: a flow table hit): deliver its events, NAT, the helper,
+        commit (mark, labels, confirm), the flow table offer; then post_ct."""
+        p: CtParams = action.params
+        ct = env.conntrack
+        assert ct is not None
+        ft = env.flowtable
+        now = env.now
+        ct_action = p.ct_action
+        ctinfo = skb.ctinfo
+        if ctinfo is None:
+            ctinfo = IP_CT_UNTRACKED
+        commit = bool(ct_action & CT_ACT_COMMIT)
+        if entry.events:
+            ct.deliver(entry, now)
+        if ct_action & CT_ACT_NAT:
+            done = ct_nat.act_nat(ct, entry, ctinfo, skb.pkt, p.nat_range, commit, now)
+            if done.verdict != l4proto.ACCEPT:
+                action.stats.drops += 1
+                return TC_ACT_SHOT
+            skb.pkt = done.packet
+            skb.post_ct_snat |= done.snat
+            skb.post_ct_dnat |= done.dnat
+        confirmed = entry.status & IPS_CONFIRMED
+        add_helper = False
+        if not confirmed and commit and p.helper is not None and entry.helper is None:
+            name = p.helper[2]
+            helper = ct.helpers.get(name)
+            if helper is not None and getattr(helper, "proto", None) == entry.orig.proto:
+                entry.helper = name  # __nf_ct_try_assign_helper from the template
+                add_helper = True
+        ext = entry.ext  # entry.helper without the property, when there is none
+        if ext is not None and ext.helper is not None and \
+                (((not cached and not skip_add) or add_helper) if confirmed else commit) \
+                and ct.help(CtResult(entry, ctinfo), skb.pkt, now) != l4proto.ACCEPT:
+            action.stats.drops += 1
+            return TC_ACT_SHOT
+        if commit:
+            if p.mark_mask:
+                ct.set_mark(entry, p.mark, p.mark_mask)
+            if p.labels_mask != NO_LABELS:
+                ct.set_labels(entry, p.labels_value, p.labels_mask_value)
+            res = ct.confirm(CtResult(entry, ctinfo), now)
+            if res.verdict != l4proto.ACCEPT or res.entry is None:
+                action.stats.drops += 1
+                return TC_ACT_SHOT
+            if res.entry is not entry:
+                entry = res.entry
+                skb.set_ct(entry, ctinfo)
+        if not skip_add and ft is not None:
+            ft.offer(entry, ctinfo, now)
+        skb.post_ct = True  # skb.set_post_ct(True, zone), inline
+        skb.zone = p.zone
+        if skb.ct is None:
+            skb.ct_state = CT_TRACKED | CT_INVALID
+        return action.control
 
     @staticmethod
     def _cached(skb: Skb, p: CtParams, ct: Any, now: float) -> bool:

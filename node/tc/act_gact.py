@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from node.tc.action import Action, InitEnv, KindSpec
 from node.tc.args import Args, get_u16, get_u32
@@ -125,6 +125,22 @@ class GactKind:
         if stats:
             print_tm(out, action.stats, now)
         out.nl()
+
+    def inline(self, action: Action, an: str, names: dict[str, Any],
+               ipv4: bool = False) -> list[str]:
+        """act() without a random fallback, as source for a generated chain
+        (node.tc.compiled): a guard, then statements leaving the verdict in `ret`."""
+        names[f"{an}s"] = action.stats  # (an action keeps its Stats object)
+        return [f"if {an}.params.ptype == {PGACT_NONE}:",
+                f"    st = {an}s",
+                "    st.bytes += ln",
+                "    st.packets += 1",
+                "    st.lastuse = now",
+                "    if st.firstuse is None:",
+                "        st.firstuse = now",
+                f"    ret = {an}.control",
+                f"    if ret == {TC_ACT_SHOT}:",
+                "        st.drops += 1"]
 
     def act(self, action: Action, skb: Skb, env: Env) -> int:
         verdict = action.control

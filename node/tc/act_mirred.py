@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from node.tc.action import Action, InitEnv, KindSpec
 from node.tc.args import Args, get_u32
@@ -170,6 +170,31 @@ class MirredKind:
         if stats:
             print_tm(out, action.stats, now)
         out.nl()
+
+    def inline(self, action: Action, an: str, names: dict[str, Any],
+               ipv4: bool = False) -> list[str]:
+        """act() as source for a generated chain (node.tc.compiled), for the
+        action's present parameters below the nesting limit: a guard, then
+        statements leaving the verdict in `ret`."""
+        p: MirredParams = action.params
+        names[f"{an}p"], names[f"{an}d"] = p, p.dev or ""
+        names[f"{an}s"] = action.stats  # (an action keeps its Stats object)
+        redirect = p.eaction in (TCA_EGRESS_REDIR, TCA_INGRESS_REDIR)
+        egress = p.eaction in (TCA_EGRESS_REDIR, TCA_EGRESS_MIRROR)
+        lines = [f"if {an}.params is {an}p and skb.mirred_depth < {MIRRED_NEST_LIMIT}:",
+                 f"    st = {an}s",
+                 "    st.bytes += ln",
+                 "    st.packets += 1",
+                 "    st.lastuse = now",
+                 "    if st.firstuse is None:",
+                 "        st.firstuse = now",
+                 f"    if env.mirred(skb, {an}d, {egress}, {redirect}):",
+                 "        st.overlimits += 1"]
+        if redirect:
+            lines += ["        st.drops += 1", f"        ret = {TC_ACT_SHOT}"]
+        else:
+            lines += [f"        ret = {an}.control"]
+        return [*lines, "    else:", f"        ret = {an}.control"]
 
     def act(self, action: Action, skb: Skb, env: Env) -> int:
         p: MirredParams = action.params

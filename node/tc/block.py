@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 from node.tc.action import exec_actions
 from node.tc.args import ETH_P_ALL, ETH_P_IP, ETH_P_IPV6
 from node.tc.chain import Chain
+from node.tc.compiled import BlockProgram, compile_block
 from node.tc.verdict import (
     MAX_RECLASSIFY_LOOP,
     TC_ACT_EXT_VAL_MASK,
@@ -24,6 +25,7 @@ from node.tc.verdict import (
     TC_ACT_RECLASSIFY,
     TC_ACT_SHOT,
     TC_ACT_UNSPEC,
+    TC_ACT_VALUE_MAX,
 )
 
 _OPCODE = 0xFFFFFFFF & ~TC_ACT_EXT_VAL_MASK
@@ -55,6 +57,10 @@ class Block:
         self.classid = 0  # the parent the last filter was added with (block->classid)
         self.offload: BlockOffload | None = None
         self.users = 0  # qdiscs bound to a shared block
+        # classify() from chain 0 as one generated function (node.tc.compiled), made
+        # on first use and dropped whenever a chain comes or goes or a chain's
+        # program is dropped (Chain.invalidate); False: none can be made.
+        self.program: BlockProgram | bool | None = None
 
     @property
     def shared(self) -> bool:
@@ -64,12 +70,18 @@ class Block:
         chain = self.chains.get(index)
         if chain is None and create:
             chain = self.chains[index] = Chain(self, index)
+            self.program = None
         return chain
 
     def gc_chain(self, chain: Chain) -> None:
         """tcf_chain_put: a chain with nothing holding it disappears."""
         if not chain.alive() and self.chains.get(chain.index) is chain:
             del self.chains[chain.index]
+            self.program = None
+
+    def compile(self) -> BlockProgram | bool:
+        program = self.program = compile_block(self) or False
+        return program
 
     def chain_hold_by_act(self, index: int) -> Chain:
         chain = self.chain(index, create=True)
@@ -84,12 +96,18 @@ class Block:
     def classify(self, skb: Skb, env: Env, chain: Chain | None = None, resets: int = 0,
                  pos: int = 0) -> int:
         """__tcf_classify from chain 0 (or from `chain` at its proto `pos`, after
-        `resets` chain restarts): each chain runs as its generated program
-        (node.tc.compiled), reclassify restarts at chain 0, goto chain N at chain N,
-        at most 16 restarts."""
+        `resets` chain restarts): from chain 0, the block's generated program
+        (node.tc.compiled) does it all; otherwise each chain runs as its generated
+        program, reclassify restarts at chain 0, goto chain N at chain N, at most
+        16 restarts."""
         if pos:
             return self.interpret(skb, env, chain, resets, pos)
         if chain is None:
+            whole = self.program
+            if whole is None:
+                whole = self.compile()
+            if whole:
+                return whole(skb, env)  # type: ignore[operator]
             chain = self.chains.get(0)
             if chain is None:
                 return TC_ACT_UNSPEC
@@ -101,9 +119,18 @@ class Block:
             err = program(skb, env, eth)
             if err < 0:
                 return TC_ACT_UNSPEC
-            nxt = self._next_chain(err, skb, resets)
-            if isinstance(nxt, int):
-                return nxt
+            # _next_chain(), inline
+            if err == TC_ACT_RECLASSIFY:
+                nxt = self.chains.get(0)
+            elif err > TC_ACT_VALUE_MAX and err & _OPCODE == TC_ACT_GOTO_CHAIN:
+                nxt = self.chains.get(err & TC_ACT_EXT_VAL_MASK)
+            else:
+                return err
+            if resets >= MAX_RECLASSIFY_LOOP:
+                skb.drop_reason = "TC_RECLASSIFY_LOOP"
+                return TC_ACT_SHOT
+            if nxt is None:
+                return TC_ACT_UNSPEC
             chain = nxt
             resets += 1
 

@@ -111,7 +111,7 @@ class Proto:
         self._regroup()
 
     def _regroup(self) -> None:
-        self.chain.program = None
+        self.chain.invalidate()
         self.groups = list(self.masks.values())
         flat = tuple(f for group in self.groups for f in group)
         self.flat = None if any(f.flags & CLS_FLAGS_SKIP_SW for f in flat) else flat
@@ -141,7 +141,7 @@ class Proto:
                     st.lastuse = now
                     if st.firstuse is None:
                         st.firstuse = now
-                    skb.trace.append(flt.where)
+                    skb.trace += (flt.where,)
                     return exec_actions(flt.actions, skb, env)
         return -1
 
@@ -165,6 +165,11 @@ class Chain:
         program = self.program = compile_chain(self)
         return program
 
+    def invalidate(self) -> None:
+        """Drop the chain's program, and its block's (both are made again on use)."""
+        self.program = None
+        self.block.program = None
+
     def find(self, prio: int) -> Proto | None:
         """The proto at `prio` (tcf_chain_tp_find; see cls_api.find_proto)."""
         for tp in self.protos:
@@ -182,12 +187,12 @@ class Chain:
     def insert(self, tp: Proto) -> None:
         self.protos.append(tp)
         self.protos.sort(key=lambda p: p.prio)
-        self.program = None
+        self.invalidate()
 
     def remove(self, tp: Proto) -> None:
         if tp in self.protos:
             self.protos.remove(tp)
-        self.program = None
+        self.invalidate()
 
     def held_by_acts_only(self) -> bool:
         return not self.protos and not self.explicitly_created and self.act_refs > 0

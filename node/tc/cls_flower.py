@@ -130,9 +130,11 @@ def check_key(key: FlowerKey, flags: int) -> None:
 Pred = Callable[["Skb"], bool]
 
 
-def match_source(key: FlowerKey) -> tuple[str, dict[str, Any]]:
+def match_source(key: FlowerKey, ipv4: bool = False) -> tuple[str, dict[str, Any]]:
     """The key as one Python expression over `skb` (and `pkt` = skb.pkt), with the
-    names it uses (the dissector + fl_mask_lookup).
+    names it uses (the dissector + fl_mask_lookup). `ipv4`: the expression runs
+    only for IPv4 packets (behind the proto's protocol check), so an eth_type ip
+    key needs no test of its own.
 
     The common keys (family, ip_proto, exact addresses, ports, ct_state, tos/ttl)
     become `and`-ed comparisons with the key's constants bound in; the rarer ones
@@ -153,7 +155,8 @@ def match_source(key: FlowerKey) -> tuple[str, dict[str, Any]]:
     if key.eth_type is not None and key.eth_type != ETH_P_ALL:
         if family is None:
             return "False", names  # no VLAN/ARP/MPLS frames in this datapath
-        terms.append(f"pkt.family == {family}")
+        if not (ipv4 and family == 4):
+            terms.append(f"pkt.family == {family}")
     if key.vlan_id is not None or key.vlan_prio is not None or key.vlan_ethtype is not None:
         return "False", names
     if key.ct_state is not None:
@@ -327,8 +330,8 @@ class FlowerKind:
     def compile(self, key: FlowerKey) -> Pred:
         return compile_key(key)
 
-    def match_source(self, key: FlowerKey) -> tuple[str, dict[str, Any]]:
-        return match_source(key)
+    def match_source(self, key: FlowerKey, ipv4: bool = False) -> tuple[str, dict[str, Any]]:
+        return match_source(key, ipv4)
 
     def print(self, out: Any, flt: Any, opts: Any, now: float) -> None:
         """flower_print_opt (terse when opts.brief: handle, flags, action kinds)."""

@@ -315,7 +315,7 @@ class TcOffload:
         counts[0] += 1
         counts[1] += length
         self._dirty.add(flt)
-        skb.trace.append(flt.where)
+        skb.trace += (flt.where,)
         ret = TC_ACT_OK
         base = 2
         for i, a in enumerate(flt.actions):

@@ -61,44 +61,40 @@ class Skb:
     """One packet in flight through tc."""
 
     __slots__ = (
+        "__dict__",
         "ct",
         "ct_state",
         "ctinfo",
         "dev",
-        "drop_reason",
-        "dst_mac",
         "len",
         "mark",
-        "mirred_depth",
         "path",
         "pkt",
         "post_ct",
-        "post_ct_dnat",
-        "post_ct_snat",
-        "priority",
-        "src_mac",
         "trace",
         "zone",
     )
+    # Fields few packets write: read from the class until one does (the instance's
+    # __dict__ then holds it), so that a new Skb sets only the slots above.
+    priority: int = 0
+    post_ct_snat: bool = False  # tc_skb_cb: NAT done by a ct action in this pass
+    post_ct_dnat: bool = False
+    src_mac: bytes | None = None
+    dst_mac: bytes | None = None
+    mirred_depth: int = 0
+    drop_reason: str = ""  # why tc dropped it (SKB_DROP_REASON_TC_*), when it did
 
     def __init__(self, pkt: Packet, dev: str, mark: int = 0) -> None:
         self.pkt = pkt
         self.len = pkt.length + ETH_HLEN  # qdisc_pkt_len: the frame, as tc counts bytes
         self.dev = dev  # the device the packet is on (skb->dev; indev at ingress)
         self.mark = mark
-        self.priority = 0
         self.ct: Entry | None = None  # skb->_nfct: the attached conntrack entry
         self.ctinfo: int | None = None  # None: no nfct at all; IP_CT_UNTRACKED after clear
         self.ct_state = 0  # what flower's ct_state key sees (kept in step by set_ct ...)
         self.post_ct = False  # tc_skb_cb: a ct action ran in this tc pass
-        self.post_ct_snat = False
-        self.post_ct_dnat = False
         self.zone = 0  # tc_skb_cb zone (the last ct action's zone)
-        self.src_mac: bytes | None = None
-        self.dst_mac: bytes | None = None
-        self.trace: list[tuple[int, int, int]] = []  # (chain, prio, handle) of matches
-        self.mirred_depth = 0
-        self.drop_reason = ""  # why tc dropped it (SKB_DROP_REASON_TC_*), when it did
+        self.trace: tuple[tuple[int, int, int], ...] = ()  # (chain, prio, handle) of matches
         self.path = 0  # PATH_* bits
 
     def clone(self) -> Skb:

@@ -56,9 +56,10 @@ START = 1000.0
 
 
 class Lab:
-    def __init__(self, zone: int = 0, poll_interval: float = 1.0, **faults: Any) -> None:
+    def __init__(self, zone: int = 0, poll_interval: float = 1.0, acct: int = 1,
+                 **faults: Any) -> None:
         faults.setdefault("insert_latency", 0.0)
-        self.ct = Conntrack(Sysctl(nf_conntrack_acct=1))
+        self.ct = Conntrack(Sysctl(nf_conntrack_acct=acct))
         self.card = Card(self.ct, Faults(**faults), poll_interval=poll_interval)
         self.zone = zone
         self.now = START
@@ -402,6 +403,33 @@ def test_an_idle_hardware_flow_is_torn_down_30s_after_the_card_last_saw_it() -> 
     assert last + 30 <= gone.at <= last + 31 + 1e-9
     # Hardware counters reached conntrack's accounting through the stats jobs.
     assert entry.acct[0] + entry.acct[2] == lab.sent
+
+
+def test_without_nf_conntrack_acct_the_card_counts_nothing_for_conntrack() -> None:
+    """nf_conntrack_acct=0, the default: neither software flow table hits nor the
+    hardware stats jobs give the entry accounting (no acct extension is made, and
+    the card keeps no last-read counters); the stats jobs still keep it alive."""
+    lab = Lab(acct=0)
+    hw_conn, sw_conn = Conn(lab, 40000), Conn(lab, 40001)
+    hw_entry = hw_conn.open()
+    lab.card.sw_only_zones.add(0)  # the next flow stays in the software flow table
+    sw_entry = sw_conn.open()
+    for _ in range(80):  # 40 s: stats jobs run for the hardware flow
+        assert hw_conn.data(1) == ["hw"] and sw_conn.data(1) == ["sw"]
+        lab.sleep(0.5)
+    assert lab.card.counters.stats_jobs and lab.card.counters.sw_packets
+    assert hw_entry.ext is None and sw_entry.ext is None
+    assert lab.card.hw.rep_packets is None
+    assert lab.teardowns() == []
+
+
+def test_offloaded_entries_share_their_status_words() -> None:
+    """OFFLOAD and HW_OFFLOAD take a status beyond the small ints: the flow table
+    gives entries with the same status the same int object."""
+    lab = Lab()
+    first, second = Conn(lab, 40000).open(), Conn(lab, 40001).open()
+    assert first.status & IPS_OFFLOAD and first.status & IPS_HW_OFFLOAD
+    assert first.status == second.status and first.status is second.status
 
 
 def test_an_active_hardware_flow_is_never_torn_down() -> None:

@@ -6,7 +6,9 @@ Test names state the kernel rule they check."""
 
 from __future__ import annotations
 
+import copy
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from node.conntrack.table import CtResult
 from node.conntrack.tcp import TcpConn, TcpTracker
 from node.conntrack.tcp_table import (
     FLAG_INDEX,
+    FLAG_MASK,
     IP_CT_TCP_FLAG_BE_LIBERAL,
     NONE_SET,
     STATE_BY_NAME,
@@ -1132,3 +1135,75 @@ def test_simultaneous_open_syn_does_not_refresh_the_timer() -> None:
     lab.sleep(20)
     lab.b("S", 5000)
     assert lab.state == "SYN_SENT2" and lab.timeout == 100
+
+
+# ================================================================ the fast path
+_CONN_SLOTS = TcpConn.__slots__
+_ENTRY_FIELDS = ("status", "events", "timeout", "expires_at", "heap_at")
+
+
+def _random_ack(rng: random.Random, conn: TcpConn, direction: int) -> Packet:
+    """An ACK (maybe with PSH, data, SACK or timestamps) around the windows of
+    `conn`, from A (direction 0) or B (1): in window, just out, or far out."""
+    s_end = conn.td_end1 if direction else conn.td_end0
+    r_end = conn.td_end0 if direction else conn.td_end1
+    near = rng.choice([0, 0, 0, 1, -1, 64, -64, 70000, -70000, 1 << 31, 1 << 20])
+    seq = (s_end + near - rng.choice([0, 0, 64, 1460])) & 0xFFFFFFFF
+    ack = (r_end + rng.choice([0, 0, 0, -1, 1, -64, 64, -70000, 1 << 31])) & 0xFFFFFFFF
+    raw = rng.choice([b"", b"", b"\x01\x01\x08\x0a" + bytes(8),
+                      b"\x01\x01\x05\x0a" + ((ack + 100) & 0xFFFFFFFF).to_bytes(4, "big")
+                      + ((ack + 200) & 0xFFFFFFFF).to_bytes(4, "big")])
+    src, dst, sport, dport = (B, A, SPORT, CPORT) if direction else (A, B, CPORT, SPORT)
+    return seg(src, dst, sport, dport, rng.choice(["A", "A", "PA", "EA"]), seq, ack,
+               win=rng.choice([0, 1, 502, 65535]), payload=b"x" * rng.choice([0, 0, 1, 64]),
+               raw_options=raw)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_established_fast_path_does_what_the_general_path_does(seed: int) -> None:
+    """packet() answers ACKs on ESTABLISHED connections itself (tcp_in_window()'s
+    established path written out): on random connection states and segments
+    (in and out of window, SACK, zero windows, retransmissions, liberal and
+    max_retrans sysctls) it must leave the verdict, the connection and the entry
+    exactly as the general path (general(), which runs tcp_in_window()) does."""
+    rng = random.Random(seed)
+    lab = Lab(nf_conntrack_tcp_be_liberal=int(seed % 3 == 0), nf_conntrack_tcp_max_retrans=2)
+    lab.handshake(isn_a=rng.randrange(1 << 32), isn_b=rng.randrange(1 << 32),
+                  options=rng.choice([WS7, NO_OPTIONS]))
+    fast = general = 0
+    for _ in range(300):
+        entry = lab.entry
+        assert entry is not None
+        conn: TcpConn = entry.proto
+        direction = rng.randrange(2)
+        pkt = _random_ack(rng, conn, direction)
+        runs = []
+        for path in ("packet", "general"):
+            twin = copy.copy(entry)
+            twin.proto = copy.copy(conn)
+            ct = Conntrack(lab.ct.sysctl)
+            tracker = TcpTracker()
+            called: list[int] = []
+            if path == "packet":
+                def spy(*args: Any, tracker: TcpTracker = tracker,
+                        called: list[int] = called) -> int:
+                    called.append(1)
+                    return TcpTracker.general(tracker, *args)
+                tracker.general = spy  # type: ignore[method-assign]
+                ret = tracker.packet(ct, twin, pkt, direction, 0, lab.now)
+                took_fast = not called
+            else:
+                th = pkt.l4
+                assert isinstance(th, Tcp)
+                ret = tracker.general(ct, twin, th, FLAG_INDEX[th.flags & FLAG_MASK],
+                                      len(pkt.payload), direction, twin.status, lab.now)
+            runs.append((ret, [getattr(twin.proto, name) for name in _CONN_SLOTS],
+                         [getattr(twin, name) for name in _ENTRY_FIELDS]))
+        assert runs[0] == runs[1], (pkt, conn)
+        fast += took_fast
+        general += not took_fast
+        lab.send(pkt)
+        lab.sleep(rng.choice([0.0, 0.001, 1.0]))
+        if lab.state != "ESTABLISHED":
+            break
+    assert fast > 20 and general > 5  # both paths were compared

@@ -270,16 +270,17 @@ def packets(rng: random.Random) -> list[Packet]:
     return out
 
 
-@pytest.mark.parametrize("shape", ["inline", "filter-loop", "chain-loop"])
+@pytest.mark.parametrize("shape", ["inline", "filter-loop", "chain-loop", "chain-by-chain"])
 @pytest.mark.parametrize("seed", range(40))
 def test_generated_chains_do_what_the_interpreter_does(seed: int, shape: str) -> None:
-    """inline: the chain programs as generated for small chains; filter-loop: every
-    proto loops over its filters' run(); chain-loop: the looping chain program."""
+    """inline: the block program as generated for small blocks; filter-loop: every
+    proto loops over its filters' run(); chain-loop: the looping chain program;
+    chain-by-chain: no block program, Block.classify runs the chain programs."""
     rng = random.Random(seed)
     rules = random_rules(rng)
     compiled, interpreted = twin(rules), twin(rules)
     limits = {"inline": {"MAX_INLINE": 16}, "filter-loop": {"MAX_INLINE": 0},
-              "chain-loop": {"MAX_PROTOS": 0}}[shape]
+              "chain-loop": {"MAX_PROTOS": 0}, "chain-by-chain": {"MAX_CHAINS": 0}}[shape]
     with mock.patch.multiple(compiled_module, **limits):  # type: ignore[arg-type]
         for i, pkt in enumerate(packets(rng)):
             now = 1.0 + i / 100
@@ -331,3 +332,75 @@ def test_large_chains_and_protos(filters: int, prios: int) -> None:
             b = interpreted.receive("eth0", pkt, 1.0)
         assert a == b
     assert a.verdict == "drop"
+
+
+def _run(dp: Datapath, text: str) -> None:
+    err = io.StringIO()
+    assert not run_batch_text(dp.tc, Options(), "x", text, io.StringIO(), err), err.getvalue()
+
+
+def test_the_block_program_follows_chains_coming_and_going() -> None:
+    """The block program is made again when a chain appears (a goto to a chain
+    that was empty) or goes away, as when a filter changes."""
+    dp = twin("qdisc add dev eth0 ingress\n"
+              "filter add dev eth0 ingress pref 1 protocol ip flower "
+              "action gact goto chain 2\n")
+    pkt = udp("198.18.0.1", "198.18.0.2", 1, 2, b"x")
+    first = dp.receive("eth0", pkt, 1.0)  # chain 2 is held by the goto, but empty
+    assert (first.verdict, first.chains) == ("pass", ((0, 1, 1),))
+    _run(dp, "filter add dev eth0 ingress chain 2 pref 1 protocol ip flower action drop\n")
+    assert dp.receive("eth0", pkt, 2.0).chains == ((0, 1, 1), (2, 1, 1))
+    assert dp.receive("eth0", pkt, 3.0).verdict == "drop"
+    _run(dp, "filter add dev eth0 ingress chain 3 pref 1 protocol ip flower action pass\n"
+             "filter replace dev eth0 ingress pref 1 handle 1 protocol ip flower "
+             "action gact goto chain 3\n")
+    assert dp.receive("eth0", pkt, 4.0).chains == ((0, 1, 1), (3, 1, 1))
+    _run(dp, "filter del dev eth0 ingress chain 3 pref 1\n")
+    assert dp.receive("eth0", pkt, 5.0).chains == ((0, 1, 1),)
+
+
+def test_inlined_actions_follow_their_replaced_parameters() -> None:
+    """ct and mirred run from the generated code for the parameters they had when
+    it was made; `tc actions replace` gives them new ones, which run through act()
+    (here: another zone, then commit, then another device)."""
+    dp = Datapath(["eth0", "eth1", "eth2"])
+    _run(dp, "qdisc add dev eth0 ingress\n"
+             "actions add action ct zone 1 index 7\n"
+             "actions add action mirred egress redirect dev eth1 index 8\n"
+             "filter add dev eth0 ingress pref 1 protocol ip flower "
+             "action ct index 7 pipe action mirred index 8\n")
+    pkt = tcp("198.18.0.1", "198.18.0.2", 1000, 80, "S", seq=1)
+    out = dp.receive("eth0", pkt, 1.0)
+    assert (out.zone, out.ct_state, out.ports) == (1, CT_TRACKED | CT_NEW, ("eth1",))
+    assert not list(dp.conntrack.entries())  # no commit
+    _run(dp, "actions replace action ct zone 2 index 7\n")
+    assert dp.receive("eth0", pkt, 2.0).zone == 2
+    _run(dp, "actions replace action ct zone 3 commit index 7\n"
+             "actions replace action mirred egress redirect dev eth2 index 8\n")
+    out = dp.receive("eth0", pkt, 3.0)
+    assert (out.zone, out.ports) == (3, ("eth2",))
+    assert [e.zone for e in dp.conntrack.entries()] == [3]
+    ct_act = dp.tc.actions.get("ct", 7)
+    mirred = dp.tc.actions.get("mirred", 8)
+    assert ct_act is not None and mirred is not None
+    assert (ct_act.stats.packets, mirred.stats.packets) == (3, 3)
+
+
+def test_a_packet_starts_with_a_clean_skb() -> None:
+    """receive() reuses its Skb: what a packet left in it (a drop reason, the
+    mirred depth, a priority) is gone for the next one."""
+    dp = twin("qdisc add dev eth0 ingress\n"
+              "filter add dev eth0 ingress pref 1 protocol ip flower ip_proto udp "
+              "action skbedit priority 5 pipe action gact reclassify\n"
+              "filter add dev eth0 ingress pref 2 protocol ip flower ip_proto tcp "
+              "action drop\n")
+    looped = dp.receive("eth0", udp("198.18.0.1", "198.18.0.2", 1, 2, b"x"), 1.0)
+    assert (looped.verdict, looped.drop_reason) == ("drop", "TC_RECLASSIFY_LOOP")
+    dropped = dp.receive("eth0", tcp("198.18.0.1", "198.18.0.2", 1, 2, "S"), 2.0)
+    assert (dropped.verdict, dropped.drop_reason) == ("drop", "TC_INGRESS")
+    skb = dp._spare
+    assert skb is not None and not skb.__dict__
+    fresh = Skb(skb.pkt, skb.dev, skb.mark)
+    for name in ("priority", "mirred_depth", "post_ct_snat", "post_ct_dnat", "src_mac",
+                 "dst_mac"):
+        assert getattr(skb, name) == getattr(fresh, name), name
