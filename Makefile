@@ -6,8 +6,10 @@ PYTHON ?= python3
 setup:
 	$(PYTHON) -m pip install -q -e '.[dev]'
 
+# A two-node cluster on loopback with the embedded broker: 1000 TCP flows, the
+# active killed; report in ctlab-report/ (report.html, report.json).
 run: setup
-	ctlab ct replay scenarios/examples/tcp-handshake.json
+	ctlab run scenarios/library/failover-basic.yaml
 
 lint:
 	ruff check node syncbus scenarios tests

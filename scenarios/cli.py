@@ -6,6 +6,8 @@
     ctlab node --config FILE                       run a node (node/daemon)
     ctlab broker [--host H] [--port P]             the embedded amqtt broker
     ctlab conntrack -L|-E [--node URL]             conntrack-tools output from a running node
+    ctlab run SCENARIO.yaml [--backend B] ...      a scenario end to end (scenarios/run_cli.py)
+    ctlab chaos [--duration S] [--seed N] ...      random fault schedules, every invariant
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="last line of stdout is one JSON object with the figures")
     bench.add_argument("--seconds", type=float, default=2.0,
                        help="measuring time per figure (default 2)")
+    from scenarios import run_cli
+
+    run_cli.add_parsers(sub)
     _daemon_parsers(sub)
     return p
 
@@ -73,6 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "ct":
             return _ct_replay(args, sys.stdout)
+        if args.command in ("run", "chaos"):
+            from scenarios import run_cli
+
+            return run_cli.main(args)
         if args.command == "bench":
             from scenarios.bench import run_bench
 

@@ -56,11 +56,13 @@ class FaultKind:
     doc: str
     params: Mapping[str, Param] = field(default_factory=dict)
     disruptive: bool = False  # takes a node or the broker out of service
+    chaos: bool = True  # in `ctlab chaos`'s default mix
 
 
 def _kind(name: str, target: str, resource: str, inject: Action, heal: Action, doc: str,
-          params: Mapping[str, Param] | None = None, disruptive: bool = False) -> FaultKind:
-    return FaultKind(name, target, resource, inject, heal, doc, params or {}, disruptive)
+          params: Mapping[str, Param] | None = None, disruptive: bool = False,
+          chaos: bool = True) -> FaultKind:
+    return FaultKind(name, target, resource, inject, heal, doc, params or {}, disruptive, chaos)
 
 
 _RESTORE_SYNC = Action("restore", (("link", "sync"),))
@@ -108,8 +110,11 @@ FAULTS: dict[str, FaultKind] = {k.name: k for k in (
            "all": Param("bool", True, "every insert fails")}),
     _kind("clock_skew", NODE, "clock", Action("clock", (("offset", "$offset"),)),
           Action("clock", (("offset", 0.0),)),
-          "move the node's clock; heal: set it right",
-          {"offset": Param("seconds", 30.0, "seconds added", lo=-86400.0, hi=86400.0)}),
+          "step the node's clock (every timer of the node jumps with it, as on a host "
+          "whose timers follow a stepped clock); heal: step it back. Not in chaos's default "
+          "mix: a forward step legitimately ages entries early (ask with --kinds)",
+          {"offset": Param("seconds", 30.0, "seconds added", lo=-86400.0, hi=86400.0)},
+          chaos=False),
 )}
 
 
@@ -184,11 +189,14 @@ def chaos_faults(seed: int, duration: float, nodes: Sequence[str],
       cluster never loses more than one node (or the broker) at a time and a
       healed node can rejoin before the next blow;
     * node-disruptive kinds need two nodes (one must stay to carry traffic);
-    * two faults on one resource of one target never overlap.
+    * two faults on one resource of one target never overlap;
+    * no node fault overlaps a disruptive fault (a fault on a node that is
+      down, paused or cut off could not be applied, or would say nothing).
     """
     if not nodes:
         raise ValueError("chaos needs at least one node")
-    names = sorted(FAULTS) if kinds is None else list(dict.fromkeys(kinds))
+    names = (sorted(n for n, k in FAULTS.items() if k.chaos) if kinds is None
+             else list(dict.fromkeys(kinds)))
     for name in names:
         if name not in FAULTS:
             raise ValueError(f"unknown fault kind {name!r}; known: {', '.join(FAULTS)}")
@@ -204,6 +212,7 @@ def chaos_faults(seed: int, duration: float, nodes: Sequence[str],
     out: list[Fault] = []
     busy: dict[tuple[str, str], float] = {}  # (resource, target) -> heal time
     calm_from = warmup  # when the next disruptive fault may start
+    storms: list[tuple[float, float]] = []  # disruptive windows, recovery included
     t = warmup
     while True:
         t += min(rng.expovariate(1.0 / options.interval), 3 * options.interval)
@@ -217,13 +226,16 @@ def chaos_faults(seed: int, duration: float, nodes: Sequence[str],
                    else tuple(sorted(nodes)))
         target = rng.choice(targets)
         length = min(rng.uniform(lo, hi), last - t)
-        if kind.disruptive and t < calm_from:
+        if kind.disruptive and (t < calm_from or any(t < b for _, b in busy.items())):
+            continue
+        if not kind.disruptive and any(a <= t + length and t <= b for a, b in storms):
             continue
         if busy.get((kind.resource, target), -1.0) > t:
             continue
         busy[(kind.resource, target)] = t + length
         if kind.disruptive:
             calm_from = t + length + options.recover
+            storms.append((t, calm_from))
         out.append(Fault(round(t, 3), kind.name, target, round(length, 3), _params(kind, rng)))
     return tuple(out)
 

@@ -439,7 +439,7 @@ class _Loader:
         nodes = []
         for nname, value in s.mapping_of("nodes", required=True).entries(named=True):
             n = self.mapping(value, f"node {nname}")
-            priority = n.integer("priority", 100, lo=0, hi=65535)
+            priority = n.integer("priority", 100, lo=0, hi=255)
             card_node = n.node("card")
             card = n.text("card", DEFAULT_CARD)
             if card not in cards:

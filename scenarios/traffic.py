@@ -91,10 +91,38 @@ class Timing:
     segment or request is still unanswered after `retries` retransmissions:
     with the defaults, about 11 s without progress."""
 
-    rto: float = 0.2  # Linux TCP_RTO_MIN
+    rto: float = 0.2  # Linux TCP_RTO_MIN: the least RTO, whatever the RTT
     rto_max: float = 1.0
     retries: int = 12
     ack_delay: float = 0.04  # Linux TCP_DELACK_MIN
+
+
+class RttEstimator:
+    """RFC 6298 (as Linux's tcp_rtt_estimator): SRTT and RTTVAR from samples of
+    segments sent once (Karn), RTO = SRTT + 4 * RTTVAR. One estimator for the
+    whole workload: every flow crosses the same cluster, and most flows are
+    too idle to keep an estimate of their own. Under load (a queue in a node)
+    the RTO grows with the RTT instead of retransmitting what is only late."""
+
+    __slots__ = ("rttvar", "samples", "srtt")
+
+    def __init__(self) -> None:
+        self.srtt: float | None = None
+        self.rttvar = 0.0
+        self.samples = 0
+
+    def sample(self, r: float) -> None:
+        if r < 0:
+            return
+        self.samples += 1
+        if self.srtt is None:
+            self.srtt, self.rttvar = r, r / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - r)
+            self.srtt = 0.875 * self.srtt + 0.125 * r
+
+    def rto(self, floor: float) -> float:
+        return floor if self.srtt is None else max(floor, self.srtt + 4 * self.rttvar)
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +347,8 @@ class _Datagram(_Flow):
             return
         if self.waiting_since is None:
             return  # an answer to a request already answered
+        if self.tries == 0:
+            self.gen.rtt.sample(now - self.waiting_since)
         self.waiting_since = self.retry_at = None
         self.tries = 0
         self.established(now)
@@ -351,10 +381,12 @@ class _Datagram(_Flow):
 
 # ---------------------------------------------------------------- TCP
 class _Seg:
-    __slots__ = ("flags", "payload", "seq")
+    __slots__ = ("flags", "payload", "retransmitted", "sent_at", "seq")
 
     def __init__(self, seq: int, flags: int, payload: bytes) -> None:
         self.seq, self.flags, self.payload = seq, flags, payload
+        self.sent_at: float | None = None  # first transmission (RTT samples, Karn)
+        self.retransmitted = False
 
     @property
     def end(self) -> int:
@@ -418,6 +450,7 @@ class _Tcp(_Flow):
             if flags & TCP_FIN:
                 end.fin_sent = True
             if seg.end != seg.seq:
+                seg.sent_at = now
                 end.unacked.append(seg)
                 if end.rto_at is None:
                     end.rto_at = now + self.gen.rto(end.retries)
@@ -487,6 +520,8 @@ class _Tcp(_Flow):
         end.snd_una = ack
         while end.unacked and not _after(end.unacked[0].end, ack):
             seg = end.unacked.pop(0)
+            if not seg.retransmitted and seg.sent_at is not None:
+                self.gen.rtt.sample(now - seg.sent_at)
             if seg.flags & TCP_SYN:
                 end.synced = True
             if seg.flags & TCP_FIN:
@@ -516,6 +551,7 @@ class _Tcp(_Flow):
         end = self.ends[d]
         for seg in end.unacked:
             self.retransmits += 1
+            seg.retransmitted = True
             self.segment(d, seg)
         end.rto_at = now + self.gen.rto(end.retries)
 
@@ -826,6 +862,7 @@ class TrafficGen:
         profs = (profiles,) if isinstance(profiles, TrafficProfile) else tuple(profiles)
         self.rng = random.Random(seed)
         self.timing = timing
+        self.rtt = RttEstimator()
         self.outbox: list[Send] = []
         self.ops: list[Op] = []
         self.touched: set[_Flow] = set()
@@ -837,7 +874,8 @@ class TrafficGen:
 
     # ------------------------------------------------------------ helpers for flows
     def rto(self, retries: int) -> float:
-        return min(self.timing.rto * (2 ** retries), self.timing.rto_max)
+        base = min(self.rtt.rto(self.timing.rto), self.timing.rto_max)
+        return min(base * (2 ** retries), self.timing.rto_max)
 
     def payload(self, prof: TrafficProfile) -> int:
         lo, hi = prof.payload
@@ -958,6 +996,10 @@ class TrafficGen:
         ops, self.ops = self.ops, []
         return ops
 
+    def established_at(self, flow_id: str) -> float | None:
+        """When the flow was established (None: not yet, or never)."""
+        return self._flows[flow_id].established_at
+
     def flow(self, flow_id: str) -> FlowView:
         return self._flows[flow_id].view()
 
@@ -984,4 +1026,5 @@ class TrafficGen:
 
 
 __all__ = ["BROKEN", "CLOSED", "CLOSING", "ESTABLISHED", "INSIDE", "OPENING", "ORIG",
-           "OUTSIDE", "PENDING", "REPLY", "FlowView", "Send", "Timing", "TrafficGen"]
+           "OUTSIDE", "PENDING", "REPLY", "FlowView", "RttEstimator", "Send", "Timing",
+           "TrafficGen"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from scenarios.invariants.faulted import card_faulted
 from scenarios.invariants.result import FAIL, PASS, UNKNOWN, Result, examples
 from scenarios.model import F_HW_HITS, History, Param, Snapshot
 
@@ -25,14 +26,18 @@ def hits(history: History) -> list[tuple[str, float, int, int]]:
 
 def check(history: History, snapshots: Sequence[Snapshot], params: Mapping[str, Any]) -> Result:
     need = float(params.get("min", 0.99))
-    seen = [h for h in hits(history) if h[2] + h[3] > 0]
+    measured = [h for h in hits(history) if h[2] + h[3] > 0]
+    excused = [h for h in measured if card_faulted(history, h[0], h[1])]
+    seen = [h for h in measured if h not in excused]
+    note = (f" ({len(excused)} excused: a card fault was in effect on "
+            f"{', '.join(sorted({h[0] for h in excused}))})" if excused else "")
     if not seen:
-        return Result(NAME, UNKNOWN, "no packets were measured after a failover")
+        return Result(NAME, UNKNOWN, "no packets were measured after a failover" + note)
 
     def line(n: str, t: float, hw: int, sw: int) -> str:
         return f"{n} at {t:.3f}s: {hw}/{hw + sw} = {hw / (hw + sw):.1%}"
 
     low = [line(*h) for h in seen if h[2] / (h[2] + h[3]) < need]
     if low:
-        return Result(NAME, FAIL, f"below {need:.1%}: {examples(low)}")
-    return Result(NAME, PASS, examples(line(*h) for h in seen))
+        return Result(NAME, FAIL, f"below {need:.1%}: {examples(low)}{note}")
+    return Result(NAME, PASS, examples(line(*h) for h in seen) + note)

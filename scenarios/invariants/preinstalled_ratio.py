@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from scenarios.invariants.faulted import card_faulted
 from scenarios.invariants.result import FAIL, PASS, UNKNOWN, Result, examples
 from scenarios.model import F_PREINSTALL, History, Param, Snapshot
 
@@ -25,11 +26,16 @@ def ratios(history: History) -> list[tuple[str, float, int, int]]:
 
 def check(history: History, snapshots: Sequence[Snapshot], params: Mapping[str, Any]) -> Result:
     need = float(params.get("min", 0.99))
-    seen = [r for r in ratios(history) if r[3] > 0]
+    measured = [r for r in ratios(history) if r[3] > 0]
+    excused = [r for r in measured if card_faulted(history, r[0], r[1])]
+    seen = [r for r in measured if r not in excused]
+    note = (f" ({len(excused)} excused: a card fault was in effect on "
+            f"{', '.join(sorted({r[0] for r in excused}))})" if excused else "")
     if not seen:
-        return Result(NAME, UNKNOWN, "no failover reported offloadable entries to measure")
+        return Result(NAME, UNKNOWN, "no failover reported offloadable entries to measure"
+                      + note)
     low = [f"{n} at {t:.3f}s: {i}/{e} = {i / e:.1%}" for n, t, i, e in seen if i / e < need]
     if low:
-        return Result(NAME, FAIL, f"below {need:.1%}: {examples(low)}")
+        return Result(NAME, FAIL, f"below {need:.1%}: {examples(low)}{note}")
     return Result(NAME, PASS, examples(f"{n} at {t:.3f}s: {i}/{e} = {i / e:.1%}"
-                                       for n, t, i, e in seen))
+                                       for n, t, i, e in seen) + note)

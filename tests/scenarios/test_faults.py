@@ -141,3 +141,19 @@ def test_chaos_faults_validate_as_a_scenario() -> None:
             "tc: \"qdisc add dev inside ingress\"\nfaults:\n" + "\n".join(lines)
             + "\ninvariants: {convergence: {}}\n")
     assert loads(text, "chaos.yaml").faults == faults
+
+
+def test_chaos_never_mixes_a_disruptive_fault_with_another() -> None:
+    from scenarios.faults import FAULTS, ChaosOptions, chaos_faults
+
+    opts = ChaosOptions()
+    for seed in range(60):
+        drawn = chaos_faults(seed, 60.0, ["a", "b", "c"], options=opts)
+        for f in drawn:
+            if not FAULTS[f.kind].disruptive:
+                continue
+            end = f.at + (f.duration or 0.0) + opts.recover
+            others = [g for g in drawn if g is not f
+                      and g.at <= end and f.at <= g.at + (g.duration or 0.0)]
+            assert not others, (seed, f, others)
+        assert all(FAULTS[f.kind].chaos for f in drawn)  # clock_skew only on request

@@ -327,3 +327,24 @@ def test_check_uses_the_scenarios_thresholds_and_defaults() -> None:
     results = check_all(h, ())
     assert [r.name for r in results] == list(INVARIANTS)
     assert compose(r.verdict for r in results) == FAIL
+
+
+def test_hardware_ratios_are_excused_on_a_node_whose_card_was_faulted() -> None:
+    from scenarios.invariants import hw_hit_ratio, preinstalled_ratio
+    from scenarios.invariants.faulted import card_faulted
+    from scenarios.model import FaultRecord, History
+
+    h = History()
+    h.record_fault(FaultRecord(2.0, "card_capacity", "b", True, "inject"))
+    h.record_fault(FaultRecord(5.0, "card_capacity", "b", True, "heal"))
+    h.info("b", 10.0, "preinstall", {"installed": 0, "eligible": 100})
+    h.info("b", 11.0, "hw_hits", {"hw": 1, "sw": 99})
+    assert card_faulted(h, "b", 10.0) and not card_faulted(h, "a", 10.0)
+    assert not card_faulted(h, "b", 1.0)  # before the fault
+    assert not card_faulted(h, "b", 40.0)  # long after its heal
+    for inv in (hw_hit_ratio, preinstalled_ratio):
+        r = inv.check(h, [], {"min": 0.99})
+        assert r.verdict == "unknown" and "excused" in r.detail and "b" in r.detail
+    h.info("a", 30.0, "preinstall", {"installed": 10, "eligible": 100})
+    r = preinstalled_ratio.check(h, [], {"min": 0.99})
+    assert r.verdict == "fail" and "1 excused" in r.detail  # a's low ratio still counts

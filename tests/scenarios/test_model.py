@@ -95,10 +95,10 @@ def test_failover_basic_reads_as_written() -> None:
     assert s.cluster.mode == "active-standby" and s.cluster.cluster_key
     assert s.cluster.broker.kind == "embedded"
     (web,) = s.traffic
-    assert (web.proto, web.count, web.open_rate, web.packet_rate) == ("tcp", 1000, 500, 0.2)
+    assert (web.proto, web.count, web.open_rate, web.packet_rate) == ("tcp", 1000, 200, 0.2)
     assert web.clients == "198.18.0.0/24" and web.server == "198.19.0.1"
     (kill,) = s.faults
-    assert (kill.at, kill.kind, kill.target, kill.duration) == (6.0, "kill", "active", 6.0)
+    assert (kill.at, kill.kind, kill.target, kill.duration) == (10.0, "kill", "active", 6.0)
     assert {i.name: dict(i.params) for i in s.invariants}["hw_hit_ratio"] == {"min": 0.99}
     assert s.card_of("b").capacity == 2 * 1024 * 1024
     assert "qdisc add dev inside ingress" in s.tc

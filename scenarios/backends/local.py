@@ -1,0 +1,192 @@
+"""The local backend: the broker and every node are processes of this host on
+loopback; the runner's traffic sockets are loopback sockets too. No
+privileges needed. Link faults go through the nodes' nemesis hooks (the
+node drops its broker session and refuses to reconnect; its ports drop
+everything), since loopback has no links to take down."""
+
+from __future__ import annotations
+
+import asyncio
+import signal as signals
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+from node.daemon.wire import grow_buffers
+from scenarios import control
+from scenarios.backends.base import (
+    Addr,
+    Applied,
+    Backend,
+    BackendError,
+    ClusterPlan,
+    Process,
+    broker_command,
+    node_command,
+    python_env,
+    ready_line,
+    wait_tcp,
+    write_config,
+)
+from syncbus.broker import Mosquitto, free_port
+
+HOST = "127.0.0.1"
+LINK_VERBS = {"broker": "broker_link", "data": "data"}
+
+
+def _udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.procs: dict[str, Process] = {}
+        self.ports: dict[tuple[str, str], int] = {}
+        self.controls: dict[str, int] = {}
+        self.sockets: dict[str, socket.socket] = {}
+        self.broker_port = 0
+        self.broker_url = ""
+        self.broker_proc: Process | None = None
+        self.mosquitto: Mosquitto | None = None
+
+    async def setup(self, plan: ClusterPlan) -> None:
+        self.plan = plan
+        for side in ("inside", "outside"):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            grow_buffers(s)
+            s.bind((HOST, 0))
+            s.setblocking(False)
+            self.sockets[side] = s
+        for n in plan.nodes:
+            self.controls[n] = free_port(HOST)
+            for side in ("inside", "outside"):
+                self.ports[(n, side)] = _udp_port()
+        if plan.broker in ("embedded", "mosquitto"):
+            self.broker_port = free_port(HOST)
+            self.broker_url = f"mqtt://{HOST}:{self.broker_port}"
+        else:
+            self.broker_url = plan.broker
+
+    async def teardown(self) -> None:
+        for p in list(self.procs.values()):
+            await asyncio.to_thread(p.stop)
+        self.procs.clear()
+        await self.stop_broker()
+        for s in self.sockets.values():
+            s.close()
+        self.sockets.clear()
+
+    # ------------------------------------------------------------ broker
+    async def start_broker(self) -> str:
+        assert self.plan is not None
+        if self.plan.broker == "embedded":
+            if self.broker_proc is None or not self.broker_proc.alive():
+                self.broker_proc = Process("broker", broker_command(HOST, self.broker_port),
+                                           self.plan.workdir / "logs" / "broker.log",
+                                           python_env())
+                if not await asyncio.to_thread(wait_tcp, HOST, self.broker_port, 15.0,
+                                               self.broker_proc.proc):
+                    raise BackendError(f"the embedded broker did not start:\n"
+                                       f"{self.broker_proc.tail()}")
+        elif self.plan.broker == "mosquitto":
+            if self.mosquitto is None:
+                self.mosquitto = Mosquitto(host=HOST, port=self.broker_port)
+            if self.mosquitto.pid is None:
+                await asyncio.to_thread(self.mosquitto.start)
+        return self.broker_url
+
+    async def stop_broker(self) -> Applied:
+        if self.broker_proc is not None and self.broker_proc.alive():
+            pid = self.broker_proc.pid
+            await asyncio.to_thread(self.broker_proc.stop)
+            return Applied(True, f"embedded broker (pid {pid}) stopped")
+        if self.mosquitto is not None and self.mosquitto.pid is not None:
+            pid = self.mosquitto.pid
+            await asyncio.to_thread(self.mosquitto.stop)
+            return Applied(True, f"mosquitto (pid {pid}) stopped")
+        return Applied(False, "no broker of ours is running")
+
+    # ------------------------------------------------------------ nodes
+    def node_config(self, name: str, config: Mapping[str, Any]) -> dict[str, Any]:
+        inside, outside = self.sockets["inside"], self.sockets["outside"]
+        peers = {"inside": inside.getsockname(), "outside": outside.getsockname()}
+        return {**config,
+                "broker": {**config.get("broker", {}), "url": self.broker_url},
+                "ports": {side: {"bind": f"{HOST}:{self.ports[(name, side)]}",
+                                 "peer": f"{HOST}:{peers[side][1]}", "annotate": True}
+                          for side in ("inside", "outside")},
+                "control": {"listen": f"{HOST}:{self.controls[name]}"}}
+
+    async def start_node(self, name: str, config: Mapping[str, Any]) -> Applied:
+        assert self.plan is not None
+        old = self.procs.get(name)
+        if old is not None and old.alive():
+            return Applied(False, f"{name} is already running (pid {old.pid})")
+        path = write_config(self.plan.workdir / "nodes" / f"{name}.yaml",
+                            self.node_config(name, config))
+        proc = Process(name, node_command(path), self.plan.workdir / "logs" / f"{name}.log",
+                       python_env())
+        self.procs[name] = proc
+        await asyncio.to_thread(ready_line, proc, 30.0)
+        return Applied(True, f"{name} started (pid {proc.pid})")
+
+    async def stop_node(self, name: str) -> Applied:
+        p = self.procs.get(name)
+        if p is None or not p.alive():
+            return Applied(False, f"{name} is not running")
+        code = await asyncio.to_thread(p.stop)
+        return Applied(True, f"{name} (pid {p.pid}) stopped, exit code {code}")
+
+    async def signal(self, name: str, sig: str) -> Applied:
+        p = self.procs.get(name)
+        if p is None or not p.alive():
+            return Applied(False, f"{name} is not running")
+        if not p.signal(getattr(signals, sig)):
+            return Applied(False, f"{sig} to {name} (pid {p.pid}) failed")
+        if sig == "SIGKILL":
+            await asyncio.to_thread(p.kill)  # reap it
+        return Applied(True, f"{sig} to {name} (pid {p.pid})")
+
+    def running(self, name: str) -> bool:
+        p = self.procs.get(name)
+        return p is not None and p.alive()
+
+    # ------------------------------------------------------------ links
+    async def _link(self, name: str, link: str, state: str) -> Applied:
+        if link not in LINK_VERBS:
+            return Applied(False, f"no link {link!r} on the local backend")
+        try:
+            await control.post(self.control_url(name), "/nemesis", {LINK_VERBS[link]: state})
+        except control.ControlError as exc:
+            return Applied(False, str(exc))
+        return Applied(True, f"{name}: {link} link {state} (node nemesis hook)")
+
+    async def cut(self, name: str, link: str) -> Applied:
+        return await self._link(name, link, "cut")
+
+    async def restore(self, name: str, link: str) -> Applied:
+        return await self._link(name, link, "up")
+
+    # ------------------------------------------------------------ addresses
+    def control_url(self, name: str) -> str:
+        return f"http://{HOST}:{self.controls[name]}"
+
+    def port_address(self, name: str, port: str) -> Addr:
+        return (HOST, self.ports[(name, port)])
+
+    def traffic_socket(self, side: str) -> socket.socket:
+        return self.sockets[side]
+
+    def logs(self) -> dict[str, str]:
+        out = {n: p.tail(40) for n, p in self.procs.items()}
+        if self.broker_proc is not None:
+            out["broker"] = self.broker_proc.tail(20)
+        return out
+
+
+__all__ = ["LocalBackend"]

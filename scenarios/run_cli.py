@@ -1,0 +1,136 @@
+"""`ctlab run` and `ctlab chaos`: argument parsing and exit codes around
+scenarios.runner (DESIGN.md section 5).
+
+    ctlab run SCENARIO.yaml [--backend local|netns|docker] [--broker URL] [--seed N]
+              [--out DIR] [--json] [--quiet]
+    ctlab chaos [--duration S] [--seed N] [--base SCENARIO.yaml] [--kinds k1,k2]
+                [--backend ...] [--broker URL] [--out DIR] [--json] [--quiet]
+
+Exit status: 0 when the run met its expectation (a scenario passes; a
+negative control fails as it must; a chaos run has no failing invariant —
+those its schedule did not exercise are unknown), 1 when it did not, 2 for
+bad input (a bad scenario file, an unknown backend) or a run that could not
+start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from scenarios.model import Broker, ScenarioError, load
+
+CHAOS_BASE = Path(__file__).parent / "examples" / "chaos-base.yaml"
+
+
+def add_parsers(sub: Any) -> None:
+    run = sub.add_parser(
+        "run", help="run a scenario on a cluster and check its invariants",
+        description="Start a cluster (broker and nodes), drive the scenario's traffic "
+                    "through it, inject its faults, then check its invariants. Writes "
+                    "OUT/report.json and OUT/report.html. Exit 0 iff the run met its "
+                    "expectation (pass, or the failure a negative control expects).")
+    run.add_argument("scenario", metavar="SCENARIO.yaml")
+    _common(run)
+    chaos = sub.add_parser(
+        "chaos", help="random fault schedules from a seed, every invariant checked",
+        description="Run a base scenario with a random fault schedule drawn from --seed "
+                    "and check every invariant. The report holds the seed and the "
+                    "schedule; the same seed, duration, base and kinds replay the run.")
+    chaos.add_argument("--duration", type=float, default=30.0, metavar="S",
+                       help="seconds of traffic and faults (default 30)")
+    chaos.add_argument("--base", default=str(CHAOS_BASE), metavar="SCENARIO.yaml",
+                       help="the cluster, traffic and tc to use (default: the shipped "
+                            "chaos base, three nodes)")
+    chaos.add_argument("--kinds", default=None, metavar="K1,K2",
+                       help="fault kinds to draw from (default: all; see scenarios/faults.py)")
+    chaos.add_argument("--interval", type=float, default=5.0, metavar="S",
+                       help="mean seconds between two faults (default 5)")
+    _common(chaos)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="local", choices=["local", "netns", "docker"],
+                   help="where the cluster runs (default local: processes on loopback)")
+    p.add_argument("--broker", default=None, metavar="URL|embedded|mosquitto",
+                   help="override the scenario's broker")
+    p.add_argument("--seed", type=int, default=None, help="override the scenario's seed")
+    p.add_argument("--out", default="ctlab-report", metavar="DIR",
+                   help="where report.json and report.html go (default ./ctlab-report)")
+    p.add_argument("--json", action="store_true", help="print the report JSON on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _broker(text: str) -> Broker:
+    if text in ("embedded", "mosquitto"):
+        return Broker(text)
+    if text.startswith(("mqtt://", "mqtts://")):
+        return Broker("url", text)
+    raise ScenarioError("--broker", 1, 1, f"{text!r} is not embedded, mosquitto or an "
+                        "mqtt:// or mqtts:// URL")
+
+
+def main(args: argparse.Namespace) -> int:
+    from scenarios import faults
+    from scenarios.backends import BackendError, make
+    from scenarios.runner import RunOptions, run
+
+    try:
+        base = load(args.base if args.command == "chaos" else args.scenario)
+        if args.broker:
+            base = replace(base, cluster=replace(base.cluster, broker=_broker(args.broker)))
+        if args.seed is not None:
+            base = base.with_seed(args.seed)
+        schedule = None
+        if args.command == "chaos":
+            kinds = args.kinds.split(",") if args.kinds else None
+            drawn = faults.chaos_faults(base.seed, args.duration, base.cluster.node_names,
+                                        kinds, faults.ChaosOptions(interval=args.interval))
+            base = replace(base.with_faults(drawn), duration=args.duration,
+                           name=f"chaos-{base.seed}")
+            schedule = faults.plan(base.faults, base.duration)
+        backend = make(args.backend)
+    except (ScenarioError, OSError, ValueError, BackendError) as exc:
+        print(f"ctlab {args.command}: {exc}", file=sys.stderr)
+        return 2
+    opts = RunOptions(out=Path(args.out), progress=not args.quiet,
+                      chaos=args.command == "chaos")
+    try:
+        rep = asyncio.run(run(base, backend, opts, schedule))
+    except BackendError as exc:
+        print(f"ctlab {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ctlab {args.command}: interrupted", file=sys.stderr)
+        return 130
+    from scenarios import report
+
+    js, page = report.write(args.out, rep)
+    if args.json:
+        print(json.dumps(rep, indent=1))
+    _summary(rep, js, page)
+    return 0 if rep["expectation_met"] else 1
+
+
+def _summary(rep: dict[str, Any], js: Path, page: Path) -> None:
+    out = sys.stderr
+    out.write(f"{rep['scenario']} (seed {rep['seed']}, {rep['backend']}): "
+              f"{rep['verdict'].upper()}")
+    if rep["expect"]["verdict"] != "pass":
+        out.write(f" — expected {rep['expect']['verdict']}: "
+                  f"{'met' if rep['expectation_met'] else 'NOT met'}")
+    out.write("\n")
+    for inv in rep["invariants"]:
+        out.write(f"  {inv['verdict']:<8} {inv['name']:<22} {inv['detail']}\n")
+    for f in rep["faults"]:
+        out.write(f"  fault {f['at']:>7.3f}s {f['kind']} -> {f['target']}: "
+                  f"{'applied' if f['applied'] else 'NOT applied'}\n")
+    out.write(f"  report: {js} {page}\n")
+
+
+__all__ = ["add_parsers", "main"]

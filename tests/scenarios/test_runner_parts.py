@@ -1,0 +1,127 @@
+"""The runner's pure parts: progress output, report expectations, entry keys,
+and `ctlab run` / `ctlab chaos` input errors (exit 2, nothing started)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from node.conntrack import Tuple
+from node.packet import ip_bytes
+from scenarios.cli import main
+from scenarios.model import Expectation, flow_key, load
+from scenarios.progress import Progress
+from scenarios.runner import entry_key, expectation_met
+
+LIBRARY = Path(__file__).resolve().parents[2] / "scenarios" / "library"
+
+
+def test_progress_plain_lines_when_not_a_terminal() -> None:
+    out = io.StringIO()
+    p = Progress("demo", 20.0, stream=out)
+    p.update(5.0, active="a", flows=10)
+    p.update(6.0, active="a", flows=11)  # within PLAIN_EVERY: not printed again
+    p.close()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("demo [") and "5.0/20s" in lines[0] and "active=a" in lines[0]
+    assert lines[0].count("█") == 7  # a quarter of 28
+
+
+def test_progress_disabled_prints_nothing() -> None:
+    out = io.StringIO()
+    Progress("demo", 1.0, enabled=False, stream=out).update(0.5)
+    assert out.getvalue() == ""
+
+
+def test_entry_key_matches_the_workload_key() -> None:
+    t = Tuple(2, 6, ip_bytes("198.18.0.5"), ip_bytes("198.19.0.1"), 10000, 80)
+    orig = {"family": 2, "proto": 6, "src": "198.18.0.5", "dst": "198.19.0.1",
+            "sport": 10000, "dport": 80}
+    assert entry_key(orig) == flow_key(t) == "tcp src=198.18.0.5 dst=198.19.0.1 sport=10000 " \
+                                             "dport=80"
+
+
+def _report(verdict: str, failing: list[str]) -> dict[str, object]:
+    return {"verdict": verdict,
+            "invariants": [{"name": n, "verdict": "fail"} for n in failing]}
+
+
+def test_expectations_of_positive_and_negative_scenarios() -> None:
+    sc = load(LIBRARY / "failover-basic.yaml")
+    assert expectation_met(sc, _report("pass", []))
+    assert not expectation_met(sc, _report("fail", ["no_broken_flows"]))
+    assert not expectation_met(sc, _report("unknown", []))
+    neg = load(LIBRARY / "negative" / "replication-off.yaml")
+    assert neg.expect == Expectation("fail", ("no_broken_flows",))
+    assert expectation_met(neg, _report("fail", ["no_broken_flows", "convergence"]))
+    assert not expectation_met(neg, _report("fail", ["convergence"]))  # failed for another reason
+    assert not expectation_met(neg, _report("pass", []))
+
+
+def test_run_rejects_a_bad_scenario_file(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("duration: 5s\ncluster: {nodes: {a: {}}}\ntc: ''\n"
+                   "invariants: {no_broken_flow: {}}\n")
+    assert main(["run", str(bad), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml:4:" in err and "no_broken_flow" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_rejects_a_bad_broker_override(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["run", str(LIBRARY / "failover-basic.yaml"), "--broker", "http://x",
+               "--out", str(tmp_path)])
+    assert rc == 2
+    assert "mqtt://" in capsys.readouterr().err
+
+
+def test_run_and_chaos_have_help(capsys: pytest.CaptureFixture[str]) -> None:
+    for cmd in ("run", "chaos"):
+        with pytest.raises(SystemExit) as exc:
+            main([cmd, "--help"])
+        assert exc.value.code == 0
+        text = capsys.readouterr().out
+        assert "--backend" in text and "--seed" in text and "--out" in text
+
+
+def _header_sum(raw: bytes) -> int:
+    hl = (raw[0] & 0x0F) * 4
+    t = sum(int.from_bytes(raw[i:i + 2], "big") for i in range(0, hl, 2))
+    while t >> 16:
+        t = (t & 0xFFFF) + (t >> 16)
+    return t
+
+
+@pytest.mark.parametrize("ident", [1, 2, 0x7FFF, 0x8000, 0xFFFF])
+def test_stamp_sets_the_id_and_keeps_the_header_checksum_valid(ident: int) -> None:
+    from node.packet import build, parse, tcp
+    from scenarios.switch import stamp
+
+    for pkt in (tcp("198.18.0.1", "198.19.0.1", 10000, 80, "S"),
+                tcp("198.18.7.9", "198.19.0.1", 10001, 80, "PA", payload=b"x" * 300)):
+        raw = stamp(stamp(build(pkt), 4242), ident)  # also from a non-zero id
+        assert _header_sum(raw) == 0xFFFF
+        got = parse(raw)
+        assert got.ip_id == ident
+        assert raw[12:] == build(pkt)[12:] and raw[:4] == build(pkt)[:4]
+
+
+def test_rtt_estimator_follows_rfc6298() -> None:
+    from scenarios.traffic import RttEstimator
+
+    e = RttEstimator()
+    assert e.rto(0.2) == 0.2  # no sample yet: the floor
+    e.sample(0.1)
+    assert e.srtt == pytest.approx(0.1) and e.rttvar == pytest.approx(0.05)
+    assert e.rto(0.2) == pytest.approx(0.3)  # 0.1 + 4 * 0.05
+    e.sample(0.5)
+    assert e.rttvar == pytest.approx(0.75 * 0.05 + 0.25 * 0.4)
+    assert e.srtt == pytest.approx(0.875 * 0.1 + 0.125 * 0.5)
+    for _ in range(50):
+        e.sample(0.01)
+    assert e.rto(0.2) == 0.2  # never below the floor (TCP_RTO_MIN)

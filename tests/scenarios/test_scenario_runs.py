@@ -1,0 +1,98 @@
+"""`ctlab run` and `ctlab chaos` end to end: real node processes, a real
+broker, real namespaces (the netns backend needs root: CI is root). Every
+fault must really fire, every run must meet its expectation, and each
+negative control must fail on the invariant its switched-off mechanism
+protects (proof that the checker can fail).
+
+The library scenarios not listed here do not pass reliably yet on a two-core
+machine (see the issue notes and README): they are not run, rather than run
+and excused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scenarios.cli import main
+from scenarios.faults import chaos_schedule
+
+ROOT = Path(__file__).resolve().parents[2]
+LIBRARY = ROOT / "scenarios" / "library"
+PASSING = ["failover-basic", "aging-active-only", "node-broker-partition", "standby-card-full"]
+# readiness-gate-off is not here: with 1000 entries the snapshot completes in
+# about 100 ms, before traffic reaches the rejoined node, so switching the
+# gate off changes nothing observable yet (the control is too weak to fail).
+NEGATIVE = ["replication-off", "preinstall-off", "distributed-aging-off"]
+
+pytestmark = pytest.mark.scenario
+
+
+def run(args: list[str], out: Path) -> tuple[int, dict[str, Any]]:
+    rc = main([*args, "--out", str(out), "--quiet"])
+    rep = json.loads((out / "report.json").read_text())
+    assert (out / "report.html").stat().st_size > 1000
+    return rc, rep
+
+
+def summary(rep: dict[str, Any]) -> str:
+    lines = [f"{rep['scenario']} on {rep['backend']}: {rep['verdict']}"]
+    lines += [f"  {i['verdict']:<8} {i['name']}: {i['detail']}" for i in rep["invariants"]]
+    lines += [f"  fault {f}" for f in rep["faults"]]
+    lines.append(f"  traffic {rep.get('traffic')}")
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("backend", ["local", "netns"])
+def test_failover_basic(backend: str, tmp_path: Path) -> None:
+    """The issue's bar: every established flow survives the kill, the standby
+    takes over in under a second with its card already filled, and at least
+    99% of the packets right after the failover hit hardware; in under a
+    minute on the local backend."""
+    rc, rep = run(["run", str(LIBRARY / "failover-basic.yaml"), "--backend", backend], tmp_path)
+    m = rep["metrics"]
+    assert rc == 0 and rep["verdict"] == "pass", summary(rep)
+    assert [(f["kind"], f["applied"], f["healed"]) for f in rep["faults"]] == \
+        [("kill", True, True)]  # kill -9, then the node restarted
+    assert m["flows_established_before"] == m["flows_survived"] == 1000
+    assert m["hw_hit_ratio_after_failover"] >= 0.99
+    assert m["preinstalled_ratio_at_failover"] >= 0.99
+    assert 0 < m["failover_ms"] < 1000
+    if backend == "local":
+        assert rep["duration"] < 60, rep["duration"]
+
+
+@pytest.mark.parametrize("name", PASSING[1:])
+def test_library_scenario_passes_locally(name: str, tmp_path: Path) -> None:
+    rc, rep = run(["run", str(LIBRARY / f"{name}.yaml")], tmp_path)
+    assert all(f["applied"] and f["healed"] for f in rep["faults"]), summary(rep)
+    assert rc == 0 and rep["verdict"] == "pass", summary(rep)
+
+
+@pytest.mark.parametrize("name", NEGATIVE)
+def test_negative_control_fails(name: str, tmp_path: Path) -> None:
+    rc, rep = run(["run", str(LIBRARY / "negative" / f"{name}.yaml")], tmp_path)
+    failing = {i["name"] for i in rep["invariants"] if i["verdict"] == "fail"}
+    assert rep["verdict"] == "fail", summary(rep)
+    assert set(rep["expect"]["failing"]) <= failing, summary(rep)
+    assert all(f["applied"] and f["healed"] for f in rep["faults"]), summary(rep)
+    assert rc == 0  # the expectation (this failure) was met
+
+
+def test_negative_control_fails_on_netns(tmp_path: Path) -> None:
+    rc, rep = run(["run", str(LIBRARY / "negative" / "replication-off.yaml"),
+                   "--backend", "netns"], tmp_path)
+    assert rep["verdict"] == "fail" and rc == 0, summary(rep)
+
+
+def test_chaos_replays_its_schedule_and_breaks_nothing(tmp_path: Path) -> None:
+    rc, rep = run(["chaos", "--duration", "25", "--seed", "7"], tmp_path)
+    nodes = ["a", "b", "c"]
+    expected = chaos_schedule(7, 25.0, nodes)
+    assert [(s["at"], s["action"], s["kind"]) for s in rep["schedule"]] == \
+        [(s.at, s.action, s.kind) for s in expected]  # the seed replays the schedule
+    assert rep["seed"] == 7 and len(rep["invariants"]) == 8  # every invariant checked
+    assert rep["faults"] and all(f["applied"] and f["healed"] for f in rep["faults"]), summary(rep)
+    assert rep["verdict"] != "fail" and rc == 0, summary(rep)
