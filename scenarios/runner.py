@@ -81,6 +81,7 @@ class RunOptions:
     poll: float = 0.1  # /state of every node
     sample: float = 1.0  # full /state: metric samples, the standby's pre-installed count
     hw_window: float = 1.0  # seconds after a failover whose paths are counted
+    hw_settle: float = 2.0  # ... for flows established this long before it began
     settle: float = 15.0  # the final phase, at most: flows closing
     quiesce: float = 15.0  # tables converging
     startup: float = 30.0  # roles settling
@@ -309,10 +310,12 @@ class Runner:
                                {"from": fo.source, "to": node}))
             fo.window = (now + self.opt.hw_window, PathCount())
         if now <= fo.window[0]:
-            # The established traffic the failover inherited: a flow still
-            # opening goes through software on any node (its SYN is new).
+            # The established traffic the failover inherited: flows established
+            # `settle` seconds before it began, time enough to be replicated and
+            # installed (how long that takes is sync_install_p99, measured on its
+            # own); a flow still opening goes through software on any node.
             est = self.gen.established_at(flow_id)
-            if est is not None and est < fo.started:
+            if est is not None and est < fo.started - self.opt.hw_settle:
                 fo.window[1].add(path)
 
     def _close_window(self, now: float) -> None:
