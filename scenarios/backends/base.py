@@ -111,8 +111,18 @@ def wait_tcp(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes]
     return False
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the runner dies (prctl
+    PR_SET_PDEATHSIG), so a runner killed by a timeout leaves no node behind."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signals.SIGKILL), 0, 0, 0)
+
+
 class Process:
-    """A child process the backend started, stopped by its PID and nothing else."""
+    """A child process the backend started, stopped by its PID and nothing else.
+    It dies with the runner's thread that started it (the event loop's)."""
 
     def __init__(self, name: str, argv: Sequence[str], log: Path, env: Mapping[str, str]) -> None:
         self.name = name
@@ -122,7 +132,7 @@ class Process:
         self._log = open(log, "ab")  # noqa: SIM115 (closed in reap)
         self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, env=dict(env),
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=_die_with_parent)
 
     @property
     def pid(self) -> int:

@@ -125,3 +125,40 @@ def test_rtt_estimator_follows_rfc6298() -> None:
     for _ in range(50):
         e.sample(0.01)
     assert e.rto(0.2) == 0.2  # never below the floor (TCP_RTO_MIN)
+
+
+def test_a_backend_process_dies_with_the_runner(tmp_path: Path) -> None:
+    """A runner killed by a timeout must leave no node behind (PR_SET_PDEATHSIG)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from scenarios.backends.base import Process, python_env\n"
+        f"p = Process('child', [sys.executable, '-c', 'import time; time.sleep(60)'], "
+        f"Path({str(tmp_path / 'child.log')!r}), python_env())\n"
+        "print(p.pid, flush=True)\n"
+        "time.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait(5)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        with open(f"/proc/{child}/stat") as f:
+            if f.read().split()[2] == "Z":  # a zombie until init reaps it: dead
+                return
+        time.sleep(0.05)
+    os.kill(child, signal.SIGKILL)
+    raise AssertionError("the child outlived its parent")
