@@ -111,13 +111,24 @@ def wait_tcp(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes]
     return False
 
 
+def _libc_prctl() -> Any:
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _libc_prctl()  # looked up here: the child must not load libraries after fork
+PR_SET_PDEATHSIG = 1
+
+
 def _die_with_parent() -> None:
     """In the child, before exec: SIGKILL when the runner dies (prctl
     PR_SET_PDEATHSIG), so a runner killed by a timeout leaves no node behind."""
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signals.SIGKILL), 0, 0, 0)
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, 9, 0, 0, 0)  # 9: SIGKILL
 
 
 class Process:
