@@ -23,6 +23,7 @@ A backend never guesses: every verb answers whether it took effect and how
 from __future__ import annotations
 
 import abc
+import asyncio
 import contextlib
 import json
 import os
@@ -282,6 +283,80 @@ class Backend(abc.ABC):
         return {}
 
 
+class ProcessBackend(Backend):
+    """A backend whose nodes and broker are child processes of the runner
+    (local, netns): the node verbs over `procs`, by PID. A subclass says how
+    a node is started (node_argv) and where it runs (where: for details)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.procs: dict[str, Process] = {}
+        self.broker_proc: Process | None = None
+
+    def node_argv(self, name: str, config_path: Path) -> list[str]:
+        return node_command(config_path)
+
+    def where(self, name: str) -> str:
+        """" in <namespace>" or "": appended to fault details."""
+        return ""
+
+    def node_config(self, name: str, config: Mapping[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def before_start(self, name: str) -> None:
+        """Undo what faults left on the node's links before it starts again."""
+
+    async def start_node(self, name: str, config: Mapping[str, Any]) -> Applied:
+        assert self.plan is not None
+        old = self.procs.get(name)
+        if old is not None and old.alive():
+            return Applied(False, f"{name} is already running (pid {old.pid})")
+        await self.before_start(name)
+        path = write_config(self.plan.workdir / "nodes" / f"{name}.yaml",
+                            self.node_config(name, config))
+        proc = Process(name, self.node_argv(name, path),
+                       self.plan.workdir / "logs" / f"{name}.log", python_env())
+        self.procs[name] = proc
+        await asyncio.to_thread(ready_line, proc, 30.0)
+        return Applied(True, f"{name} started{self.where(name)} (pid {proc.pid})")
+
+    async def stop_node(self, name: str) -> Applied:
+        p = self.procs.get(name)
+        if p is None or not p.alive():
+            return Applied(False, f"{name} is not running")
+        code = await asyncio.to_thread(p.stop)
+        return Applied(True, f"{name} (pid {p.pid}) stopped, exit code {code}")
+
+    async def signal(self, name: str, sig: str) -> Applied:
+        p = self.procs.get(name)
+        if p is None or not p.alive():
+            return Applied(False, f"{name} is not running")
+        if not p.signal(getattr(signals, sig)):
+            return Applied(False, f"{sig} to {name} (pid {p.pid}) failed")
+        if sig == "SIGKILL":
+            await asyncio.to_thread(p.kill)  # reap it
+        return Applied(True, f"{sig} to {name} (pid {p.pid}){self.where(name)}")
+
+    def running(self, name: str) -> bool:
+        p = self.procs.get(name)
+        return p is not None and p.alive()
+
+    async def stop_processes(self) -> None:
+        """Every node, then the broker (teardown)."""
+        for p in list(self.procs.values()):
+            await asyncio.to_thread(p.stop)
+        self.procs.clear()
+        if self.broker_proc is not None:
+            await asyncio.to_thread(self.broker_proc.stop)
+
+    def logs(self) -> dict[str, str]:
+        out = {n: p.tail(40) for n, p in self.procs.items()}
+        if self.broker_proc is not None:
+            out["broker"] = self.broker_proc.tail(20)
+        return out
+
+
 __all__ = ["SIDES", "Addr", "Applied", "Backend", "BackendError", "ClusterPlan", "Process",
+           "ProcessBackend",
            "broker_command", "node_command", "python_env", "ready_line", "repo_root",
            "wait_tcp", "write_config"]

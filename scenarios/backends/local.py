@@ -7,7 +7,6 @@ everything), since loopback has no links to take down."""
 from __future__ import annotations
 
 import asyncio
-import signal as signals
 import socket
 from collections.abc import Mapping
 from typing import Any
@@ -17,16 +16,13 @@ from scenarios import control
 from scenarios.backends.base import (
     Addr,
     Applied,
-    Backend,
     BackendError,
     ClusterPlan,
     Process,
+    ProcessBackend,
     broker_command,
-    node_command,
     python_env,
-    ready_line,
     wait_tcp,
-    write_config,
 )
 from syncbus.broker import Mosquitto, free_port
 
@@ -40,18 +36,16 @@ def _udp_port() -> int:
         return int(s.getsockname()[1])
 
 
-class LocalBackend(Backend):
+class LocalBackend(ProcessBackend):
     name = "local"
 
     def __init__(self) -> None:
         super().__init__()
-        self.procs: dict[str, Process] = {}
         self.ports: dict[tuple[str, str], int] = {}
         self.controls: dict[str, int] = {}
         self.sockets: dict[str, socket.socket] = {}
         self.broker_port = 0
         self.broker_url = ""
-        self.broker_proc: Process | None = None
         self.mosquitto: Mosquitto | None = None
 
     async def setup(self, plan: ClusterPlan) -> None:
@@ -73,9 +67,7 @@ class LocalBackend(Backend):
             self.broker_url = plan.broker
 
     async def teardown(self) -> None:
-        for p in list(self.procs.values()):
-            await asyncio.to_thread(p.stop)
-        self.procs.clear()
+        await self.stop_processes()
         await self.stop_broker()
         for s in self.sockets.values():
             s.close()
@@ -122,40 +114,6 @@ class LocalBackend(Backend):
                           for side in ("inside", "outside")},
                 "control": {"listen": f"{HOST}:{self.controls[name]}"}}
 
-    async def start_node(self, name: str, config: Mapping[str, Any]) -> Applied:
-        assert self.plan is not None
-        old = self.procs.get(name)
-        if old is not None and old.alive():
-            return Applied(False, f"{name} is already running (pid {old.pid})")
-        path = write_config(self.plan.workdir / "nodes" / f"{name}.yaml",
-                            self.node_config(name, config))
-        proc = Process(name, node_command(path), self.plan.workdir / "logs" / f"{name}.log",
-                       python_env())
-        self.procs[name] = proc
-        await asyncio.to_thread(ready_line, proc, 30.0)
-        return Applied(True, f"{name} started (pid {proc.pid})")
-
-    async def stop_node(self, name: str) -> Applied:
-        p = self.procs.get(name)
-        if p is None or not p.alive():
-            return Applied(False, f"{name} is not running")
-        code = await asyncio.to_thread(p.stop)
-        return Applied(True, f"{name} (pid {p.pid}) stopped, exit code {code}")
-
-    async def signal(self, name: str, sig: str) -> Applied:
-        p = self.procs.get(name)
-        if p is None or not p.alive():
-            return Applied(False, f"{name} is not running")
-        if not p.signal(getattr(signals, sig)):
-            return Applied(False, f"{sig} to {name} (pid {p.pid}) failed")
-        if sig == "SIGKILL":
-            await asyncio.to_thread(p.kill)  # reap it
-        return Applied(True, f"{sig} to {name} (pid {p.pid})")
-
-    def running(self, name: str) -> bool:
-        p = self.procs.get(name)
-        return p is not None and p.alive()
-
     # ------------------------------------------------------------ links
     async def _link(self, name: str, link: str, state: str) -> Applied:
         if link not in LINK_VERBS:
@@ -181,12 +139,6 @@ class LocalBackend(Backend):
 
     def traffic_socket(self, side: str) -> socket.socket:
         return self.sockets[side]
-
-    def logs(self) -> dict[str, str]:
-        out = {n: p.tail(40) for n, p in self.procs.items()}
-        if self.broker_proc is not None:
-            out["broker"] = self.broker_proc.tail(20)
-        return out
 
 
 __all__ = ["LocalBackend"]

@@ -26,24 +26,23 @@ import asyncio
 import ctypes
 import os
 import random
-import signal as signals
 import socket
 import subprocess
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from node.daemon.wire import grow_buffers
 from scenarios.backends.base import (
     Addr,
     Applied,
-    Backend,
     BackendError,
     ClusterPlan,
     Process,
+    ProcessBackend,
     broker_command,
     node_command,
     python_env,
-    ready_line,
     wait_tcp,
     write_config,
 )
@@ -97,19 +96,17 @@ def _used_subnets() -> set[int]:
     return used
 
 
-class NetnsBackend(Backend):
+class NetnsBackend(ProcessBackend):
     name = "netns"
     needs_root = True
 
     def __init__(self) -> None:
         super().__init__()
         self.undo: list[Callable[[], object]] = []
-        self.procs: dict[str, Process] = {}
         self.index: dict[str, int] = {}
         self.sockets: dict[str, socket.socket] = {}
         self.k = 0
         self.rid = ""
-        self.broker_proc: Process | None = None
         self.cuts: set[tuple[str, str]] = set()
 
     # ------------------------------------------------------------ names
@@ -186,12 +183,8 @@ class NetnsBackend(Backend):
             self.sockets[side] = socket_in(self.ns("trf"), (self.data_ip(2), port))
 
     async def teardown(self) -> None:
-        for p in list(self.procs.values()):
-            await asyncio.to_thread(p.stop)
-        self.procs.clear()
-        if self.broker_proc is not None:
-            await asyncio.to_thread(self.broker_proc.stop)
-            self.broker_proc = None
+        await self.stop_processes()
+        self.broker_proc = None
         for s in self.sockets.values():
             s.close()
         self.sockets.clear()
@@ -240,41 +233,15 @@ class NetnsBackend(Backend):
                           for side, port in NODE_PORTS.items()},
                 "control": {"listen": f"{self.sync_ip(10 + i)}:{CONTROL_PORT}"}}
 
-    async def start_node(self, name: str, config: Mapping[str, Any]) -> Applied:
-        assert self.plan is not None
-        old = self.procs.get(name)
-        if old is not None and old.alive():
-            return Applied(False, f"{name} is already running (pid {old.pid})")
+    def node_argv(self, name: str, config_path: Path) -> list[str]:
+        return ["ip", "netns", "exec", self.node_ns(name), *node_command(config_path)]
+
+    def where(self, name: str) -> str:
+        return f" in {self.node_ns(name)}"
+
+    async def before_start(self, name: str) -> None:
         self.cuts = {c for c in self.cuts if c[0] != name}
         await asyncio.to_thread(self._heal_links, name)
-        path = write_config(self.plan.workdir / "nodes" / f"{name}.yaml",
-                            self.node_config(name, config))
-        proc = Process(name, ["ip", "netns", "exec", self.node_ns(name), *node_command(path)],
-                       self.plan.workdir / "logs" / f"{name}.log", python_env())
-        self.procs[name] = proc
-        await asyncio.to_thread(ready_line, proc, 30.0)
-        return Applied(True, f"{name} started in {self.node_ns(name)} (pid {proc.pid})")
-
-    async def stop_node(self, name: str) -> Applied:
-        p = self.procs.get(name)
-        if p is None or not p.alive():
-            return Applied(False, f"{name} is not running")
-        code = await asyncio.to_thread(p.stop)
-        return Applied(True, f"{name} (pid {p.pid}) stopped, exit code {code}")
-
-    async def signal(self, name: str, sig: str) -> Applied:
-        p = self.procs.get(name)
-        if p is None or not p.alive():
-            return Applied(False, f"{name} is not running")
-        if not p.signal(getattr(signals, sig)):
-            return Applied(False, f"{sig} to {name} (pid {p.pid}) failed")
-        if sig == "SIGKILL":
-            await asyncio.to_thread(p.kill)
-        return Applied(True, f"{sig} to {name} (pid {p.pid}) in {self.node_ns(name)}")
-
-    def running(self, name: str) -> bool:
-        p = self.procs.get(name)
-        return p is not None and p.alive()
 
     # ------------------------------------------------------------ links
     def _broker_rules(self, name: str, op: str) -> None:
@@ -338,12 +305,6 @@ class NetnsBackend(Backend):
 
     def traffic_socket(self, side: str) -> socket.socket:
         return self.sockets[side]
-
-    def logs(self) -> dict[str, str]:
-        out = {n: p.tail(40) for n, p in self.procs.items()}
-        if self.broker_proc is not None:
-            out["broker"] = self.broker_proc.tail(20)
-        return out
 
 
 __all__ = ["NetnsBackend", "socket_in"]
