@@ -226,6 +226,38 @@ class NodeProc:
         return None
 
 
+@contextlib.contextmanager
+def peer_sockets() -> Iterator[dict[str, socket.socket]]:
+    """The far ends of a node's two UDP ports (clients inside, servers outside)."""
+    socks = {}
+    for name in ("inside", "outside"):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(5.0)
+        socks[name] = s
+    try:
+        yield socks
+    finally:
+        for s in socks.values():
+            s.close()
+
+
+@contextlib.contextmanager
+def lone_active(workdir: Path, cfg: dict[str, Any],
+                peers: dict[str, socket.socket]) -> Iterator[NodeProc]:
+    """One node whose ports send to `peers`, started and active (its own
+    embedded broker), stopped by its PID at the end."""
+    for name, s in peers.items():
+        cfg["ports"][name]["peer"] = f"127.0.0.1:{s.getsockname()[1]}"
+    n = NodeProc(workdir, cfg["node"], cfg)
+    try:
+        n.start().wait_ready()
+        wait_until(lambda: n.role() == "active", 10, "the lone node to become active")
+        yield n
+    finally:
+        n.stop()
+
+
 def node_config(name: str, cluster: str, broker_url: str | None, *, priority: int = 100,
                 **extra: Any) -> dict[str, Any]:
     cfg: dict[str, Any] = {

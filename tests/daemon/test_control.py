@@ -26,7 +26,9 @@ from tests.daemon.conftest import (
     data_packets,
     handshake,
     http,
+    lone_active,
     node_config,
+    peer_sockets,
     wait_until,
 )
 
@@ -36,33 +38,16 @@ pytestmark = pytest.mark.timeout(120)
 @pytest.fixture(scope="module")
 def peers() -> Iterator[dict[str, socket.socket]]:
     """The far ends of the node's two UDP ports (clients and servers)."""
-    socks = {}
-    for name in ("inside", "outside"):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind(("127.0.0.1", 0))
-        s.settimeout(5.0)
-        socks[name] = s
-    try:
+    with peer_sockets() as socks:
         yield socks
-    finally:
-        for s in socks.values():
-            s.close()
 
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory,
          peers: dict[str, socket.socket]) -> Iterator[NodeProc]:
-    workdir = tmp_path_factory.mktemp("control")
     cfg = node_config("solo", "ctl", None, broker={"embedded": {"port": 0}})
-    for name, s in peers.items():
-        cfg["ports"][name]["peer"] = f"127.0.0.1:{s.getsockname()[1]}"
-    n = NodeProc(workdir, "solo", cfg)
-    try:
-        n.start().wait_ready()
-        wait_until(lambda: n.role() == "active", 10, "the lone node to become active")
+    with lone_active(tmp_path_factory.mktemp("control"), cfg, peers) as n:
         yield n
-    finally:
-        n.stop()
 
 
 def error_of(status_body: tuple[int, bytes]) -> tuple[int, str]:

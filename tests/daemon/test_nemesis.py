@@ -28,7 +28,9 @@ from tests.daemon.conftest import (
     data_packets,
     handshake,
     http,
+    lone_active,
     node_config,
+    peer_sockets,
     udp_flow,
     wait_until,
 )
@@ -39,17 +41,8 @@ pytestmark = pytest.mark.timeout(60)
 # ================================================================ one node
 @pytest.fixture(scope="module")
 def peers() -> Iterator[dict[str, socket.socket]]:
-    socks = {}
-    for name in ("inside", "outside"):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind(("127.0.0.1", 0))
-        s.settimeout(5.0)
-        socks[name] = s
-    try:
+    with peer_sockets() as socks:
         yield socks
-    finally:
-        for s in socks.values():
-            s.close()
 
 
 @pytest.fixture(scope="module")
@@ -57,16 +50,9 @@ def node(tmp_path_factory: pytest.TempPathFactory,
          peers: dict[str, socket.socket]) -> Iterator[NodeProc]:
     cfg = node_config("solo", "nem", None, broker={"embedded": {"port": 0}},
                       sysctl={"nf_conntrack_icmp_timeout": 1})
-    for name, s in peers.items():
-        cfg["ports"][name]["peer"] = f"127.0.0.1:{s.getsockname()[1]}"
     cfg["ports"]["outside"]["annotate"] = True
-    n = NodeProc(tmp_path_factory.mktemp("nemesis"), "solo", cfg)
-    try:
-        n.start().wait_ready()
-        wait_until(lambda: n.role() == "active", 10, "the lone node to become active")
+    with lone_active(tmp_path_factory.mktemp("nemesis"), cfg, peers) as n:
         yield n
-    finally:
-        n.stop()
 
 
 def settings(doc: dict[str, Any]) -> dict[str, Any]:
