@@ -341,13 +341,32 @@ class Runner:
             self._begin_failover(old or "?", now)
         assert self.failover is not None
         self.failover.target = new
-        before = self.views[new].standby_state or {}
-        off = before.get("offload") or {}
-        if "eligible" in off:
-            self.ops.append(Op("info", new, now, F_PREINSTALL,
-                               {"installed": int(off["installed"]),
-                                "eligible": int(off["eligible"])}))
+        got = self._preinstalled(new, old)
+        if got is not None:
+            self.ops.append(Op("info", new, now, F_PREINSTALL, got))
         sw.active = new
+
+    def _preinstalled(self, new: str, old: str | None) -> dict[str, Any] | None:
+        """What the new active's card held when it took the role (the node
+        records it at that moment: its promotion), against the offloadable
+        connections the cluster had: the larger of the new active's own count
+        and the old active's last one (a node that promotes itself half-empty
+        must not measure itself against its own empty table). An insert the
+        card has accepted (PENDING, landing `insert_latency` later) counts."""
+        st = self.views[new].state or {}
+        promo = st.get("promotion")
+        if not isinstance(promo, dict) or promo.get("term") != st.get("term"):
+            off = (self.views[new].standby_state or {}).get("offload") or {}
+            if "eligible" not in off:
+                return None
+            promo = {**off, "pending": off.get("pending", 0), "at": None}
+        eligible = int(promo["eligible"])
+        before = (self.views[old].full or {}).get("offload") if old in self.views else None
+        if isinstance(before, dict) and "eligible" in before:
+            eligible = max(eligible, int(before["eligible"]))
+        in_hw, pending = int(promo["installed"]), int(promo.get("pending", 0))
+        return {"installed": min(in_hw + pending, eligible), "eligible": eligible,
+                "in_hw": in_hw, "pending": pending, "promoted_at": promo.get("at")}
 
     # ================================================================ observer
     async def _state(self, name: str, full: bool = True) -> dict[str, Any] | None:
@@ -361,12 +380,13 @@ class Runner:
             return None
         v.failures = 0
         v.state = st
+        if v.epoch is not None and st.get("epoch") != v.epoch:
+            v.events_since = 0  # a new process: its event numbers start again
+            v.standby_state = None  # ... and what the old one held is gone
         if full:
             v.full = st
             if st.get("role") != ACTIVE:
                 v.standby_state = st
-        if v.epoch is not None and st.get("epoch") != v.epoch:
-            v.events_since = 0  # a new process: its event numbers start again
         v.epoch = st.get("epoch")
         return dict(st)
 
@@ -581,7 +601,7 @@ class Runner:
             out[name] = {k: st.get(k) for k in (
                 "role", "term", "epoch", "roles", "gate", "tables", "sync_lag_ms",
                 "install_latency_ms", "bad_messages", "replica", "outbox", "nemesis",
-                "mechanisms", "offload", "counters")}
+                "mechanisms", "offload", "counters", "promotions")}
             out[name]["reachable"] = v.state is not None
             out[name]["card"] = self.cards.get(name)
         return out

@@ -95,6 +95,9 @@ class Member:
         self.clock = clock
         self._wake = asyncio.Event()
         self.role_events: asyncio.Queue[object] = asyncio.Queue()
+        # Called with each role/gate/peer event as the core emits it, before the
+        # queue: for what must be read at that very moment (the card at a promotion).
+        self.on_event: Callable[[object], None] | None = None
         self.impairment: Impairment | None = None
         self.seed = 0
         self.rng = random.Random(self.seed)
@@ -219,6 +222,8 @@ class Member:
 
     def _events_out(self) -> None:
         for ev in self.core.take_events():
+            if self.on_event is not None:
+                self.on_event(ev)
             self.role_events.put_nowait(ev)
 
     # ------------------------------------------------------------ in

@@ -129,6 +129,10 @@ class Node:
         self.events: deque[tuple[int, CtEvent]] = deque(maxlen=RING)
         self.event_seq = 0
         self.role_log: deque[tuple[float, str]] = deque(maxlen=200)
+        # Each time this node took the active role: its term, when (seconds since
+        # start) and what its card held then (views.offload_json): the pre-installed
+        # ratio of that failover, read at the moment itself.
+        self.promotions: deque[dict[str, Any]] = deque(maxlen=32)
         self.poll_seconds = Histogram((0.0001, 0.001, 0.01, 0.1, 0.5, 1.0))
 
     def _apply_tc(self, script: str, name: str) -> None:

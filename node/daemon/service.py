@@ -35,8 +35,11 @@ from typing import Any
 from node.daemon.config import NodeConfig, PortConfig
 from node.daemon.errors import ConfigError
 from node.daemon.node import Node, Received
+from node.daemon.views import offload_json
 from node.daemon.wire import MemoryPort, Port, UdpPort
 from syncbus.bus import BusConfig, MqttBus, Tls
+from syncbus.election import RoleChanged
+from syncbus.messages import ROLE_ACTIVE
 from syncbus.service import Member
 
 log = logging.getLogger("node.daemon")
@@ -84,7 +87,17 @@ class Daemon:
         self.wake = asyncio.Event()  # new work for the card or an earlier expiry
         self.events = asyncio.Condition()
         node.installs.on_queued = self.wake.set
+        member.on_event = self._on_event
         self.control_url = ""
+
+    def _on_event(self, ev: object) -> None:
+        """A role event, the moment the core emits it: a promotion records what
+        the card holds right then (for the pre-installed ratio)."""
+        if isinstance(ev, RoleChanged) and ev.new == ROLE_ACTIVE:
+            node = self.node
+            node.promotions.append({"term": ev.term, "at": round(self.clock() - node.started, 3),
+                                    "reason": ev.reason, "table": len(node.ct),
+                                    **offload_json(node)})
 
     # ------------------------------------------------------------ packets
     def _handle(self, port: str, data: bytes) -> Received:

@@ -24,7 +24,7 @@ from node.daemon.metrics import Metrics
 from node.daemon.node import Node
 from node.datapath import PATHS, Outcome
 from node.offload.flowtable import FLOW_USED
-from node.offload.hwtable import ABSENT, DYING, IN_HW, HwState
+from node.offload.hwtable import ABSENT, DYING, IN_HW, PENDING, HwState
 from node.offload.policy import should_offload
 from node.packet import build, ip_str
 from node.tc.skb import ct_state_str
@@ -121,28 +121,40 @@ def _ms(x: float | None) -> float | None:
 def _installed_ids(node: Node) -> set[int]:
     """Ids of the conntrack entries whose flow is in the card: at least one
     hardware entry IN_HW, none pending or failed (the conntrack listing's rule)."""
+    return _card_ids(node)[0]
+
+
+def _card_ids(node: Node) -> tuple[set[int], set[int]]:
+    """(installed, in flight): ids of the conntrack entries whose flow is in the
+    card (_installed_ids), and of those whose insert the card has accepted and
+    not completed yet (a hardware entry PENDING, none failed)."""
     flows, hw = node.card.flows, node.card.hw
     n = len(flows.owners)
     if not n:
-        return set()
+        return set(), set()
     st = hw.state_v[:2 * n].reshape(-1, 2)
+    used = (flows.flags[:n] & FLOW_USED).astype(bool)
     done = np.isin(st, _DONE).all(axis=1)
-    ok = (st == IN_HW).any(axis=1) & done & (flows.flags[:n] & FLOW_USED).astype(bool)
-    return set(flows.cookie[:n][ok].tolist())
+    ok = (st == IN_HW).any(axis=1) & done & used
+    flying = (st == PENDING).any(axis=1) & np.isin(st, _FLYING).all(axis=1) & used & ~ok
+    cookies = flows.cookie[:n]
+    return set(cookies[ok].tolist()), set(cookies[flying].tolist())
 
 
 _DONE = (IN_HW, DYING, ABSENT)
+_FLYING = (PENDING, IN_HW, DYING, ABSENT)
 _STATE_NAMES = {int(s): s.name for s in HwState}
 
 
 def offload_json(node: Node) -> dict[str, int]:
     """{"eligible": conntrack entries act_ct's offload rule (policy.should_offload)
     would put in the card (not in a software-only zone), "installed": how many of
-    them have their hardware entries IN_HW}. One pass over the table."""
+    them have their hardware entries IN_HW, "pending": how many more the card has
+    accepted, landing `insert_latency` later}. One pass over the table."""
     sw_only = node.card.sw_only_zones
-    ids = _installed_ids(node)
+    ids, flying = _card_ids(node)
     offload = should_offload
-    eligible = installed = 0
+    eligible = installed = pending = 0
     for entry in node.ct.entries():
         if offload(entry, IP_CT_ESTABLISHED if entry.status & IPS_SEEN_REPLY else IP_CT_NEW) \
                 is None or (sw_only and entry.zone in sw_only):
@@ -150,7 +162,9 @@ def offload_json(node: Node) -> dict[str, int]:
         eligible += 1
         if entry.id in ids:
             installed += 1
-    return {"eligible": eligible, "installed": installed}
+        elif entry.id in flying:
+            pending += 1
+    return {"eligible": eligible, "installed": installed, "pending": pending}
 
 
 def card_entries_json(node: Node) -> list[dict[str, Any]]:
@@ -184,7 +198,8 @@ def brief_state_json(node: Node) -> dict[str, Any]:
             "tables": {"conntrack": len(node.ct), "card_entries": node.card.hw.entries},
             "counters": dict(node.counters), "bad_messages": core.stats["bad_messages"],
             "outbox": {"items": core.outbox.stats.get("items", 0)},
-            "replica": {"items": core.replica.stats.get("items", 0)}}
+            "replica": {"items": core.replica.stats.get("items", 0)},
+            "promotion": node.promotions[-1] if node.promotions else None}
 
 
 def state_json(node: Node, now: float, bus: dict[str, Any]) -> dict[str, Any]:
@@ -218,6 +233,7 @@ def state_json(node: Node, now: float, bus: dict[str, Any]) -> dict[str, Any]:
         "aging": dict(core.aging.stats), "bus": bus, "uptime": round(now - node.started, 3),
         "now": now, "roles": [[round(t - node.started, 3), what] for t, what in node.role_log],
         "mechanisms": dataclasses.asdict(node.cfg.mechanisms), "offload": offload_json(node),
+        "promotions": list(node.promotions),
     }
 
 

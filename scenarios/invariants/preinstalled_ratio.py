@@ -1,5 +1,11 @@
 """At failover, the new active already holds in its card most of the
-connections that can be offloaded (the pre-installed ratio)."""
+connections that can be offloaded (the pre-installed ratio).
+
+The runner records one F_PREINSTALL per failover: what the new active's card
+held at the moment it took the role (the node records it then: /state
+"promotions"), against the larger of its own offloadable count and the old
+active's, so a node that promotes itself half-empty (no readiness gate) is
+measured against the cluster's table, not its own."""
 
 from __future__ import annotations
 

@@ -132,6 +132,12 @@ def test_after_a_is_killed_b_forwards_its_established_flows_in_hw_from_the_first
     st = b.state()
     assert st["role"] == "active" and st["term"] >= 1
     assert any(not p["alive"] and p["node"] == "a" for p in st["peers"])
+    # b recorded, at the moment it took over, that its card already held them all
+    promo = st["promotions"][-1]
+    assert promo["term"] == st["term"] and promo["table"] == len(sports)
+    assert promo["eligible"] == len(sports)
+    assert promo["installed"] + promo["pending"] == len(sports)
+    assert b.get("/state?brief=1")["promotion"] == promo
 
 
 # ================================================================ broker restart
