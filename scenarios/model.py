@@ -25,7 +25,7 @@ through it, which faults to inject when, and which invariants must hold::
     # tc_file: firewall.tc          # or the script in a file next to this one
     traffic:
       web: {proto: tcp, count: 1000, open_rate: 500, packet_rate: 2, payload: [64, 512],
-            duration: 10s, start: 0s, nat: false}
+            duration: 10s, start: 0s, nat: false, max_opening: 256}
     faults:
       - {at: 5s, kind: kill, target: active, duration: 5s}
     invariants:
@@ -235,7 +235,10 @@ class TrafficProfile:
     `start`; each exchanges `packet_rate` requests per second (each answered)
     with payloads of `payload` bytes (a [lo, hi] range) and closes `duration`
     after it opened (None: when the run ends). FTP flows run control sessions
-    with a data connection per transfer (`ftp_mode` passive or active)."""
+    with a data connection per transfer (`ftp_mode` passive or active). At most
+    `max_opening` of its flows are in their handshake at once (a client's
+    connect backlog): further opens wait, so an overloaded path slows the
+    openings down instead of drowning in retransmitted SYNs."""
 
     name: str
     proto: str
@@ -251,6 +254,7 @@ class TrafficProfile:
     port: int = 80
     asymmetric: bool = False
     ftp_mode: str = "passive"
+    max_opening: int = 256
 
 
 @dataclass(frozen=True)
@@ -557,6 +561,7 @@ class _Loader:
             proto = s.choice("proto", None, PROTOS, "traffic protocol")
             count = s.integer("count", None, lo=1, hi=1_000_000)
             open_rate = s.number("open_rate", 1000.0, lo=0.001, hi=1e6)
+            max_opening = s.integer("max_opening", 256, lo=1, hi=1_000_000)
             packet_rate = s.number("packet_rate", 1.0, lo=0.0, hi=10_000.0)
             payload = self.payload(s)
             life = s.seconds("duration", None, lo=0.001, hi=7 * 86400.0, nullable=True)
@@ -583,7 +588,7 @@ class _Loader:
             s.done()
             out.append(TrafficProfile(name, str(proto), int(count or 0), clients, server,
                                       open_rate, packet_rate, payload, life, start, nat,
-                                      port, asymmetric, ftp_mode))
+                                      port, asymmetric, ftp_mode, int(max_opening or 256)))
         return tuple(out)
 
     def payload(self, s: _Map) -> tuple[int, int]:

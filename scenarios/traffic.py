@@ -210,6 +210,7 @@ class _Flow:
         self.translated = False
         self.children = 0
         self.wake = float("inf")  # the earliest wake-up queued for this flow
+        self.backlog: _Opener | None = None  # whose handshake backlog it occupies
 
     @property
     def live(self) -> bool:
@@ -250,10 +251,16 @@ class _Flow:
         value.update(extra)
         self.gen.ops.append(Op(type_, self.id, now, f, value))
 
+    def _handshake_over(self) -> None:
+        if self.backlog is not None:
+            self.backlog.opening -= 1
+            self.backlog = None
+
     def established(self, now: float) -> None:
         if self.established_at is None:
             self.established_at = now
             self.state = ESTABLISHED
+            self._handshake_over()
             self.op("ok", F_OPEN, now)
 
     def start_close(self, now: float) -> None:
@@ -266,6 +273,7 @@ class _Flow:
             if self.state != CLOSING:
                 self.op("invoke", F_CLOSE, now)
             self.state, self.closed_at = CLOSED, now
+            self._handshake_over()
             self.op("ok", F_CLOSE, now)
 
     def broken(self, now: float, reason: str) -> None:
@@ -274,6 +282,7 @@ class _Flow:
         f = F_OPEN if self.established_at is None else F_CLOSE if self.state == CLOSING \
             else F_TRANSFER
         self.state, self.reason, self.closed_at = BROKEN, reason, now
+        self._handshake_over()
         self.op("fail", f, now, reason=reason)
 
     # the contract of a flow kind
@@ -838,12 +847,15 @@ class _Opener:
     def __init__(self, index: int, prof: TrafficProfile) -> None:
         self.index, self.prof = index, prof
         self.opened = 0
+        self.opening = 0  # its flows in their handshake now (at most prof.max_opening)
         self.next_client = 0
         self.next_server_port = 0
         self.hosts = [int(h) for h in ipaddress.IPv4Network(prof.clients).hosts()]
 
     def due(self) -> float | None:
-        if self.opened >= self.prof.count:
+        """When the next flow opens (None: all opened, or the backlog is full:
+        the next open waits for one in its handshake to finish)."""
+        if self.opened >= self.prof.count or self.opening >= self.prof.max_opening:
             return None
         return self.prof.start + self.opened / self.prof.open_rate
 
@@ -923,6 +935,8 @@ class TrafficGen:
         if self._closing_at is not None:
             flow.close_at = now
         self._flows[fid] = flow
+        flow.backlog = opener
+        opener.opening += 1
         flow.open(now)
         self._arm(flow)
 

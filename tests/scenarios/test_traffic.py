@@ -27,6 +27,7 @@ from scenarios.traffic import (
     CLOSED,
     ESTABLISHED,
     INSIDE,
+    OPENING,
     ORIG,
     OUTSIDE,
     REPLY,
@@ -184,6 +185,26 @@ def test_close_all_ends_every_flow_and_opens_no_more() -> None:
     counts = gen.counts()
     assert counts["pending"] == 0 and counts[CLOSED] == len(gen.flows()) < 100
     assert gen.finished
+
+
+def test_openings_wait_while_the_handshake_backlog_is_full() -> None:
+    """A path that answers nothing: no more than max_opening flows are ever in
+    their handshake; only when they break do the next ones open (a slow cluster
+    slows the openings down instead of drowning in retransmitted SYNs)."""
+    gen = TrafficGen(profile(count=50, open_rate=1000.0, duration=None, max_opening=8), seed=1)
+    now, most = 0.0, 0
+    while now < 40.0:
+        for send in gen.next_packets(now):
+            gen.lost(send.flow_id, send.direction, send.packet, now)
+        most = max(most, gen.counts()[OPENING])
+        now = round(now + 0.05, 6)
+    counts = gen.counts()
+    assert most == 8 and counts[OPENING] == 8 and counts[BROKEN] % 8 == 0
+    assert counts[BROKEN] >= 16 and counts["pending"] == 50 - 8 - counts[BROKEN]
+    # and once the path answers, the backlog drains and every flow opens
+    gen = TrafficGen(profile(count=50, open_rate=1000.0, duration=None, max_opening=8), seed=1)
+    Wire(gen).run(1.0)
+    assert gen.counts()[ESTABLISHED] == 50
 
 
 def test_a_dead_path_breaks_the_flows_after_the_retransmissions() -> None:
