@@ -102,7 +102,7 @@ def test_nemesis_answers_with_the_full_state_and_state_shows_it(node: NodeProc) 
         assert st["nemesis"]["sync"]["seed"] == 5
         assert st["mechanisms"] == {"replication": True, "preinstall": True,
                                     "distributed_aging": True, "readiness_gate": True}
-        assert set(st["offload"]) == {"eligible", "installed"}
+        assert set(st["offload"]) == {"eligible", "installed", "pending"}
     finally:
         assert node.post("/nemesis", {"sync": None})["sync"] is None
     assert node.role() == "active"
@@ -274,7 +274,7 @@ def test_preinstall_off_keeps_bs_card_empty_while_its_conntrack_has_the_entries(
     time.sleep(0.3)
     assert b.get("/card/entries")["entries"] == []
     assert b.state()["tables"]["card_entries"] == 0
-    assert b.state()["offload"] == {"eligible": 4, "installed": 0}
+    assert b.state()["offload"] == {"eligible": 4, "installed": 0, "pending": 0}
     assert all(b.entry(s)["card"] is None for s in sports)  # type: ignore[index]
     a.kill9()
     wait_until(lambda: b.role() == "active", 10, "b to take over")

@@ -102,8 +102,8 @@ def test_preinstall_off_keeps_the_standbys_card_empty_until_traffic_offloads_the
     assert entry is not None and b.core.replica.meta[entry.id].origin == "a"
     assert b.card.hw.entries == 0 and len(b.card.flows) == 0
     assert b.card.counters.synced == 0 and b.core.replica.stats["installed"] == 0
-    assert offload_json(b) == {"eligible": 1, "installed": 0}
-    assert offload_json(a) == {"eligible": 1, "installed": 1}
+    assert offload_json(b) == {"eligible": 1, "installed": 0, "pending": 0}
+    assert offload_json(a) == {"eligible": 1, "installed": 1, "pending": 0}
     # failover: the first packets on b go through software, which offloads the
     # synced entry as it would a local one; once inserted, traffic is in hardware
     net.remove("a")
@@ -115,7 +115,7 @@ def test_preinstall_off_keeps_the_standbys_card_empty_until_traffic_offloads_the
     net.run(0.05)
     fid = b.card.flows.fid_of(entry)
     assert fid >= 0 and b.card.hw.state[2 * fid] == IN_HW
-    assert offload_json(b) == {"eligible": 1, "installed": 1}
+    assert offload_json(b) == {"eligible": 1, "installed": 1, "pending": 0}
     out = b.receive(reply[0], build(reply[1]), net.now).outcome
     assert out is not None and out.path == "hw" and out.forwarded
 
@@ -123,7 +123,7 @@ def test_preinstall_off_keeps_the_standbys_card_empty_until_traffic_offloads_the
 def test_preinstall_on_installs_on_arrival() -> None:
     _, _, b = nodes(preinstall=True)
     assert b.card.hw.entries == 2 and b.card.counters.synced == 1
-    assert offload_json(b) == {"eligible": 1, "installed": 1}
+    assert offload_json(b) == {"eligible": 1, "installed": 1, "pending": 0}
 
 
 # ================================================================ aging
