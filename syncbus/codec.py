@@ -29,7 +29,12 @@ block are present), so a record is parsed with one struct call and its length
 is checked exactly; unsigned fields of a fixed width are their own range check.
 An item that needs more (a creator other than the envelope's origin, labels, a
 helper, a master tuple or NAT ranges) is the array [record, creator, creator
-epoch, labels(16 bytes), helper, master record, nat] with nil for absent parts.
+epoch, labels(16 bytes), helper, master record, nat] with nil for absent parts;
+an upsert of a connection with expectations (a helper's master) has an eighth
+element, [expectation, ...] (1..MAX_EXPECTS), each [record, helper, fn]:
+
+    expectation    EXPECT_HDR (flags: family, wildcard source address / port;
+                   proto, class, NF_CT_EXPECT_* flags, timeout, period), tuple
 
     upsert record  UPSERT_HDR, orig tuple, [reply tuple], [TCP block]
     delete record  DELETE_HDR, orig tuple, [reply tuple]
@@ -61,6 +66,7 @@ from syncbus.messages import (
     CtDelete,
     CtUpsert,
     Envelope,
+    ExpectInfo,
     Heartbeat,
     Item,
     NatInfo,
@@ -80,6 +86,10 @@ MAX_MESSAGE_BYTES = 1 << 20  # well under Mosquitto's 2 MB max_packet_size
 MAX_ITEMS = 16384  # per CtBatch / SnapshotChunk
 MAX_TOUCHES = 65536  # per TouchDigest
 MAX_HELPER_LEN = 15  # NF_CT_HELPER_NAME_LEN - 1
+MAX_EXPECTS = 255  # per master (NF_CT_EXPECT_MAX_CNT)
+MAX_FN_LEN = 31  # an expectfn's name
+MAX_EXPECT_CLASS = 3  # NF_CT_MAX_EXPECT_CLASSES - 1
+EXPECT_FLAGS = 0x07  # NF_CT_EXPECT_PERMANENT | _INACTIVE | _USERSPACE
 TAG_BYTES = 32
 FORMAT_AUTH = 0x80
 U16, U32, U64 = 0xFFFF, 0xFFFFFFFF, (1 << 64) - 1
@@ -108,6 +118,10 @@ UPSERT_HDR = "BBHHIQIIIB"  # flags proto zone status mark id timeout period age 
 DELETE_HDR = "BBHQ"  # flags proto zone id
 TCP_BLOCK = "B" + "IIIIBB" * 2 + "BBIIIIBBB"
 TOUCH_HDR = "BBHI"  # flags(F_V6) proto zone ms_ago
+EXPECT_HDR = "BBBBII"  # flags(F_V6, X_ANY_*) proto class exp_flags timeout period
+X_ANY_ADDR = 0x01  # expectation record flags: the source address is a wildcard
+X_ANY_PORT = 0x02  # the source port is a wildcard
+_X_KNOWN = F_V6 | X_ANY_ADDR | X_ANY_PORT
 
 
 def _struct(head: str, v6: bool, reply: bool, tcp: bool = False) -> struct.Struct:
@@ -121,6 +135,7 @@ _DELETE = {f: _struct(DELETE_HDR, bool(f & F_V6), not f & F_REPLY_INV)
            for f in (0, F_V6, F_REPLY_INV, F_V6 | F_REPLY_INV)}
 _TUPLE = {0: struct.Struct("!B" + "B" + _T4), F_V6: struct.Struct("!B" + "B" + _T6)}
 _TOUCH = {0: struct.Struct("!" + TOUCH_HDR + _T4), F_V6: struct.Struct("!" + TOUCH_HDR + _T6)}
+_EXPECT = {0: struct.Struct("!" + EXPECT_HDR + _T4), F_V6: struct.Struct("!" + EXPECT_HDR + _T6)}
 _UPSERT_FIXED = struct.calcsize("!" + UPSERT_HDR)
 
 _packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
@@ -318,7 +333,7 @@ def item_record(item: Item, origin: str, epoch: int) -> tuple[bytes, bool]:
     except struct.error as exc:
         raise _fail(f"cannot encode item: {exc}") from None
     extra = (not own or item.labels != 0 or item.helper is not None
-             or item.master is not None or item.nat is not None)
+             or item.master is not None or item.nat is not None or bool(item.expects))
     return rec, extra
 
 
@@ -341,9 +356,12 @@ def item_object(item: Item, origin: str, epoch: int) -> Any:
     helper = item.helper
     if helper is not None and not _valid_helper(helper):
         raise _fail(f"bad helper name {helper!r}")
-    return [rec, creator, cepoch, labels.to_bytes(16, "big") if labels else None, helper,
-            _tuple_record(item.master) if item.master is not None else None,
-            _nat_object(item.nat) if item.nat is not None else None]
+    out = [rec, creator, cepoch, labels.to_bytes(16, "big") if labels else None, helper,
+           _tuple_record(item.master) if item.master is not None else None,
+           _nat_object(item.nat) if item.nat is not None else None]
+    if item.expects:
+        out.append(_expects_object(item.expects, item.orig))
+    return out
 
 
 def pack_item(item: Item, origin: str, epoch: int) -> bytes:
@@ -391,9 +409,14 @@ def pack_own_upsert(entry_id: int, orig: Tuple, reply: Tuple, zone: int, status:
     return _BIN8[len(rec)] + rec
 
 
-def _valid_helper(name: object) -> bool:
-    return (isinstance(name, str) and 0 < len(name) <= MAX_HELPER_LEN
+def _valid_helper(name: object, limit: int = MAX_HELPER_LEN) -> bool:
+    return (isinstance(name, str) and 0 < len(name) <= limit
             and name.isascii() and all(c.isalnum() or c in "-_" for c in name))
+
+
+def _valid_fn(name: object) -> bool:
+    """An expectfn's name (struct nf_ct_helper_expectfn.name: "nat-follow-master")."""
+    return _valid_helper(name, MAX_FN_LEN)
 
 
 def _tuple_record(t: Tuple) -> bytes:
@@ -402,6 +425,30 @@ def _tuple_record(t: Tuple) -> bytes:
         return _TUPLE[fam].pack(fam, t.proto, t.src, t.dst, t.sport, t.dport)
     except struct.error as exc:
         raise _fail(f"cannot encode tuple: {exc}") from None
+
+
+def _expects_object(expects: Sequence[ExpectInfo], master: Tuple) -> list[Any]:
+    _check_count(len(expects), MAX_EXPECTS, "expectations")
+    out = []
+    for x in expects:
+        t = x.tuple
+        fam = _fam(t)
+        if t.family != master.family:
+            raise _fail("an expectation is in its master's address family")
+        if x.helper is not None and not _valid_helper(x.helper):
+            raise _fail(f"bad expectation helper {x.helper!r}")
+        if x.fn is not None and not _valid_fn(x.fn):
+            raise _fail(f"bad expectation fn {x.fn!r}")
+        if not (_is_int(x.flags, EXPECT_FLAGS) and _is_int(x.cls, MAX_EXPECT_CLASS)):
+            raise _fail("bad expectation flags or class")
+        flags = fam | (X_ANY_ADDR if x.src_any_addr else 0) | (X_ANY_PORT if x.src_any_port else 0)
+        try:
+            rec = _EXPECT[fam].pack(flags, t.proto, x.cls, x.flags, _ms(x.timeout),
+                                    _ms(x.period), t.src, t.dst, t.sport, t.dport)
+        except struct.error as exc:
+            raise _fail(f"cannot encode expectation: {exc}") from None
+        out.append([rec, x.helper, x.fn])
+    return out
 
 
 def _nat_object(nat: NatInfo) -> list[Any]:
@@ -493,7 +540,14 @@ def _items(body: object, origin: str, epoch: int) -> tuple[Item, ...]:
     return tuple(out)
 
 
+_ABSENT = object()
+
+
 def _extended(it: object, origin: str, epoch: int) -> Item:
+    expects: object = _ABSENT
+    if type(it) is tuple and len(it) == 8:  # an upsert with expectations
+        expects = it[7]
+        it = it[:7]
     rec, creator, cepoch, labels, helper, master, nat = _array(it, 7, "an extended item")
     if type(rec) is not bytes or not rec:
         raise _fail("an item record must be bytes")
@@ -514,9 +568,15 @@ def _extended(it: object, origin: str, epoch: int) -> Item:
         extras = (int.from_bytes(labels, "big") if labels is not None else 0, helper,
                   _decode_tuple(master) if master is not None else None,
                   _decode_nat(nat) if nat is not None else None)
-    elif not (labels is None and helper is None and master is None and nat is None):
-        raise _fail("a delete has no labels, helper, master or NAT")
-    return _record(rec, origin, epoch, ident, extras)
+    elif not (labels is None and helper is None and master is None and nat is None
+              and expects is _ABSENT):
+        raise _fail("a delete has no labels, helper, master, NAT or expectations")
+    item = _record(rec, origin, epoch, ident, extras)
+    if expects is _ABSENT:
+        return item
+    if type(item) is not CtUpsert:
+        raise _fail("only an upsert carries expectations")
+    return item._replace(expects=_decode_expects(expects, item.orig.family))
 
 
 def _record(rec: bytes, origin: str, epoch: int, ident: tuple[str, int] | None,
@@ -570,7 +630,7 @@ def _record(rec: bytes, origin: str, epoch: int, ident: tuple[str, int] | None,
     labels, helper, master, nat = extras if extras is not None else (0, None, None, None)
     return _new(CtUpsert, (_new(ConnId, (creator, cepoch, f[5])), orig, reply, f[2], f[3],
                            f[6] / 1000.0, f[7] / 1000.0, f[8] / 1000.0, f[4], labels, helper,
-                           master, tcp, nat, offload))
+                           master, tcp, nat, offload, ()))
 
 
 def _tcp(f: tuple[Any, ...], i: int) -> TcpInfo:
@@ -589,6 +649,36 @@ def _decode_tuple(rec: object) -> Tuple:
         raise _fail("bad tuple record")
     _, proto, src, dst, sport, dport = st.unpack(rec)
     return Tuple(6 if fam else 4, proto, src, dst, sport, dport)
+
+
+def _decode_expects(obj: object, family: int) -> tuple[ExpectInfo, ...]:
+    if type(obj) is not tuple or not obj:
+        raise _fail("expectations must be a non-empty array")
+    _check_count(len(obj), MAX_EXPECTS, "expectations")
+    out = []
+    for x in obj:
+        rec, helper, fn = _array(x, 3, "an expectation")
+        if type(rec) is not bytes or not rec:
+            raise _fail("an expectation record must be bytes")
+        flags = rec[0]
+        if flags & ~_X_KNOWN:
+            raise _fail(f"unknown expectation flags {flags:#x}")
+        st = _EXPECT[flags & F_V6]
+        if len(rec) != st.size:
+            raise _fail(f"expectation record of {len(rec)} bytes, expected {st.size}")
+        _, proto, cls, xflags, timeout, period, src, dst, sport, dport = st.unpack(rec)
+        fam = 6 if flags & F_V6 else 4
+        if fam != family:
+            raise _fail("an expectation is in its master's address family")
+        if cls > MAX_EXPECT_CLASS or xflags & ~EXPECT_FLAGS:
+            raise _fail("bad expectation flags or class")
+        if (helper is not None and not _valid_helper(helper)) \
+                or (fn is not None and not _valid_fn(fn)):
+            raise _fail(f"bad expectation helper or fn {helper!r} / {fn!r}")
+        out.append(ExpectInfo(_new(Tuple, (fam, proto, src, dst, sport, dport)),
+                              bool(flags & X_ANY_ADDR), bool(flags & X_ANY_PORT), helper,
+                              timeout / 1000.0, period / 1000.0, xflags, cls, fn))
+    return tuple(out)
 
 
 def _decode_nat(obj: object) -> NatInfo:
@@ -683,6 +773,6 @@ _BODY: dict[int, Callable[[object, str, int], Body]] = {
     T_SNAP_START: _snap_start, T_SNAP_CHUNK: _snap_chunk, T_SNAP_END: _snap_end,
 }
 
-__all__ = ["MAX_ITEMS", "MAX_MESSAGE_BYTES", "MAX_TOUCHES", "check_key", "decode", "encode",
-           "encode_packed", "item_object", "item_record", "pack_item", "pack_own_upsert",
-           "packed_overhead"]
+__all__ = ["MAX_EXPECTS", "MAX_ITEMS", "MAX_MESSAGE_BYTES", "MAX_TOUCHES", "check_key",
+           "decode", "encode", "encode_packed", "item_object", "item_record", "pack_item",
+           "pack_own_upsert", "packed_overhead"]

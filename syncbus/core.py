@@ -44,6 +44,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from node.conntrack.entry import IPS_DYING
 from node.conntrack.events import DESTROY, CtEvent
 from node.conntrack.table import Conntrack
 from syncbus import codec, topics
@@ -133,6 +134,8 @@ class SyncCore:
         self.ct = ct
         self.card = card
         self.epoch = epoch
+        if cfg.replication:
+            ct.expect.watch()  # masters whose expectations change are republished
         self.aging = Aging()
         self.replica = Replica(cfg.node, epoch, ct, card if cfg.preinstall else None,
                                tombstone_ttl=cfg.tombstone_ttl,
@@ -281,6 +284,14 @@ class SyncCore:
                 continue  # gone since (its DESTROY follows)
             replica.adopt(entry)
             outbox.upsert(entry, now)
+        if self.cfg.replication:
+            # A helper created an expectation, or a connection took one: the
+            # master's record carries its expectations (IPEXP_NEW / _DESTROY).
+            for master in ct.expect.take_changed():
+                if master.status & IPS_DYING or ct.find(master.orig, master.zone) is not master:
+                    continue  # not (or no longer) in the table: its events say so
+                replica.adopt(master)
+                outbox.upsert(master, now)
         return outbox.poll(now)
 
     def touches(self, now: float) -> list[Publish]:

@@ -25,8 +25,22 @@ from node.conntrack.entry import (
 from node.conntrack.nat import NatBinding, NatRange, register
 from node.conntrack.table import Conntrack
 from node.conntrack.tcp import TcpConn
-from node.conntrack.tcp_table import sCL, sCW, sES, sFW, sLA, sNO, sS2, sSR, sSS, sTW
+from node.conntrack.tcp_table import (
+    IP_CT_TCP_FLAG_BE_LIBERAL,
+    IP_CT_TCP_FLAG_CLOSE_INIT,
+    sCL,
+    sCW,
+    sES,
+    sFW,
+    sLA,
+    sNO,
+    sS2,
+    sSR,
+    sSS,
+    sTW,
+)
 from syncbus import codec
+from syncbus.expectstate import apply_expects, expect_infos
 from syncbus.messages import (
     OFFLOAD_HW,
     OFFLOAD_NONE,
@@ -48,8 +62,13 @@ _M = 0xFFFFFFFF
 _H = 0x80000000
 
 # "Most advanced state wins" (pfsync_upd_tcp()): a rank that only grows over a
-# connection's life. FIN_WAIT and CLOSE_WAIT (one side closed) rank equal.
-TCP_RANK = {sNO: 0, sSS: 1, sS2: 2, sSR: 3, sES: 4, sFW: 5, sCW: 5, sLA: 6, sTW: 7, sCL: 8}
+# connection's life, in the order conntrack's state table moves through them
+# (tcp_conntracks: a FIN makes FIN_WAIT, an ACK then CLOSE_WAIT, the other
+# side's FIN LAST_ACK, never backwards). Two members that each saw one side's
+# FIN (asymmetric paths) hold FIN_WAIT / CLOSE_WAIT with CLOSE_INIT set in
+# different directions: joined, that is LAST_ACK (merge_tcp()).
+TCP_RANK = {sNO: 0, sSS: 1, sS2: 2, sSR: 3, sES: 4, sFW: 5, sCW: 6, sLA: 7, sTW: 8, sCL: 9}
+_CLOSE_INIT = IP_CT_TCP_FLAG_CLOSE_INIT
 
 
 # ---------------------------------------------------------------- entry -> record
@@ -94,7 +113,8 @@ def upsert_of(entry: Entry, conn: ConnId, now: float) -> CtUpsert:
         max(entry.expires_at - now, 0.0), entry.timeout, max(now - entry.created, 0.0),
         entry.mark, entry.labels, entry.helper, master.orig if master is not None else None,
         tcp_info(entry.proto) if entry.orig.proto == IPPROTO_TCP else None,
-        nat_info(nat) if nat is not None else None, offload_state(status)))
+        nat_info(nat) if nat is not None else None, offload_state(status),
+        expect_infos(entry, now)))
 
 
 def pack_entry(entry: Entry, conn: ConnId, now: float, origin: str, epoch: int) -> bytes:
@@ -102,7 +122,7 @@ def pack_entry(entry: Entry, conn: ConnId, now: float, origin: str, epoch: int) 
     building the record for the common case (the sender's own connection, no
     labels, helper, master or NAT binding): the send path runs it per event."""
     if (conn.creator != origin or conn.epoch != epoch or entry.labels
-            or entry.helper is not None or entry.master is not None
+            or entry.helper is not None or entry.master is not None or entry.expect_count
             or (entry.nat is not None and nat_info(entry.nat) is not None)):
         return codec.pack_item(upsert_of(entry, conn, now), origin, epoch)
     tcp = None
@@ -127,6 +147,19 @@ def tcp_conn(info: TcpInfo) -> TcpConn:
      c.td_end1, c.td_maxend1, c.td_maxwin1, c.td_maxack1, c.td_scale1, c.flags1,
      c.last_dir, c.last_index, c.last_seq, c.last_ack, c.last_end, c.last_win, c.last_wscale,
      c.last_flags, c.retrans) = info
+    return c
+
+
+def injected_tcp(info: TcpInfo) -> TcpConn:
+    """tcp_conn() for an entry the replica writes: BE_LIBERAL in both
+    directions, as conntrackd forces on what it injects (ctd_force_tcp_be_liberal()).
+    The record's windows are those of the last event that published them (events
+    are not per packet): data sent since is out of window here, and a standby that
+    took over would drop it (connections that are never offloaded, like FTP's
+    control connection, have no card to carry them; the card sets it as well)."""
+    c = tcp_conn(info)
+    c.flags0 |= IP_CT_TCP_FLAG_BE_LIBERAL
+    c.flags1 |= IP_CT_TCP_FLAG_BE_LIBERAL
     return c
 
 
@@ -155,7 +188,7 @@ def new_entry(up: CtUpsert, ct: Conntrack, now: float) -> Entry:
     entry.labels = up.labels
     entry.nat = nat
     if up.tcp is not None:
-        entry.proto = tcp_conn(up.tcp)
+        entry.proto = injected_tcp(up.tcp)
     if up.master is not None:
         entry.master = ct.find(up.master, up.zone)
     if up.helper is not None:
@@ -163,10 +196,14 @@ def new_entry(up: CtUpsert, ct: Conntrack, now: float) -> Entry:
     return entry
 
 
-def after_insert(ct: Conntrack, entry: Entry) -> None:
-    """What the engine needs once a synced entry is in the table."""
+def after_insert(ct: Conntrack, entry: Entry, up: CtUpsert | None = None,
+                 now: float = 0.0) -> None:
+    """What the engine needs once a synced entry is in the table (built from
+    `up`: its expectations go in now that their master is there)."""
     if entry.status & IPS_SRC_NAT_DONE:
         register(ct, entry)  # known to find_appropriate_src(), as ctnetlink does
+    if up is not None and up.expects:
+        apply_expects(ct, entry, up.expects, now, True)
 
 
 def _set_helper(ct: Conntrack, entry: Entry, name: str) -> None:
@@ -188,9 +225,10 @@ def replace_state(entry: Entry, up: CtUpsert, ct: Conntrack, now: float) -> None
     entry.labels = up.labels
     entry.nat = nat
     if up.tcp is not None:
-        entry.proto = tcp_conn(up.tcp)
+        entry.proto = injected_tcp(up.tcp)
     if up.helper is not None and up.helper != entry.helper:
         _set_helper(ct, entry, up.helper)
+    apply_expects(ct, entry, up.expects, now, True)  # the writer's whole set
 
 
 def _set_timeout(ct: Conntrack, entry: Entry, up: CtUpsert, now: float) -> None:
@@ -213,10 +251,12 @@ def merge_state(entry: Entry, up: CtUpsert, ct: Conntrack, now: float) -> bool:
         changed = True
     if up.tcp is not None:
         if entry.proto is None:
-            entry.proto = tcp_conn(up.tcp)
+            entry.proto = injected_tcp(up.tcp)
             changed = True
         else:
             changed |= merge_tcp(entry.proto, up.tcp)
+    if up.expects:  # another writer's expectations join this node's
+        apply_expects(ct, entry, up.expects, now, False)
     return changed
 
 
@@ -239,6 +279,18 @@ def merge_tcp(conn: TcpConn, info: TcpInfo) -> bool:
         changed = True
     changed |= _merge_dir(conn, "0", info.direction(0))
     changed |= _merge_dir(conn, "1", info.direction(1))
+    # A FIN seen in each direction (CLOSE_INIT is set by the FIN that leaves
+    # ESTABLISHED, one per member on asymmetric paths), even when a member has not
+    # learnt that direction's window yet (td_maxwin 0 after a flow offload fixup).
+    for d, theirs in (("0", info.flags0), ("1", info.flags1)):
+        name = "flags" + d
+        mine = getattr(conn, name)
+        if theirs & _CLOSE_INIT and not mine & _CLOSE_INIT:
+            setattr(conn, name, mine | _CLOSE_INIT)
+            changed = True
+    if conn.flags0 & conn.flags1 & _CLOSE_INIT and conn.state in (sFW, sCW):
+        conn.state = sLA  # both sides sent their FIN: only the last ACK is missing
+        changed = True
     return changed
 
 
@@ -266,6 +318,6 @@ def _merge_dir(c: TcpConn, d: str, theirs: TcpDir) -> bool:
     return True
 
 
-__all__ = ["LOCAL_BITS", "TCP_RANK", "after_insert", "delete_of", "merge_state", "merge_tcp",
-           "nat_binding", "nat_info", "new_entry", "offload_state", "pack_entry", "replace_state",
-           "tcp_conn", "tcp_info", "upsert_of"]
+__all__ = ["LOCAL_BITS", "TCP_RANK", "after_insert", "delete_of", "injected_tcp",
+           "merge_state", "merge_tcp", "nat_binding", "nat_info", "new_entry", "offload_state",
+           "pack_entry", "replace_state", "tcp_conn", "tcp_info", "upsert_of"]

@@ -6,7 +6,8 @@ and is the only place that validates what comes off the wire.
   Envelope        version, cluster, origin node, epoch (process incarnation),
                   seq (per origin, epoch and stream, no gaps on the ct stream),
                   sent_at (the origin's clock), body
-  CtBatch         coalesced connection states: CtUpsert | CtDelete items
+  CtBatch         coalesced connection states: CtUpsert | CtDelete items (an
+                  upsert carries its connection's expectations: ExpectInfo)
   TouchDigest     distributed aging: connections seen this poll cycle, "seconds ago"
   Heartbeat       membership and roles (retained; the MQTT will says "offline")
   ResyncRequest   "send me what I missed from seq N" or "send me everything"
@@ -14,7 +15,7 @@ and is the only place that validates what comes off the wire.
                   a bulk transfer between explicit markers (pfsync's BUS start/end)
 
 Envelopes and bodies are frozen dataclasses. The per-connection records
-(CtUpsert, CtDelete, TcpInfo ...) are NamedTuples instead, for the reason the
+(CtUpsert, CtDelete, TcpInfo, ExpectInfo ...) are NamedTuples instead, for the reason the
 engine's Tuple is one: they are built and read hundreds of thousands of times
 a second on the replication path, and a NamedTuple is built in C (a frozen
 dataclass sets each field through object.__setattr__, ~10x slower measured
@@ -128,6 +129,25 @@ class NatInfo(NamedTuple):
     dst: NatRangeInfo | None
 
 
+class ExpectInfo(NamedTuple):
+    """One expectation of the connection whose record carries it (its master;
+    node.conntrack.expect.Expectation): what the expected connection's original
+    tuple looks like (wildcard fields 0) and which fields are wildcards, the
+    helper the expected connection gets, and its timer (conntrackd's
+    ExpectationSync: a standby must know it for the expected connection to be
+    RELATED after a failover)."""
+
+    tuple: Tuple
+    src_any_addr: bool
+    src_any_port: bool
+    helper: str | None  # the helper the expected connection gets (None for FTP data)
+    timeout: float  # seconds left on the sender when sent
+    period: float  # the expectation's full timeout, seconds
+    flags: int  # NF_CT_EXPECT_* bits
+    cls: int  # expectation class (helper policy index)
+    fn: str | None  # expectfn by name
+
+
 class CtUpsert(NamedTuple):
     """Everything a standby needs to take a connection over without re-learning it."""
 
@@ -146,6 +166,7 @@ class CtUpsert(NamedTuple):
     tcp: TcpInfo | None
     nat: NatInfo | None
     offload: int  # OFFLOAD_NONE / _SW / _HW on the sender
+    expects: tuple[ExpectInfo, ...] = ()  # its expectations (a helper's master), oldest first
 
     @property
     def key(self) -> tuple[int, Tuple]:
@@ -252,6 +273,6 @@ class Envelope:
 
 __all__ = ["OFFLOAD_HW", "OFFLOAD_NONE", "OFFLOAD_SW", "PROTOCOL_VERSION", "ROLES",
            "ROLE_ACTIVE", "ROLE_JOINING", "ROLE_OFFLINE", "ROLE_STANDBY", "Body", "ConnId",
-           "ConnKey", "CtBatch", "CtDelete", "CtUpsert", "Envelope", "Heartbeat", "Item",
-           "NatInfo", "NatRangeInfo", "ResyncRequest", "SnapshotChunk", "SnapshotEnd",
+           "ConnKey", "CtBatch", "CtDelete", "CtUpsert", "Envelope", "ExpectInfo", "Heartbeat",
+           "Item", "NatInfo", "NatRangeInfo", "ResyncRequest", "SnapshotChunk", "SnapshotEnd",
            "SnapshotStart", "TcpDir", "TcpInfo", "Touch", "TouchDigest"]

@@ -79,7 +79,7 @@ class EntryExt:
     accounting) rather than in struct nf_conn. Read and written through the
     Entry properties of the same names."""
 
-    __slots__ = ("acct", "expect_count", "helper", "helper_data", "labels", "master", "nat")
+    __slots__ = ("acct", "expects", "helper", "helper_data", "labels", "master", "nat")
 
     def __init__(self) -> None:
         self.helper: str | None = None
@@ -87,7 +87,9 @@ class EntryExt:
         self.master: Entry | None = None
         self.nat: Any = None  # NAT binding (nat.NatBinding) once set up
         self.labels = 0  # 128-bit label bitmap, bit N = label N
-        self.expect_count = 0  # expectations this entry is the master of
+        # the expectations this entry is the master of, oldest first (the
+        # expectations list of struct nf_conn_help); kept by the ExpectTable
+        self.expects: list[Any] | None = None
         # packets orig, bytes orig, packets reply, bytes reply (nf_conn_acct)
         self.acct: list[int] | None = None
 
@@ -95,7 +97,7 @@ class EntryExt:
 class Entry:
     """One tracked connection. `expires_at` is absolute, in the engine's clock.
 
-    helper, helper_data, master, nat, labels, expect_count and acct live in
+    helper, helper_data, master, nat, labels, expects and acct live in
     `ext` (an EntryExt, None until one of them is set); they read as their
     defaults (None, 0) until then. `acct` is created when first read: the
     table counts packets only with nf_conntrack_acct=1, as the kernel does."""
@@ -185,12 +187,15 @@ class Entry:
 
     @property
     def expect_count(self) -> int:
-        return 0 if self.ext is None else self.ext.expect_count
+        ext = self.ext
+        return 0 if ext is None or not ext.expects else len(ext.expects)
 
-    @expect_count.setter
-    def expect_count(self, value: int) -> None:
-        if value or self.ext is not None:
-            self._ext().expect_count = value
+    @property
+    def expectations(self) -> tuple[Any, ...]:
+        """The expectations this entry is the master of (expect.Expectation),
+        oldest first: the ExpectTable's, read-only here."""
+        ext = self.ext
+        return () if ext is None or not ext.expects else tuple(ext.expects)
 
     @property
     def acct(self) -> list[int]:

@@ -17,6 +17,12 @@ Transcribed from Linux 6.18 net/netfilter/nf_conntrack_expect.c:
                          without commit)
 An expectation lives in its master's zone. Only the source address and port
 can be wildcards (nf_ct_expect_init() with a NULL saddr or src port).
+
+Replication (conntrackd's ExpectationSync): the table can note the masters
+whose expectations its own traffic changed (watch(), take_changed(): created
+by a helper, or taken by the connection they expected; the kernel's IPEXP_NEW /
+IPEXP_DESTROY events), and install a peer's expectations of a master without
+noting them (sync(): ctnetlink's expectation create, never republished).
 """
 
 from __future__ import annotations
@@ -104,6 +110,8 @@ class ExpectTable:
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
         self._items: list[Expectation] = []
+        # masters whose expectations changed (by id), while watched
+        self._changed: dict[int, Entry] | None = None
 
     def __len__(self) -> int:
         return len(self._items)
@@ -111,11 +119,27 @@ class ExpectTable:
     def __iter__(self) -> Iterator[Expectation]:
         return iter(list(self._items))
 
+    def watch(self) -> None:
+        """From now on, note the masters whose expectations change (replication)."""
+        if self._changed is None:
+            self._changed = {}
+
+    def take_changed(self) -> list[Entry]:
+        """The masters whose expectations related() or take() changed since the
+        last call (in the order they changed; nothing unless watched)."""
+        changed = self._changed
+        if not changed:
+            return []
+        self._changed = {}
+        return list(changed.values())
+
+    def _note(self, master: Entry) -> None:
+        if self._changed is not None:
+            self._changed[id(master)] = master
+
     def of(self, master: Entry) -> list[Expectation]:
         """The master's expectations, oldest first."""
-        if not master.expect_count:
-            return []
-        return [e for e in self._items if e.master is master]
+        return list(master.expectations)
 
     def related(self, exp: Expectation, max_expected: int = 0,
                 now: float | None = None) -> int:
@@ -147,7 +171,8 @@ class ExpectTable:
         if len(items) >= self.max_entries:
             return EMFILE  # "nf_conntrack: expectation table full"
         items.append(exp)
-        exp.master.expect_count += 1
+        _link(exp)
+        self._note(exp.master)
         return 0
 
     def add(self, exp: Expectation, max_expected: int = 0, now: float | None = None) -> bool:
@@ -163,8 +188,7 @@ class ExpectTable:
         return False
 
     def _unlink(self, i: int) -> None:
-        exp = self._items.pop(i)
-        exp.master.expect_count -= 1
+        _drop(self._items.pop(i))
 
     def take(self, t: Tuple, zone: int, now: float, unlink: bool = True) -> Expectation | None:
         """The expectation `t` fulfils. Unlinked unless PERMANENT or `unlink` is
@@ -181,21 +205,55 @@ class ExpectTable:
                 return None  # "these are not the droids you are looking for"
             if unlink and not exp.flags & NF_CT_EXPECT_PERMANENT:
                 self._unlink(i)
+                self._note(exp.master)
             return exp
         return None
+
+    def sync(self, master: Entry, exps: list[Expectation], now: float,
+             replace: bool = True) -> int:
+        """Install a peer's expectations of `master` (already in the table; each
+        exp.master is `master`), as ctnetlink creates them for conntrackd: an
+        identical one of the same master is refreshed in place, another is
+        inserted with related() (refused if it clashes with another master's or
+        the table is full). With `replace`, the master's expectations not listed
+        are removed (the peer's list is the whole set). Nothing is noted for
+        take_changed(): what a peer sent is never republished. Returns how
+        many of `exps` are in the table."""
+        changed, self._changed = self._changed, None
+        try:
+            if replace and master.expect_count:
+                for i in range(len(self._items) - 1, -1, -1):
+                    old = self._items[i]
+                    if old.master is master and not any(old.same_as(e) for e in exps):
+                        self._unlink(i)
+            n = 0
+            for exp in exps:
+                if exp.expires_at <= now:
+                    continue
+                same = next((e for e in self._items
+                             if e.master is master and e.same_as(exp) and e.cls == exp.cls), None)
+                if same is not None:
+                    same.expires_at, same.timeout = exp.expires_at, exp.timeout
+                    same.flags, same.helper, same.fn = exp.flags, exp.helper, exp.fn
+                    n += 1
+                elif self.related(exp, 0, now) == 0:
+                    n += 1
+            return n
+        finally:
+            self._changed = changed
 
     def remove_master(self, master: Entry) -> None:
         """nf_ct_remove_expectations(): the master is going away."""
         if master.expect_count:
             self._items = [e for e in self._items if e.master is not master]
-            master.expect_count = 0
+            master._ext().expects = None
 
     def expire(self, now: float) -> int:
         keep = []
         gone = 0
         for exp in self._items:
             if exp.expires_at <= now:
-                exp.master.expect_count -= 1
+                _drop(exp)
                 gone += 1
             else:
                 keep.append(exp)
@@ -207,5 +265,27 @@ class ExpectTable:
 
     def clear(self) -> None:
         for e in self._items:
-            e.master.expect_count = 0
+            e.master._ext().expects = None
         self._items = []
+
+
+def _link(exp: Expectation) -> None:
+    """Add `exp` to its master's list (nf_conn_help.expectations)."""
+    ext = exp.master._ext()
+    if ext.expects is None:
+        ext.expects = [exp]
+    else:
+        ext.expects.append(exp)
+
+
+def _drop(exp: Expectation) -> None:
+    """Remove `exp` (this very object) from its master's list."""
+    ext = exp.master.ext
+    mine = ext.expects if ext is not None else None
+    if mine:
+        for i, e in enumerate(mine):
+            if e is exp:
+                del mine[i]
+                break
+        if not mine:
+            ext.expects = None  # type: ignore[union-attr]

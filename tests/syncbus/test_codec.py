@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from node.conntrack import Conntrack
 from node.conntrack.table import TRACKERS
+from node.conntrack.tcp_table import IP_CT_TCP_FLAG_BE_LIBERAL
 from node.conntrack.tuple import Tuple
 from syncbus import codec, ctstate
 from syncbus.errors import CodecError
@@ -27,6 +28,7 @@ from syncbus.messages import (
     CtDelete,
     CtUpsert,
     Envelope,
+    ExpectInfo,
     Heartbeat,
     NatInfo,
     NatRangeInfo,
@@ -57,8 +59,17 @@ def upsert(**kw: object) -> CtUpsert:
     return CtUpsert(**base)  # type: ignore[arg-type]
 
 
+# FTP's data connection (any source port) and a SIP-like one (any source, a helper)
+EXP4 = ExpectInfo(Tuple(4, 6, b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02", 0, 50001), False,
+                  True, None, 299.5, 300.0, 0, 0, None)
+EXP6 = ExpectInfo(Tuple(6, 17, bytes(16), bytes(range(16)), 0, 5060), True, True, "sip", 1.25,
+                  180.0, 0x5, 3, "nat-follow-master")
+
 ITEMS = [
     upsert(),
+    upsert(helper="ftp", expects=(EXP4,)),
+    upsert(orig=V6, reply=V6.invert(), tcp=None, helper="sip", expects=(EXP6, EXP6)),
+    upsert(conn=ConnId("b", 3, 9), expects=(EXP4,)),  # adopted, no helper named
     upsert(conn=ConnId("b", 3, 9)),  # adopted from another creator
     upsert(labels=(1 << 127) | 5, helper="ftp", master=V4, mark=0),
     upsert(orig=V6, reply=V6.invert(), tcp=None),
@@ -113,6 +124,12 @@ def test_engine_entries_round_trip_through_the_wire() -> None:
         rebuilt = ctstate.new_entry(up, other, 11.0)
         tracker = TRACKERS.get(e.orig.proto)
         if tracker is not None:
+            if up.tcp is not None:  # the wire is exact; the injected entry is liberal
+                assert ctstate.tcp_info(ctstate.tcp_conn(up.tcp)) == ctstate.tcp_info(e.proto)
+                liberal = IP_CT_TCP_FLAG_BE_LIBERAL
+                assert rebuilt.proto.flags0 & rebuilt.proto.flags1 & liberal
+                rebuilt.proto.flags0 ^= liberal & ~e.proto.flags0
+                rebuilt.proto.flags1 ^= liberal & ~e.proto.flags1
             assert tracker.export(rebuilt) == tracker.export(e)
         assert (rebuilt.orig, rebuilt.reply, rebuilt.status, rebuilt.mark) == \
             (e.orig, e.reply, e.status, e.mark)
@@ -199,6 +216,7 @@ def _raw(typ: int, body: object, origin: str = "a") -> bytes:
     (_raw(1, [b"\x21" + bytes(10)]), "bytes, expected"),
     (_raw(1, ["text"]), "array of 7"),
     (_raw(1, [[b"\x21", "b", 1, None, None, None, None]]), "creator"),
+    (_raw(1, [[b"\x21", None, None, None, None, None, None, None, None]]), "array of 7"),
     (_raw(3, ["b", "active", 1, 1, True, 1, 1, 1]), "heartbeat"),
     (_raw(3, ["a", "king", 1, 1, True, 1, 1, 1]), "heartbeat"),
     (_raw(3, ["a", "active", 256, 1, True, 1, 1, 1]), "range"),
@@ -210,6 +228,45 @@ def _raw(typ: int, body: object, origin: str = "a") -> bytes:
 def test_malformed_frames_name_the_problem(frame: bytes, why: str) -> None:
     with pytest.raises(CodecError, match=why):
         codec.decode(frame)
+
+
+def _with_expects(expects: object, item: object = None) -> bytes:
+    """A CtBatch frame whose one (extended) item carries `expects` as its 8th element."""
+    obj = list(codec.item_object(item or upsert(helper="ftp"), "a", 7))
+    return _raw(1, [[*obj[:7], expects]])
+
+
+def _exp_record(**kw: object) -> bytes:
+    obj = codec.item_object(upsert(helper="ftp", expects=(EXP4._replace(**kw),)), "a", 7)
+    return bytes(obj[7][0][0])
+
+
+@pytest.mark.parametrize("expects, why", [
+    ([], "non-empty"),
+    ("x", "non-empty"),
+    ([[b"\x02" + bytes(23), None]], "array of 3"),
+    ([[b"", None, None]], "record must be bytes"),
+    ([["rec", None, None]], "record must be bytes"),
+    ([[b"\x80" + bytes(23), None, None]], "unknown expectation flags"),
+    ([[b"\x02" + bytes(22), None, None]], "expected 24"),
+    ([[b"\x06" + bytes(47), None, None]], "master's address family"),
+    ([[b"\x02" + bytes(23), "f/p", None]], "helper or fn"),
+    ([[b"\x02" + bytes(23), None, 7]], "helper or fn"),
+    ([[b"\x02\x06\x04" + bytes(21), None, None]], "flags or class"),
+    ([[b"\x02\x06\x00\x08" + bytes(20), None, None]], "flags or class"),
+    ([[b"\x02" + bytes(23), None, None]] * 256, "exceed"),
+])
+def test_malformed_expectations_name_the_problem(expects: object, why: str) -> None:
+    with pytest.raises(CodecError, match=why):
+        codec.decode(_with_expects(expects))
+
+
+def test_expectations_travel_only_on_upserts() -> None:
+    delete = list(codec.item_object(CtDelete(ConnId("z", 1, 2), V4, V4.invert(), 0), "a", 7))
+    with pytest.raises(CodecError, match="delete"):
+        codec.decode(_raw(1, [[*delete, [[_exp_record(), None, None]]]]))
+    ok = codec.decode(_with_expects([[_exp_record(), None, None]]))
+    assert isinstance(ok.body, CtBatch) and ok.body.items[0].expects == (EXP4,)  # type: ignore
 
 
 def test_out_of_range_fields_in_records_are_refused() -> None:
@@ -231,7 +288,14 @@ def test_encode_refuses_what_it_could_not_decode() -> None:
     for item in (upsert(zone=70000), upsert(mark=1 << 32), upsert(labels=1 << 128),
                  upsert(helper="x" * 16), upsert(helper="f/p"), upsert(tcp=None),
                  upsert(orig=Tuple(4, 6, b"\x00" * 16, b"\x00" * 4, 1, 2)),
-                 upsert(orig=V4._replace(sport=70000))):
+                 upsert(orig=V4._replace(sport=70000)),
+                 upsert(expects=(EXP6,)),  # another family than its master
+                 upsert(expects=(EXP4._replace(cls=4),)), upsert(expects=(EXP4._replace(flags=8),)),
+                 upsert(expects=(EXP4._replace(helper="x" * 16),)),
+                 upsert(expects=(EXP4._replace(fn="a b"),)),
+                 upsert(expects=(EXP4._replace(fn="x" * 32),)),
+                 upsert(expects=(EXP4._replace(tuple=V4._replace(dport=1 << 16)),)),
+                 upsert(expects=(EXP4,) * 256)):
         with pytest.raises(CodecError):
             codec.encode(env(CtBatch((item,))))
     with pytest.raises(CodecError):
@@ -299,6 +363,51 @@ def test_well_formed_msgpack_of_any_shape_is_validated(typ: int, body: object) -
 def test_round_trip_any_batch(items: list[object], epoch: int, seq: int) -> None:
     e = Envelope(1, "c1", "a", epoch, seq, 5.0, CtBatch(tuple(items)))  # type: ignore[arg-type]
     assert codec.decode(codec.encode(e, KEY), KEY) == e
+
+
+_names = st.one_of(st.none(), st.sampled_from(["ftp", "sip", "x" * 15, "x" * 16, "a/b", ""]))
+
+
+@st.composite
+def _expect_infos(draw: st.DrawFn) -> ExpectInfo:
+    v6 = draw(st.booleans())
+    n = 16 if v6 else 4
+    addr = st.binary(min_size=n, max_size=n)
+    t = Tuple(6 if v6 else 4, draw(st.integers(0, 255)), draw(addr), draw(addr),
+              draw(st.integers(0, 70000)), draw(st.integers(0, 65535)))
+    return ExpectInfo(t, draw(st.booleans()), draw(st.booleans()), draw(_names),
+                      draw(st.floats(0, 5e6)), draw(st.floats(0, 5e6)),
+                      draw(st.integers(0, 9)), draw(st.integers(0, 5)), draw(_names))
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_expect_infos(), min_size=1, max_size=4), st.booleans())
+def test_any_expectations_round_trip_or_are_refused_on_encode(
+        expects: list[ExpectInfo], v6: bool) -> None:
+    master = upsert(orig=V6, reply=V6.invert(), tcp=None) if v6 else upsert()
+    item = master._replace(helper="ftp", expects=tuple(expects))
+    try:
+        frame = codec.encode(env(CtBatch((item,))), KEY)
+    except CodecError:
+        return
+    got = codec.decode(frame, KEY)
+    assert isinstance(got.body, CtBatch)
+    (back,) = got.body.items
+    assert isinstance(back, CtUpsert)
+    assert back._replace(expects=()) == item._replace(expects=())
+    for want, have in zip(expects, back.expects, strict=True):
+        assert have._replace(timeout=0.0, period=0.0) == want._replace(timeout=0.0, period=0.0)
+        assert have.timeout == pytest.approx(min(want.timeout, 0xFFFFFFFF / 1000), abs=1e-3)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(_msgpack_values())
+def test_expectations_of_any_shape_are_validated(expects: object) -> None:
+    try:
+        frame = _with_expects(expects)
+    except (OverflowError, TypeError):
+        return
+    _decodes_or_codec_error(frame, None)
 
 
 def test_the_send_paths_fast_lane_gives_the_same_bytes() -> None:
