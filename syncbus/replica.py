@@ -39,7 +39,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from node.conntrack.entry import IPS_OFFLOAD, Entry
+from node.conntrack.entry import Entry
 from node.conntrack.table import Conntrack
 from syncbus import ctstate
 from syncbus.messages import (
@@ -66,8 +66,9 @@ SAMPLES = 100_000  # latency samples kept (a ring)
 
 class InstallHook(Protocol):
     """The card's side (node.offload.Card): pre-install a replicated connection
-    already in the local conntrack; returns a truthy value when it was queued
-    for hardware, None when it is not offloadable (or already offloaded)."""
+    already in the local conntrack, or bring an offloaded one up to date with
+    its new state; returns a truthy value when a new flow was queued for
+    hardware, None otherwise (not offloadable, or already offloaded)."""
 
     def install_synced(self, entry: Entry, now: float) -> object: ...
 
@@ -404,15 +405,19 @@ class Replica:
             if not ct.insert_synced(entry, now):
                 self.stats["clashes"] += 1
                 return
-            ctstate.after_insert(ct, entry)
+            ctstate.after_insert(ct, entry, up, now)
             self.meta[entry.id] = Meta(up.conn, origin, epoch, seq)
             self.stats["created"] += 1
         else:
             m = self.meta.get(entry.id)
-            if m is None:  # this node's own connection: its traffic is the truth
+            if m is None:
+                # This node's own connection. A record of it from a peer (under this
+                # node's identity: the peer adopted it, or under another one) is what
+                # that peer's datapath saw: on asymmetric paths (active-active) the
+                # other direction's packets, after a failover the peer's traffic.
+                # Merged, never replaced: nothing moves backwards.
                 if up.conn == ConnId(self.node, self.epoch, entry.id):
                     self.stats["own"] += 1
-                    return
                 ctstate.merge_state(entry, up, ct, now)
                 self.stats["merged"] += 1
             elif not m.names(up.conn):  # same tuple, another identity: merge, remember it
@@ -437,8 +442,9 @@ class Replica:
             ct.refresh(entry, seen + period - now, now)
             entry.timeout = period
         card = self.card
-        if card is not None and not entry.status & IPS_OFFLOAD \
-                and card.install_synced(entry, now):
+        # Also for an entry already in the card: the card follows its new state
+        # (install_synced() returns None for those, they are not installs).
+        if card is not None and card.install_synced(entry, now):
             self.stats["installed"] += 1
             if sent_at is not None:
                 self.install_latency.append(now - (sent_at - up.age))

@@ -43,6 +43,7 @@ from node.offload.hwtable import (
     DYING,
     FULL,
     IN_HW,
+    PENDING,
     HwState,
     HwTable,
 )
@@ -61,6 +62,7 @@ from node.offload.work import Work
 from node.packet import IPPROTO_TCP, TCP_FIN, TCP_RST, Packet, Tcp
 
 _new_tuple = tuple.__new__
+SYNC_RETRY_FOR = 30.0  # seconds a replicated entry's card state is retried
 
 
 def _fin_or_rst(pkt: Packet) -> bool:
@@ -102,6 +104,10 @@ class Card:
             ct.offload_gone = []
         self.work = Work(ct, self.flows, self.hw, self.counters, self.sw_only_zones)
         self._next_gc = float("-inf")
+        # Replicated entries whose card state has not caught up with their last
+        # record yet (a command in flight, a flow still being torn down, a failed
+        # insert): entry id -> (entry, retry until). Retried by poll().
+        self._catch_up: dict[int, tuple[Entry, float]] = {}
 
     # ================================================================ packet path
     def lookup(self, pkt: Packet, zone: int, now: float) -> HwHit | HwMiss:
@@ -245,13 +251,95 @@ class Card:
 
     def install_synced(self, entry: Entry, now: float) -> Direction | None:
         """Pre-install a replicated connection (already in this node's conntrack)
-        without traffic, as act_ct would on its next packet. Returns the directions
-        added, or None (not offloadable, or already offloaded)."""
+        without traffic, as act_ct would on its next packet, and keep it as the
+        origin's card holds it when a later record changes it: the original
+        direction's ct info once replied, the reply direction once assured (UDP),
+        a teardown once it is no longer offloadable (a TCP FIN or RST on the
+        origin). What cannot be done now (a command in flight, the tuples still
+        held by a flow being torn down, a failed insert) is retried by poll().
+        Returns the directions added for a new flow, None otherwise (not
+        offloadable, or an update of a flow already in the card)."""
+        if self.work.jobs and self.work.jobs[0][0] <= now:
+            self.work.run_due(now)
         ctinfo = IP_CT_ESTABLISHED if entry.status & IPS_SEEN_REPLY else IP_CT_NEW
+        if entry.status & IPS_OFFLOAD:
+            self._update_synced(entry, ctinfo, now)
+            return None
         direction = self.offer(entry, ctinfo, now)
         if direction is not None:
             self.counters.synced += 1
+            self._check_synced(entry, now)
+        elif not entry.status & (IPS_OFFLOAD | IPS_DYING) \
+                and should_offload(entry, ctinfo) is not None:
+            self._later(entry, now)  # its tuples are still in a flow being torn down
+        else:
+            self._catch_up.pop(entry.id, None)
         return direction
+
+    def _update_synced(self, entry: Entry, ctinfo: int, now: float) -> None:
+        """An offloaded replicated entry changed: bring its flow up to date."""
+        flows = self.flows
+        fid = flows.fid_of(entry)
+        if fid < 0:
+            return
+        flags = int(flows.flags[fid])
+        if flags & ft.NF_FLOW_TEARDOWN:
+            self._later(entry, now)  # re-added once freed, if still offloadable
+            return
+        direction = should_offload(entry, ctinfo)
+        if direction is None:  # the origin's act_ct tore it down (FIN, RST)
+            self._catch_up.pop(entry.id, None)
+            self.work.teardown(fid, now, "synced")
+            return
+        want = flags
+        if direction == Direction.BOTH:
+            want |= ft.NF_FLOW_HW_BIDIRECTIONAL
+        if entry.zone in self.sw_only_zones:
+            flows.flags[fid] = want
+            self._catch_up.pop(entry.id, None)
+            return
+        stale = want != flags or (ctinfo == IP_CT_ESTABLISHED
+                                  and not flags & ft.NF_FLOW_HW_ESTABLISHED) \
+            or not self._in_card(fid, want)
+        if not stale:
+            self._catch_up.pop(entry.id, None)
+            return
+        if flags & ft.NF_FLOW_HW_PENDING:
+            self._later(entry, now)  # one command in flight per flow
+            return
+        flows.flags[fid] = want
+        self.work.add(fid, now)
+        self._check_synced(entry, now)
+
+    def _in_card(self, fid: int, flags: int) -> bool:
+        """Every direction `flags` offloads has its hardware entry (or its insert
+        queued)."""
+        hw = self.hw
+        dirs = (0, 1) if flags & ft.NF_FLOW_HW_BIDIRECTIONAL else (0,)
+        return all(hw.state[2 * fid + d] in (IN_HW, PENDING) for d in dirs)
+
+    def _check_synced(self, entry: Entry, now: float) -> None:
+        """After a synced add: an insert that failed (busy, full, fault) is retried."""
+        fid = self.flows.fid_of(entry)
+        if fid >= 0 and entry.zone not in self.sw_only_zones \
+                and not self._in_card(fid, int(self.flows.flags[fid])):
+            self._later(entry, now)
+        else:
+            self._catch_up.pop(entry.id, None)
+
+    def _later(self, entry: Entry, now: float) -> None:
+        old = self._catch_up.get(entry.id)
+        if old is None or old[0] is not entry:
+            self._catch_up[entry.id] = (entry, now + SYNC_RETRY_FOR)
+
+    def _retry_synced(self, now: float) -> None:
+        """poll(): replicated entries whose card state could not follow their last
+        record get another go (for SYNC_RETRY_FOR seconds)."""
+        for eid, (entry, until) in list(self._catch_up.items()):
+            if entry.status & IPS_DYING or until < now:
+                del self._catch_up[eid]
+                continue
+            self.install_synced(entry, now)
 
     def touch(self, entry: Entry, lastused: float, now: float) -> bool:
         """A peer saw traffic on this connection at `lastused`: extend its flow
@@ -278,6 +366,8 @@ class Card:
         if work.jobs and work.jobs[0][0] <= now:
             work.run_due(now)
         gc = now >= self._next_gc
+        if self._catch_up and gc:  # before the GC finds an outdated flow
+            self._retry_synced(now)
         freed = stats_jobs = 0
         active = np.zeros(0, np.int64)
         if gc:
