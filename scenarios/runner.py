@@ -107,6 +107,8 @@ class _Failover:
     started: float
     target: str | None = None
     window: tuple[float, PathCount] | None = None  # (end, counts)
+    # the path each (flow, direction) last took before the failover began
+    paths_before: dict[tuple[str, int], str] = field(default_factory=dict)
 
 
 def entry_key(orig: Mapping[str, Any]) -> str:
@@ -132,6 +134,7 @@ class Runner:
         self.t0 = 0.0
         self.resolved: dict[int, str] = {}  # fault index -> the node a role target hit
         self.failover: _Failover | None = None
+        self.last_path: dict[tuple[str, int], str] = {}  # (flow, direction) -> hw | sw
         self.stopping = asyncio.Event()
         self.wake = asyncio.Event()
         wants = {i.name for i in scenario.invariants}
@@ -301,9 +304,11 @@ class Runner:
             self.ops.extend(self.switch.take_ops())
 
     # ================================================================ failover
-    def _delivered(self, node: str, path: str, flow_id: str, now: float) -> None:
+    def _delivered(self, node: str, path: str, flow_id: str, direction: int,
+                   now: float) -> None:
         fo = self.failover
         if fo is None or fo.target != node:
+            self.last_path[flow_id, direction] = path
             return
         if fo.window is None:
             self.ops.append(Op("ok", "cluster", now, F_FAILOVER,
@@ -313,10 +318,15 @@ class Runner:
             # The established traffic the failover inherited: flows established
             # `settle` seconds before it began, time enough to be replicated and
             # installed (how long that takes is sync_install_p99, measured on its
-            # own); a flow still opening goes through software on any node.
+            # own), and, of those, the directions the old active forwarded in
+            # hardware (act_ct keeps a young UDP flow's replies in software until
+            # it is assured, on any node); a flow still opening goes through
+            # software on any node.
             est = self.gen.established_at(flow_id)
-            if est is not None and est < fo.started - self.opt.hw_settle:
+            if est is not None and est < fo.started - self.opt.hw_settle \
+                    and fo.paths_before.get((flow_id, direction)) == "hw":
                 fo.window[1].add(path)
+        self.last_path[flow_id, direction] = path
 
     def _close_window(self, now: float) -> None:
         fo = self.failover
@@ -330,7 +340,7 @@ class Runner:
         if self.failover is not None and self.failover.window is None:
             return  # one is already under way
         self._close_window(float("inf"))
-        self.failover = _Failover(source, now)
+        self.failover = _Failover(source, now, paths_before=dict(self.last_path))
         self.ops.append(Op("invoke", "cluster", now, F_FAILOVER, {"from": source}))
 
     def _switch_to(self, new: str, now: float) -> None:

@@ -100,8 +100,8 @@ class Switch:
         self.ops: list[Op] = []
         self._seen: dict[tuple[str, str], float] = {}
         self._keys: dict[str, str] = {}
-        # node, path, flow id, now: after each delivery
-        self.on_delivery: Callable[[str, str, str, float], None] | None = None
+        # node, path, flow id, direction, now: after each delivery
+        self.on_delivery: Callable[[str, str, str, int, float], None] | None = None
 
     # ------------------------------------------------------------ where to
     def target(self, send: Send) -> str | None:
@@ -158,7 +158,7 @@ class Switch:
             self.stats.unmatched += 1
             return
         if self.on_delivery is not None:
-            self.on_delivery(fl.node, path, fl.flow_id, now)
+            self.on_delivery(fl.node, path, fl.flow_id, fl.direction, now)
         if self.record_seen:
             self._note_seen(fl.flow_id, fl.node, now)
 

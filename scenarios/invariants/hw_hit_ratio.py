@@ -1,5 +1,10 @@
 """Right after a failover, the new active forwards the established traffic in
-hardware: hardware hits / all packets it forwarded in the measured window."""
+hardware: hardware hits / all packets it forwarded in the measured window.
+
+The runner counts the packets of flows established `hw_settle` (2 s) before
+the failover, in the directions the old active last forwarded in hardware:
+the new active must do what the old one did (a direction act_ct keeps in
+software, a young UDP flow's replies say, is software on any node)."""
 
 from __future__ import annotations
 
