@@ -364,7 +364,9 @@ class Runner:
         must not measure itself against its own empty table). An insert the
         card has accepted (PENDING, landing `insert_latency` later) counts."""
         st = self.views[new].state or {}
-        promo = st.get("promotion")
+        promo = st.get("promotion")  # brief /state; the full one lists them all
+        if promo is None and st.get("promotions"):
+            promo = st["promotions"][-1]
         if not isinstance(promo, dict) or promo.get("term") != st.get("term"):
             off = (self.views[new].standby_state or {}).get("offload") or {}
             if "eligible" not in off:
