@@ -21,7 +21,10 @@ Readiness gate (a joining node must not become active half-empty):
   DISCOVERING for `discover` seconds (retained heartbeats arrive), then
   SYNCING from the active (or the ready peer with the largest table) until its
   full snapshot completes, then READY. With no peer holding state, READY at once
-  ("nothing to sync"). If the source dies, another one is picked. The wait is
+  ("nothing to sync"). If the source dies, another one is picked; if it only
+  goes quiet (a timeout, no will: a stall, a partition, a broker backlog) and no
+  other peer holds state, the gate keeps waiting and asks again when the source
+  is heard: a node never takes over empty from a peer that may be alive. The wait is
   bounded and visible: after `sync_timeout` the gate reports timed_out; the node
   then becomes eligible only if no other live member is (it never pretends the
   transfer was fine, and it never leaves the cluster without an active).
@@ -130,6 +133,7 @@ class Peer:
     alive: bool = True
     hb_seq: int = 0
     will_session: int = -1  # the session a will declared dead (-1: none)
+    quiet: bool = False  # declared dead by silence (a timeout), not by its will
 
     @property
     def rank(self) -> tuple[int, int, str]:
@@ -143,6 +147,7 @@ class Gate:
     source: str | None = None
     reason: str = "waiting for peers' heartbeats"
     timed_out: bool = False
+    stalled: bool = False  # the source went quiet mid-transfer: ask again when it is back
     history: list[tuple[float, str, str]] = field(default_factory=list)
 
 
@@ -230,7 +235,7 @@ class Election:
         p.hb = hb
         p.heard_at = now
         if not p.alive:
-            p.alive = True
+            p.alive, p.quiet = True, False
             out.append(PeerUp(p.node))
         return out + self.tick(now)
 
@@ -246,7 +251,7 @@ class Election:
         bus_ok = self.bus_ok(now)
         for p in self.peers.values():
             if bus_ok and p.alive and now - p.heard_at > self.cfg.dead_after:
-                p.alive = False
+                p.alive, p.quiet = False, True
                 out.append(PeerDown(p.node, "timeout", p.hb.role == ROLE_ACTIVE))
         out += self._gate_step(now)
         out += self._decide(now)
@@ -290,7 +295,20 @@ class Election:
                 return []
             return self._pick_source(now, "")
         source = self.peers.get(g.source or "")
-        if source is None or not source.alive:
+        if source is not None and source.alive and g.stalled:
+            g.stalled = False
+            g.history.append((now, SYNCING, f"{source.node} is heard again: asking again"))
+            return [SyncFrom(source.node, source.epoch)]
+        if source is not None and not source.alive and source.quiet \
+                and source.hb.table_size > 0 and not self._holders(exclude=source.node):
+            # The source went quiet without its will: a stall, a partition, a broker
+            # backlog; it did not leave, and its table lives on. A half-filled gate
+            # must not call that "nothing to sync" and take over empty: it waits
+            # (still bounded by sync_timeout) and asks again when the source is back.
+            if not g.stalled:
+                g.stalled = True
+                g.history.append((now, SYNCING, f"source {source.node} went quiet: waiting"))
+        elif source is None or not source.alive:
             return self._pick_source(now, f"source {g.source} is gone; ")
         if not g.timed_out and now - g.since >= self.cfg.sync_timeout:
             g.timed_out = True
@@ -299,10 +317,15 @@ class Election:
                                 f"{self.cfg.sync_timeout:g} s", True)]
         return []
 
+    def _holders(self, exclude: str = "") -> list[Peer]:
+        """Live, ready peers holding state (snapshot sources)."""
+        return [p for p in self.peers.values()
+                if p.alive and p.hb.ready and p.hb.table_size > 0 and p.node != exclude]
+
     def _pick_source(self, now: float, why: str) -> list[Event]:
         live = [p for p in self.peers.values() if p.alive]
         actives = [p for p in live if p.hb.role == ROLE_ACTIVE]
-        holders = [p for p in live if p.hb.ready and p.hb.table_size > 0]
+        holders = self._holders()
         if actives:
             src = max(actives, key=lambda p: p.rank)
         elif holders:

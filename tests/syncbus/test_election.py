@@ -270,6 +270,49 @@ def test_the_gate_moves_to_another_source_when_its_source_dies() -> None:
     assert j.gate.source in ("s", None)
 
 
+def test_a_joiner_whose_source_goes_quiet_waits_and_asks_again() -> None:
+    """The source stops being heard (no will: its heartbeats stuck behind a
+    broker backlog, say) while the joiner's snapshot is under way. The joiner
+    must not call that "nothing to sync" and take over with an empty table: it
+    keeps waiting, and asks again when the source is heard."""
+    c = Cluster()
+    a = c.add("a", priority=100)
+    c.run(1.0)
+    j = Election(ElectionConfig("j", priority=200, preempt=True), 1, c.now)
+    c.nodes["j"], c.epochs["j"] = j, 1
+    c.beat("a")
+    assert SyncFrom("a", 1) in j.tick(c.now + 0.31)  # the snapshot is asked for
+    c.now += 0.31
+    c.down.add("a")  # a goes quiet (it is not dead: no will)
+    for _ in range(100):  # 1 s: far past dead_after
+        c.now = round(c.now + 0.01, 6)
+        evs = j.tick(c.now)
+        if j.heartbeat_due(c.now):
+            c.beat("j")  # its own heartbeats come back: the bus works
+        assert not any(isinstance(e, RoleChanged) and e.new == "active" for e in evs)
+    assert j.gate.state == SYNCING and j.gate.stalled and j.role != "active"
+    assert not j.peers["a"].alive and j.peers["a"].quiet
+    c.down.discard("a")
+    c.events.clear()
+    c.beat("a")  # heard again
+    assert ("j", SyncFrom("a", 1)) in c.events and not j.gate.stalled  # asked again
+    assert j.snapshot_complete("a", c.now + 0.02)
+    assert j.gate.state == READY
+
+
+def test_a_joiner_whose_source_leaves_with_its_will_does_not_wait() -> None:
+    c = Cluster()
+    c.add("a", priority=100)
+    c.run(1.0)
+    j = Election(ElectionConfig("j", priority=200), 1, c.now)
+    c.nodes["j"], c.epochs["j"] = j, 1
+    c.beat("a")
+    assert SyncFrom("a", 1) in j.tick(c.now + 0.31)
+    c.will("a")  # a crashed: the broker published its will
+    j.tick(c.now + 0.32)
+    assert j.gate.state == READY and "nothing to sync" in j.gate.reason
+
+
 # ------------------------------------------------------------------ active-active
 def test_active_active_every_ready_member_is_active() -> None:
     c = Cluster()
