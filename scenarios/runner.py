@@ -82,7 +82,7 @@ class RunOptions:
     sample: float = 1.0  # full /state: metric samples, the standby's pre-installed count
     hw_window: float = 1.0  # seconds after a failover whose paths are counted
     hw_settle: float = 2.0  # ... for flows established this long before it began
-    settle: float = 15.0  # the final phase, at most: flows closing
+    settle: float = 15.0  # the final phase, at most (+1 s per 500 open flows): flows closing
     quiesce: float = 15.0  # tables converging
     startup: float = 30.0  # roles settling
     progress: bool = True
@@ -258,9 +258,12 @@ class Runner:
                 await self._nemesis()
                 # final phase: the workload closes every flow
                 self.phase = "final"
+                live = sum(n for k, n in self.gen.counts().items()
+                           if k in ("opening", "established", "closing"))
                 self.gen.close_all(self.now())
                 self.wake.set()
-                end = time.monotonic() + self.opt.settle
+                # a big table closes at the cluster's pace: 1 s more per 500 flows
+                end = time.monotonic() + self.opt.settle + live / 500
                 while not self.gen.finished and time.monotonic() < end:
                     await asyncio.sleep(0.1)
                 self.stopping.set()

@@ -31,6 +31,7 @@ whose transfers each open a data connection the FTP helper expects (RELATED).
 
 from __future__ import annotations
 
+import collections
 import heapq
 import ipaddress
 import random
@@ -211,6 +212,7 @@ class _Flow:
         self.children = 0
         self.wake = float("inf")  # the earliest wake-up queued for this flow
         self.backlog: _Opener | None = None  # whose handshake backlog it occupies
+        self.close_slot = False  # one of the generator's closes under way (close_all)
 
     @property
     def live(self) -> bool:
@@ -256,6 +258,12 @@ class _Flow:
             self.backlog.opening -= 1
             self.backlog = None
 
+    def _ended(self) -> None:
+        self._handshake_over()
+        if self.close_slot:
+            self.close_slot = False
+            self.gen.closing -= 1
+
     def established(self, now: float) -> None:
         if self.established_at is None:
             self.established_at = now
@@ -273,7 +281,7 @@ class _Flow:
             if self.state != CLOSING:
                 self.op("invoke", F_CLOSE, now)
             self.state, self.closed_at = CLOSED, now
-            self._handshake_over()
+            self._ended()
             self.op("ok", F_CLOSE, now)
 
     def broken(self, now: float, reason: str) -> None:
@@ -282,7 +290,7 @@ class _Flow:
         f = F_OPEN if self.established_at is None else F_CLOSE if self.state == CLOSING \
             else F_TRANSFER
         self.state, self.reason, self.closed_at = BROKEN, reason, now
-        self._handshake_over()
+        self._ended()
         self.op("fail", f, now, reason=reason)
 
     # the contract of a flow kind
@@ -883,6 +891,10 @@ class TrafficGen:
         self._heap: list[tuple[float, int, str]] = []
         self._tick = 0
         self._closing_at: float | None = None
+        # close_all's backlog: at most max_closing flows closing at once
+        self.max_closing = max((p.max_opening for p in profs), default=256)
+        self.closing = 0
+        self._close_queue: collections.deque[_Flow] = collections.deque()
 
     # ------------------------------------------------------------ helpers for flows
     def rto(self, retries: int) -> float:
@@ -948,6 +960,8 @@ class TrafficGen:
             for opener in self._openers:
                 while (t := opener.due()) is not None and t <= now:
                     self._open(opener, now)
+        elif self._close_queue:
+            self._start_closes(now)
         heap = self._heap
         while heap and heap[0][0] <= now:
             t, _, fid = heapq.heappop(heap)
@@ -991,15 +1005,27 @@ class TrafficGen:
         """The run is ending (Jepsen's final generator): open no more flows and
         close every open one now."""
         self._closing_at = now
-        for flow in self._flows.values():
+        self._close_queue.extend(f for f in self._flows.values() if f.live)
+        self._start_closes(now)
+
+    def _start_closes(self, now: float) -> None:
+        """Begin the queued closes, at most `max_closing` at once (like the
+        openings: thousands of FINs at once would only drown the cluster)."""
+        queue = self._close_queue
+        while queue and self.closing < self.max_closing:
+            flow = queue.popleft()
             if flow.live:
                 flow.close(now)
+                flow.close_slot = True
+                self.closing += 1
                 self._arm(flow)
 
     def next_deadline(self) -> float | None:
         """When next_packets() has work next (None: nothing, ever, unless a
         delivery comes)."""
         times = [] if not self.outbox else [float("-inf")]
+        if self._close_queue and self.closing < self.max_closing:
+            times.append(float("-inf"))
         if self._heap:
             times.append(self._heap[0][0])
         if self._closing_at is None:

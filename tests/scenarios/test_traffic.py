@@ -25,6 +25,7 @@ from scenarios.model import F_CLOSE, F_OPEN, F_TRANSFER, TrafficProfile, load
 from scenarios.traffic import (
     BROKEN,
     CLOSED,
+    CLOSING,
     ESTABLISHED,
     INSIDE,
     OPENING,
@@ -205,6 +206,24 @@ def test_openings_wait_while_the_handshake_backlog_is_full() -> None:
     gen = TrafficGen(profile(count=50, open_rate=1000.0, duration=None, max_opening=8), seed=1)
     Wire(gen).run(1.0)
     assert gen.counts()[ESTABLISHED] == 50
+
+
+def test_close_all_closes_at_most_max_closing_flows_at_once() -> None:
+    gen = TrafficGen(profile(count=60, open_rate=1000.0, duration=None, max_opening=10), seed=1)
+    wire = Wire(gen)
+    wire.run(2.0)
+    assert gen.counts()[ESTABLISHED] == 60
+    gen.close_all(2.0)
+    assert gen.counts()[CLOSING] <= 10 and gen.closing <= 10
+    most = 0
+    now = 2.0
+    while not gen.finished and now < 20.0:
+        for send in gen.next_packets(now):
+            gen.deliver(send.flow_id, send.direction, send.packet, now)
+        most = max(most, gen.closing)
+        now = round(now + STEP, 6)
+    assert gen.finished and gen.counts()[CLOSED] == 60
+    assert most == 10 and gen.closing == 0
 
 
 def test_a_dead_path_breaks_the_flows_after_the_retransmissions() -> None:

@@ -276,7 +276,7 @@ def test_a_joiner_whose_source_goes_quiet_waits_and_asks_again() -> None:
     must not call that "nothing to sync" and take over with an empty table: it
     keeps waiting, and asks again when the source is heard."""
     c = Cluster()
-    a = c.add("a", priority=100)
+    c.add("a", priority=100)
     c.run(1.0)
     j = Election(ElectionConfig("j", priority=200, preempt=True), 1, c.now)
     c.nodes["j"], c.epochs["j"] = j, 1
