@@ -82,7 +82,7 @@ class RunOptions:
     sample: float = 1.0  # full /state: metric samples, the standby's pre-installed count
     hw_window: float = 1.0  # seconds after a failover whose paths are counted
     hw_settle: float = 2.0  # ... for flows established this long before it began
-    settle: float = 15.0  # the final phase, at most (+1 s per 500 open flows): flows closing
+    settle: float = 15.0  # the final phase, at most (+1 s per 200 open flows): flows closing
     quiesce: float = 15.0  # tables converging
     startup: float = 30.0  # roles settling
     progress: bool = True
@@ -107,8 +107,8 @@ class _Failover:
     started: float
     target: str | None = None
     window: tuple[float, PathCount] | None = None  # (end, counts)
-    # the path each (flow, direction) last took before the failover began
-    paths_before: dict[tuple[str, int], str] = field(default_factory=dict)
+    # the path each (flow, direction) last took before the failover began, and when
+    paths_before: dict[tuple[str, int], tuple[str, float]] = field(default_factory=dict)
 
 
 def entry_key(orig: Mapping[str, Any]) -> str:
@@ -134,7 +134,12 @@ class Runner:
         self.t0 = 0.0
         self.resolved: dict[int, str] = {}  # fault index -> the node a role target hit
         self.failover: _Failover | None = None
-        self.last_path: dict[tuple[str, int], str] = {}  # (flow, direction) -> hw | sw
+        # (flow, direction) -> (hw | sw, when): its last delivery
+        self.last_path: dict[tuple[str, int], tuple[str, float]] = {}
+        sysctl = scenario.sysctl_values()
+        polls = 2 * max(scenario.card_of(n).poll_interval for n in self.nodes)
+        self.hw_idle = {"udp": sysctl.nf_flowtable_udp_timeout - polls,
+                        "tcp": sysctl.nf_flowtable_tcp_timeout - polls}
         self.stopping = asyncio.Event()
         self.wake = asyncio.Event()
         wants = {i.name for i in scenario.invariants}
@@ -262,8 +267,8 @@ class Runner:
                            if k in ("opening", "established", "closing"))
                 self.gen.close_all(self.now())
                 self.wake.set()
-                # a big table closes at the cluster's pace: 1 s more per 500 flows
-                end = time.monotonic() + self.opt.settle + live / 500
+                # a big table closes at the cluster's pace: 1 s more per 200 flows
+                end = time.monotonic() + self.opt.settle + live / 200
                 while not self.gen.finished and time.monotonic() < end:
                     await asyncio.sleep(0.1)
                 self.stopping.set()
@@ -311,7 +316,7 @@ class Runner:
                    now: float) -> None:
         fo = self.failover
         if fo is None or fo.target != node:
-            self.last_path[flow_id, direction] = path
+            self.last_path[flow_id, direction] = (path, now)
             return
         if fo.window is None:
             self.ops.append(Op("ok", "cluster", now, F_FAILOVER,
@@ -326,10 +331,18 @@ class Runner:
             # it is assured, on any node); a flow still opening goes through
             # software on any node.
             est = self.gen.established_at(flow_id)
+            before = fo.paths_before.get((flow_id, direction))
             if est is not None and est < fo.started - self.opt.hw_settle \
-                    and fo.paths_before.get((flow_id, direction)) == "hw":
+                    and before is not None and before[0] == "hw" \
+                    and fo.started - before[1] < self._hw_idle(flow_id):
                 fo.window[1].add(path)
-        self.last_path[flow_id, direction] = path
+        self.last_path[flow_id, direction] = (path, now)
+
+    def _hw_idle(self, flow_id: str) -> float:
+        """How long a flow may idle and still be in hardware: its flow-table
+        timeout (nf_flowtable_{tcp,udp}_timeout), less two card polls (the GC
+        that tears it down runs once a poll)."""
+        return self.hw_idle["udp" if self.gen.flow(flow_id).proto == "udp" else "tcp"]
 
     def _close_window(self, now: float) -> None:
         fo = self.failover
@@ -361,10 +374,10 @@ class Runner:
 
     def _preinstalled(self, new: str, old: str | None) -> dict[str, Any] | None:
         """What the new active's card held when it took the role (the node
-        records it at that moment: its promotion), against the offloadable
-        connections the cluster had: the larger of the new active's own count
-        and the old active's last one (a node that promotes itself half-empty
-        must not measure itself against its own empty table). An insert the
+        records it at that moment: its promotion), against what the old active's
+        card held (its last full /state; without one, the new active's own count
+        of offloadable connections). A node that promotes itself half-empty is
+        measured against the old active's card, not its own empty table. An insert the
         card has accepted (PENDING, landing `insert_latency` later) counts."""
         st = self.views[new].state or {}
         promo = st.get("promotion")  # brief /state; the full one lists them all
@@ -377,8 +390,11 @@ class Runner:
             promo = {**off, "pending": off.get("pending", 0), "at": None}
         eligible = int(promo["eligible"])
         before = (self.views[old].full or {}).get("offload") if old in self.views else None
-        if isinstance(before, dict) and "eligible" in before:
-            eligible = max(eligible, int(before["eligible"]))
+        if isinstance(before, dict) and "installed" in before:
+            # what the old active had in hardware (its last full /state, a second old
+            # at most): a flow idle past its flow-table timeout is out of hardware on
+            # every node, so it is not a pre-install the new active owes
+            eligible = int(before["installed"]) + int(before.get("pending", 0))
         in_hw, pending = int(promo["installed"]), int(promo.get("pending", 0))
         return {"installed": min(in_hw + pending, eligible), "eligible": eligible,
                 "in_hw": in_hw, "pending": pending, "promoted_at": promo.get("at")}
