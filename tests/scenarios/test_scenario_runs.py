@@ -1,12 +1,9 @@
 """`ctlab run` and `ctlab chaos` end to end: real node processes, a real
 broker, real namespaces (the netns backend needs root: CI is root). Every
-fault must really fire, every run must meet its expectation, and each
-negative control must fail on the invariant its switched-off mechanism
-protects (proof that the checker can fail).
-
-The library scenarios not listed here do not pass reliably yet on a two-core
-machine (see the issue notes and README): they are not run, rather than run
-and excused."""
+library scenario (but those in NOT_YET) runs on both backends and must pass,
+with every fault really fired; each negative control must fail on the invariant its switched-off
+mechanism protects (proof that the checker can fail). The lists are read from
+scenarios/library/, so a new scenario cannot be left out."""
 
 from __future__ import annotations
 
@@ -21,11 +18,16 @@ from scenarios.faults import chaos_schedule
 
 ROOT = Path(__file__).resolve().parents[2]
 LIBRARY = ROOT / "scenarios" / "library"
-PASSING = ["failover-basic", "aging-active-only", "node-broker-partition", "standby-card-full"]
-# readiness-gate-off is not here: with 1000 entries the snapshot completes in
-# about 100 ms, before traffic reaches the rejoined node, so switching the
-# gate off changes nothing observable yet (the control is too weak to fail).
-NEGATIVE = ["replication-off", "preinstall-off", "distributed-aging-off"]
+BACKENDS = ["local", "netns"]
+# Not run, rather than run and excused: on a two-core machine the runner and
+# the nodes carry about 2.5k packets/s end to end, and 10k flows that idle past
+# their flow-table timeout between requests leave the standby's hardware
+# mirror short right after the kill (pre-installed 85%, hardware hits 78% in
+# the last runs; every flow survives). See the README's library table.
+NOT_YET = {"failover-under-load"}
+SCENARIOS = sorted(p.stem for p in LIBRARY.glob("*.yaml")
+                   if p.stem != "failover-basic" and p.stem not in NOT_YET)
+NEGATIVE = sorted(p.stem for p in (LIBRARY / "negative").glob("*.yaml"))
 
 pytestmark = pytest.mark.scenario
 
@@ -45,7 +47,7 @@ def summary(rep: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@pytest.mark.parametrize("backend", ["local", "netns"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_failover_basic(backend: str, tmp_path: Path) -> None:
     """The issue's bar: every established flow survives the kill, the standby
     takes over in under a second with its card already filled, and at least
@@ -64,27 +66,31 @@ def test_failover_basic(backend: str, tmp_path: Path) -> None:
         assert rep["duration"] < 60, rep["duration"]
 
 
-@pytest.mark.parametrize("name", PASSING[1:])
-def test_library_scenario_passes_locally(name: str, tmp_path: Path) -> None:
-    rc, rep = run(["run", str(LIBRARY / f"{name}.yaml")], tmp_path)
-    assert all(f["applied"] and f["healed"] for f in rep["faults"]), summary(rep)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_library_scenario_passes(name: str, backend: str, tmp_path: Path) -> None:
+    rc, rep = run(["run", str(LIBRARY / f"{name}.yaml"), "--backend", backend], tmp_path)
+    assert rep["faults"] and all(f["applied"] and f["healed"] for f in rep["faults"]), \
+        summary(rep)
     assert rc == 0 and rep["verdict"] == "pass", summary(rep)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", NEGATIVE)
-def test_negative_control_fails(name: str, tmp_path: Path) -> None:
-    rc, rep = run(["run", str(LIBRARY / "negative" / f"{name}.yaml")], tmp_path)
+def test_negative_control_fails(name: str, backend: str, tmp_path: Path) -> None:
+    rc, rep = run(["run", str(LIBRARY / "negative" / f"{name}.yaml"), "--backend", backend],
+                  tmp_path)
     failing = {i["name"] for i in rep["invariants"] if i["verdict"] == "fail"}
     assert rep["verdict"] == "fail", summary(rep)
-    assert set(rep["expect"]["failing"]) <= failing, summary(rep)
+    assert rep["expect"]["failing"] and set(rep["expect"]["failing"]) <= failing, summary(rep)
     assert all(f["applied"] and f["healed"] for f in rep["faults"]), summary(rep)
     assert rc == 0  # the expectation (this failure) was met
 
 
-def test_negative_control_fails_on_netns(tmp_path: Path) -> None:
-    rc, rep = run(["run", str(LIBRARY / "negative" / "replication-off.yaml"),
-                   "--backend", "netns"], tmp_path)
-    assert rep["verdict"] == "fail" and rc == 0, summary(rep)
+def test_every_library_scenario_is_run() -> None:
+    assert len(SCENARIOS) + len(NOT_YET) >= 11 and len(NEGATIVE) == 4
+    assert {"replication-off", "preinstall-off", "distributed-aging-off",
+            "readiness-gate-off"} == set(NEGATIVE)
 
 
 def test_chaos_replays_its_schedule_and_breaks_nothing(tmp_path: Path) -> None:
