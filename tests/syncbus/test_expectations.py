@@ -60,6 +60,13 @@ def say(m: Member, flow: Flow, d: int, line: str, now: float) -> None:
     assert m.ct.commit(flow.pkt(1 - d, "A"), now, FTP).entry is not None
 
 
+def pasv(m: Member, ctl: Flow, now: float, port: int = 50001) -> None:
+    """The client asks for passive mode; the server offers `port` (the helper
+    expects the data connection)."""
+    say(m, ctl, 0, "PASV", now)
+    say(m, ctl, 1, f"227 Entering Passive Mode ({_host_port(S, port)}).", now)
+
+
 def login(net: Net, m: Member, flow: Flow) -> Entry:
     ctl = flow.open(m.ct, net.now, FTP)
     for d, line in ((1, "220 ready"), (0, "USER anonymous"), (1, "331 password"),
@@ -94,8 +101,7 @@ def test_the_standby_holds_the_expectation_of_a_227_answer() -> None:
     ctl = Flow(C, S, 10001, 21, 1000, 5000)
     login(net, a, ctl)
     assert len(a.ct.expect) == 0 and len(b.ct.expect) == 0
-    say(a, ctl, 0, "PASV", net.now)
-    say(a, ctl, 1, f"227 Entering Passive Mode ({_host_port(S, 50001)}).", net.now)
+    pasv(a, ctl, net.now)
     net.local("a")
     assert len(a.ct.expect) == 1
     assert expectations(b.ct) == expectations(a.ct)
@@ -111,8 +117,7 @@ def test_after_a_failover_the_passive_data_connection_is_related_on_the_standby(
     net, a, b = pair()
     ctl = Flow(C, S, 10001, 21, 1000, 5000)
     login(net, a, ctl)
-    say(a, ctl, 0, "PASV", net.now)
-    say(a, ctl, 1, f"227 Entering Passive Mode ({_host_port(S, 50001)}).", net.now)
+    pasv(a, ctl, net.now)
     net.local("a")
     net.remove("a")  # killed before the client connects
     net.run(1.0)
@@ -143,8 +148,7 @@ def test_a_taken_expectation_goes_on_the_standby_too() -> None:
     net, a, b = pair()
     ctl = Flow(C, S, 10001, 21, 1000, 5000)
     login(net, a, ctl)
-    say(a, ctl, 0, "PASV", net.now)
-    say(a, ctl, 1, f"227 Entering Passive Mode ({_host_port(S, 50001)}).", net.now)
+    pasv(a, ctl, net.now)
     net.local("a")
     assert len(b.ct.expect) == 1
     data = Flow(C, S, 10002, 50001, 7000, 9000)
@@ -161,8 +165,7 @@ def test_a_newer_expectation_replaces_the_older_on_the_standby() -> None:
     ctl = Flow(C, S, 10001, 21, 1000, 5000)
     login(net, a, ctl)
     for port in (50001, 50002):
-        say(a, ctl, 0, "PASV", net.now)
-        say(a, ctl, 1, f"227 Entering Passive Mode ({_host_port(S, port)}).", net.now)
+        pasv(a, ctl, net.now, port)
         net.local("a")
     assert [e.tuple.dport for e in b.ct.expect] == [50002]
     assert expectations(b.ct) == expectations(a.ct)
@@ -174,8 +177,7 @@ def test_a_joining_member_gets_the_expectations_in_its_snapshot() -> None:
     net.run(1.0)
     ctl = Flow(C, S, 10001, 21, 1000, 5000)
     login(net, a, ctl)
-    say(a, ctl, 0, "PASV", net.now)
-    say(a, ctl, 1, f"227 Entering Passive Mode ({_host_port(S, 50001)}).", net.now)
+    pasv(a, ctl, net.now)
     net.local("a")
     b = net.add("b", priority=100)
     net.run(2.0)
