@@ -123,9 +123,9 @@ stage() {
     check_report failover-basic "$OUT/failover-basic" "$rc" || failed=1
 
     t=$(date +%s); rc=0
-    ctlab chaos --duration 20 --seed 7 --backend docker --out "$OUT/chaos-7" --quiet || rc=$?
-    say "chaos (seed 7, 20 s) in containers: exit $rc, $(( $(date +%s) - t ))s"
-    check_report "chaos seed 7" "$OUT/chaos-7" "$rc" || failed=1
+    ctlab chaos --duration 20 --seed 5 --backend docker --out "$OUT/chaos-5" --quiet || rc=$?
+    say "chaos (seed 5, 20 s) in containers: exit $rc, $(( $(date +%s) - t ))s"
+    check_report "chaos seed 5" "$OUT/chaos-5" "$rc" || failed=1
 
     local left
     left=$(docker ps -aq --filter label=ctlab.run; docker network ls -q --filter label=ctlab.run)
