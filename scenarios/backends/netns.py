@@ -201,7 +201,9 @@ class NetnsBackend(ProcessBackend):
         if self.plan.broker == "mosquitto":
             conf = write_config(self.plan.workdir / "mosquitto.conf", {})
             conf.write_text(f"listener {MQTT_PORT} {host}\nallow_anonymous true\n"
-                            "persistence false\n", encoding="utf-8")
+                            "persistence false\nmax_queued_messages 100000\n"
+                            "max_inflight_messages 100\nset_tcp_nodelay true\n",
+                            encoding="utf-8")
             argv = ["mosquitto", "-c", str(conf)]
         else:
             argv = broker_command(host, MQTT_PORT)
