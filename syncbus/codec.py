@@ -21,6 +21,7 @@ Bodies (msgpack arrays; no maps anywhere):
     SnapshotStart  [snapshot_id, requester, full, as_of_seq, entries]
     SnapshotChunk  [snapshot_id, index, [item, ...]]
     SnapshotEnd    [snapshot_id, chunks, items]
+    CtAck          [origin, epoch, seq]
 
 An item is a bin: one fixed-layout record, struct-packed (conntrackd's TLVs and
 pfsync's records are fixed binary layouts too). The layout follows from the
@@ -62,6 +63,7 @@ from syncbus.messages import (
     ROLES,
     Body,
     ConnId,
+    CtAck,
     CtBatch,
     CtDelete,
     CtUpsert,
@@ -100,7 +102,7 @@ TCP_MAX_STATE = 9  # sS2; sIV (10) and above are never a connection's state
 TCP_MAX_INDEX = 5  # NONE_SET
 
 # body type tags
-T_CT, T_TOUCH, T_HB, T_RESYNC, T_SNAP_START, T_SNAP_CHUNK, T_SNAP_END = range(1, 8)
+T_CT, T_TOUCH, T_HB, T_RESYNC, T_SNAP_START, T_SNAP_CHUNK, T_SNAP_END, T_ACK = range(1, 9)
 
 # record flags (first byte)
 K_UPSERT = 1
@@ -245,6 +247,11 @@ def _encode_body(body: Body, origin: str, epoch: int) -> tuple[int, Any]:
     if isinstance(body, SnapshotEnd):
         _ints((body.snapshot_id, MAX_INT), (body.chunks, MAX_INT), (body.items, MAX_INT))
         return T_SNAP_END, [body.snapshot_id, body.chunks, body.items]
+    if isinstance(body, CtAck):
+        if not valid_name(body.origin):
+            raise _fail(f"bad ack origin {body.origin!r}")
+        _ints((body.epoch, MAX_INT), (body.seq, MAX_INT))
+        return T_ACK, [body.origin, body.epoch, body.seq]
     raise _fail(f"not a message body: {type(body).__name__}")
 
 
@@ -764,13 +771,21 @@ def _snap_end(body: object, origin: str, epoch: int) -> SnapshotEnd:
     return SnapshotEnd(sid, chunks, items)
 
 
+def _ack(body: object, origin: str, epoch: int) -> CtAck:
+    acked, ack_epoch, seq = _array(body, 3, "an ack")
+    if not valid_name(acked):
+        raise _fail("bad ack origin")
+    _ints((ack_epoch, MAX_INT), (seq, MAX_INT))
+    return CtAck(acked, ack_epoch, seq)
+
+
 def _ct(body: object, origin: str, epoch: int) -> CtBatch:
     return CtBatch(_items(body, origin, epoch))
 
 
 _BODY: dict[int, Callable[[object, str, int], Body]] = {
     T_CT: _ct, T_TOUCH: _touches, T_HB: _heartbeat, T_RESYNC: _resync,
-    T_SNAP_START: _snap_start, T_SNAP_CHUNK: _snap_chunk, T_SNAP_END: _snap_end,
+    T_SNAP_START: _snap_start, T_SNAP_CHUNK: _snap_chunk, T_SNAP_END: _snap_end, T_ACK: _ack,
 }
 
 __all__ = ["MAX_EXPECTS", "MAX_ITEMS", "MAX_MESSAGE_BYTES", "MAX_TOUCHES", "check_key",

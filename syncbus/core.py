@@ -35,6 +35,18 @@ controls prove that a scenario's checks can fail):
     distributed_aging=False  no touch digests are published; received ones are
                              ignored (stats["touches_ignored"])
     readiness_gate=False     the node is eligible before its snapshot completes
+
+And one can be switched on (SyncConfig.defer, seconds; off by default, as in
+pfsync): the daemon holds each packet that changed a replicated connection
+until a peer acknowledged the frame carrying the change, or `defer` passed
+(defer.py). Every member with defer set acknowledges the ct frames it applies
+(CtAck on its ack topic), so it is a cluster setting.
+
+    while core.defers():      after a burst whose packets changed connections:
+                              publish(core.on_local_events(events, t, urgent=True))
+                              then core.hold(packet, t) -> what may leave now
+    core.deferrals            release(t) after an ack came in (Member wakes the
+                              daemon) or at next_deadline()
 """
 
 from __future__ import annotations
@@ -49,6 +61,7 @@ from node.conntrack.events import DESTROY, CtEvent
 from node.conntrack.table import Conntrack
 from syncbus import codec, topics
 from syncbus.aging import Aging
+from syncbus.defer import Deferrals
 from syncbus.election import (
     ACTIVE_STANDBY,
     Election,
@@ -59,6 +72,8 @@ from syncbus.election import (
 )
 from syncbus.errors import CodecError, TopicError
 from syncbus.messages import (
+    ROLE_OFFLINE,
+    CtAck,
     CtBatch,
     CtDelete,
     Envelope,
@@ -86,6 +101,7 @@ from syncbus.replica import (
 )
 
 REPLICA_TICK = 0.25  # resync retries and tombstone expiry
+MAX_DEFER = 1.0  # seconds (pfsync: 20 ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,8 +127,11 @@ class SyncConfig:
     preinstall: bool = True
     distributed_aging: bool = True
     readiness_gate: bool = True
+    defer: float = 0.0  # seconds a changing packet may wait for a peer's ack (0: off)
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.defer <= MAX_DEFER:
+            raise ValueError(f"defer must be 0 (off) .. {MAX_DEFER:g} seconds")
         topics.check_name(self.cluster, "cluster")
         topics.check_name(self.node)
         codec.check_key(self.key)
@@ -122,6 +141,7 @@ _BODY_FOR_KIND: dict[str, tuple[type, ...]] = {
     topics.CT: (CtBatch,),
     topics.TOUCH: (TouchDigest,),
     topics.HB: (Heartbeat,),
+    topics.ACK: (CtAck,),
     topics.RESYNC_REQ: (ResyncRequest,),
     topics.RESYNC_RESP: (CtBatch, SnapshotStart, SnapshotChunk, SnapshotEnd),
 }
@@ -147,11 +167,12 @@ class SyncCore:
         self.election = Election(ElectionConfig(
             cfg.node, cfg.priority, cfg.preempt, cfg.mode, cfg.hb_interval, cfg.dead_after,
             cfg.discover, cfg.sync_timeout, cfg.reconnect_grace, cfg.readiness_gate), epoch, now)
+        self.deferrals: Deferrals[Any] | None = Deferrals(cfg.defer) if cfg.defer else None
         self._events: list[Event] = []
         self._snapshots: deque[SnapshotWriter] = deque()
         self._next_replica_tick = now
         self.stats = {"bad_messages": 0, "messages": 0, "published": 0, "requests": 0,
-                      "touches_ignored": 0}
+                      "touches_ignored": 0, "acks_sent": 0, "acks_received": 0}
         self.bad_reasons: dict[str, int] = {}
 
     # ------------------------------------------------------------ wiring
@@ -203,6 +224,14 @@ class SyncCore:
             return self._answer(env.body, now) if where.node == self.cfg.node else []
         if where.kind == topics.RESYNC_RESP and where.requester != self.cfg.node:
             return []
+        if where.kind == topics.ACK:
+            assert isinstance(env.body, CtAck)
+            ack = env.body
+            if ack.origin == self.cfg.node and ack.epoch == self.epoch \
+                    and self.deferrals is not None and ack.seq <= self.outbox.ct_seq:
+                self.stats["acks_received"] += 1
+                self.deferrals.ack(ack.seq)
+            return []
         if where.kind == topics.TOUCH:
             assert isinstance(env.body, TouchDigest)
             if not self.cfg.distributed_aging:
@@ -222,7 +251,18 @@ class SyncCore:
             elif isinstance(action, SnapshotComplete):
                 self._on_election(self.election.snapshot_complete(action.origin, now), now,
                                   out)
+        if self.deferrals is not None and isinstance(env.body, CtBatch):
+            out += self._ack(env.origin, env.epoch, now)
         return out
+
+    def _ack(self, origin: str, epoch: int, now: float) -> list[Publish]:
+        """Acknowledge `origin`'s ct stream up to the last frame applied without
+        a gap (nothing while a gap is open: the resync fills it first)."""
+        st = self.replica.origin_state(origin)
+        if st is None or st[0] != epoch or st[1] <= 1 or self.replica.gap_open(origin):
+            return []
+        self.stats["acks_sent"] += 1
+        return [self.outbox.ack(CtAck(origin, epoch, st[1] - 1), now)]
 
     def _bad(self, reason: str, exc: Exception | None) -> list[Publish]:
         self.stats["bad_messages"] += 1
@@ -265,9 +305,26 @@ class SyncCore:
         self._events += events
 
     # ------------------------------------------------------------ outgoing
-    def on_local_events(self, events: Iterable[CtEvent], now: float) -> list[Publish]:
+    def defers(self) -> bool:
+        """Whether packets that change connections are held now: defer is on,
+        this node replicates, and a live, ready peer is there to acknowledge."""
+        if self.deferrals is None or not self.cfg.replication:
+            return False
+        return any(p.alive and p.hb.ready and p.hb.role != ROLE_OFFLINE
+                   for p in self.election.peers.values())
+
+    def hold(self, item: Any, now: float) -> list[Any]:
+        """Hold `item` (a packet to transmit) until a peer acknowledged every ct
+        frame published so far; what may leave now (Deferrals.hold)."""
+        assert self.deferrals is not None
+        return self.deferrals.hold(self.outbox.ct_seq, item, now)
+
+    def on_local_events(self, events: Iterable[CtEvent], now: float,
+                        urgent: bool = False) -> list[Publish]:
         """The engine's events (ct.take_events()): publish what this node's own
-        datapath did; drop the echoes of what the replica applied."""
+        datapath did; drop the echoes of what the replica applied. `urgent`:
+        send what is pending now instead of at the flush timer (packets wait
+        for it: defer)."""
         ct, outbox, replica = self.ct, self.outbox, self.replica
         for ev in events:
             view = ev.entry
@@ -292,7 +349,7 @@ class SyncCore:
                     continue  # not (or no longer) in the table: its events say so
                 replica.adopt(master)
                 outbox.upsert(master, now)
-        return outbox.poll(now)
+        return outbox.flush(now) if urgent else outbox.poll(now)
 
     def touches(self, now: float) -> list[Publish]:
         """Once per poll cycle: this node's touch digest."""
@@ -335,7 +392,8 @@ class SyncCore:
                 "gate_timed_out": self.election.gate.timed_out, **self.stats,
                 "bad_reasons": dict(self.bad_reasons), "replica": dict(r.stats),
                 "outbox": dict(o.stats), "aging": dict(self.aging.stats),
-                "ct_seq": o.ct_seq, "install_latency_samples": len(r.install_latency)}
+                "ct_seq": o.ct_seq, "install_latency_samples": len(r.install_latency),
+                **({"defer": self.deferrals.summary()} if self.deferrals is not None else {})}
 
 
 __all__ = ["SyncConfig", "SyncCore"]

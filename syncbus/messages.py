@@ -11,6 +11,8 @@ and is the only place that validates what comes off the wire.
   TouchDigest     distributed aging: connections seen this poll cycle, "seconds ago"
   Heartbeat       membership and roles (retained; the MQTT will says "offline")
   ResyncRequest   "send me what I missed from seq N" or "send me everything"
+  CtAck           "I applied your ct stream up to seq N" (only with defer: a node
+                  holds a packet that changed a connection until a peer has it)
   SnapshotStart / SnapshotChunk / SnapshotEnd
                   a bulk transfer between explicit markers (pfsync's BUS start/end)
 
@@ -234,6 +236,16 @@ class ResyncRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class CtAck:
+    """Sent by a member that defers (pfsync's INS_ACK): it has applied
+    `origin`'s ct frames of `epoch` up to and including `seq`, without a gap."""
+
+    origin: str  # whose ct stream
+    epoch: int
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
 class SnapshotStart:
     snapshot_id: int
     requester: str
@@ -257,7 +269,7 @@ class SnapshotEnd:
 
 
 Body = (CtBatch | TouchDigest | Heartbeat | ResyncRequest | SnapshotStart | SnapshotChunk
-        | SnapshotEnd)
+        | SnapshotEnd | CtAck)
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +285,6 @@ class Envelope:
 
 __all__ = ["OFFLOAD_HW", "OFFLOAD_NONE", "OFFLOAD_SW", "PROTOCOL_VERSION", "ROLES",
            "ROLE_ACTIVE", "ROLE_JOINING", "ROLE_OFFLINE", "ROLE_STANDBY", "Body", "ConnId",
-           "ConnKey", "CtBatch", "CtDelete", "CtUpsert", "Envelope", "ExpectInfo", "Heartbeat",
-           "Item", "NatInfo", "NatRangeInfo", "ResyncRequest", "SnapshotChunk", "SnapshotEnd",
-           "SnapshotStart", "TcpDir", "TcpInfo", "Touch", "TouchDigest"]
+           "ConnKey", "CtAck", "CtBatch", "CtDelete", "CtUpsert", "Envelope", "ExpectInfo",
+           "Heartbeat", "Item", "NatInfo", "NatRangeInfo", "ResyncRequest", "SnapshotChunk",
+           "SnapshotEnd", "SnapshotStart", "TcpDir", "TcpInfo", "Touch", "TouchDigest"]

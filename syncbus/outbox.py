@@ -10,6 +10,7 @@ Streams, each with its own counter in the node's epoch:
   touch    TouchDigest frames
   hb       Heartbeat frames (retained); the will is a heartbeat with seq 0
   resp     snapshot frames (SnapshotStart / Chunk / End) to one requester
+  ack      CtAck frames (defer)
 
 The last ct frames are kept (bounded by bytes) so that a targeted resync
 replays exactly what a peer missed, byte for byte; a request from further back
@@ -31,6 +32,7 @@ from syncbus.messages import (
     ROLE_OFFLINE,
     Body,
     ConnId,
+    CtAck,
     CtDelete,
     Envelope,
     Heartbeat,
@@ -69,7 +71,7 @@ class Outbox:
         self.identity = identity if identity is not None else self.own_identity
         self.dirty: Coalescer[Entry, CtDelete] = Coalescer(budget, delay)
         self.ct_seq = 0
-        self._seqs = {"touch": 0, "hb": 0, "resp": 0}
+        self._seqs = {"touch": 0, "hb": 0, "resp": 0, "ack": 0}
         self._snapshot_id = 0
         self._history: deque[tuple[int, bytes]] = deque()
         self._history_bytes = 0
@@ -148,6 +150,9 @@ class Outbox:
         body = Heartbeat(self.node, ROLE_OFFLINE, hb.priority, hb.term, False, 0, self.ct_seq,
                          session)
         return Publish(topics.hb(self.cluster, self.node), self._frame("hb", body, now, 0), True)
+
+    def ack(self, body: CtAck, now: float) -> Publish:
+        return Publish(topics.ack(self.cluster, self.node), self._frame("ack", body, now))
 
     def touches(self, touches: Sequence[Touch], now: float) -> list[Publish]:
         topic = topics.touch(self.cluster, self.node)

@@ -98,6 +98,8 @@ class Member:
         # Called with each role/gate/peer event as the core emits it, before the
         # queue: for what must be read at that very moment (the card at a promotion).
         self.on_event: Callable[[object], None] | None = None
+        # Called when a peer's ack lets held packets go (defer): the daemon sends them.
+        self.on_release: Callable[[], None] | None = None
         self.impairment: Impairment | None = None
         self.seed = 0
         self.rng = random.Random(self.seed)
@@ -204,9 +206,10 @@ class Member:
                 else:
                     self._queue(self._out, due, f)
 
-    async def local_events(self, events: Iterable[CtEvent]) -> None:
-        """The engine's events (ct.take_events()), in order."""
-        await self.publish(self.core.on_local_events(events, self.clock()))
+    async def local_events(self, events: Iterable[CtEvent], urgent: bool = False) -> None:
+        """The engine's events (ct.take_events()), in order; `urgent`: the frames
+        go out now, not at the flush timer (packets wait for them: defer)."""
+        await self.publish(self.core.on_local_events(events, self.clock(), urgent))
         self.wake()
 
     async def touches(self) -> None:
@@ -228,7 +231,11 @@ class Member:
 
     # ------------------------------------------------------------ in
     async def _deliver(self, m: BusMessage) -> None:
-        frames = self.core.on_message(m.topic, m.payload, self.clock())
+        core = self.core
+        frames = core.on_message(m.topic, m.payload, self.clock())
+        if core.deferrals is not None and self.on_release is not None \
+                and core.deferrals.due(self.clock()):
+            self.on_release()
         self._events_out()
         await self.publish(frames)
         self.wake()

@@ -7,6 +7,7 @@ Under `ctlab/<cluster>/`:
   hb/<node>                       its heartbeat (retained; the MQTT will = offline)
   resync/<node>/req               requests addressed to the node
   resync/<node>/resp/<requester>  the node's answers to one requester
+  ack/<node>                      its acks of the others' ct streams (defer only)
 
 One topic per origin and kind, because MQTT orders messages per topic only.
 Names are 1..64 characters of [A-Za-z0-9_-] and never a wildcard or a slash,
@@ -28,6 +29,7 @@ TOUCH = "touch"
 HB = "hb"
 RESYNC_REQ = "resync-req"
 RESYNC_RESP = "resync-resp"
+ACK = "ack"
 
 
 def valid_name(name: object) -> bool:
@@ -52,6 +54,10 @@ def hb(cluster: str, node: str) -> str:
     return f"{ROOT}/{check_name(cluster, 'cluster')}/hb/{check_name(node)}"
 
 
+def ack(cluster: str, node: str) -> str:
+    return f"{ROOT}/{check_name(cluster, 'cluster')}/ack/{check_name(node)}"
+
+
 def resync_req(cluster: str, node: str) -> str:
     return f"{ROOT}/{check_name(cluster, 'cluster')}/resync/{check_name(node)}/req"
 
@@ -62,16 +68,17 @@ def resync_resp(cluster: str, node: str, requester: str) -> str:
 
 
 def subscriptions(cluster: str, node: str) -> list[str]:
-    """What a member subscribes to: everyone's ct, touch and hb streams, its own
-    resync requests and the answers addressed to it."""
+    """What a member subscribes to: everyone's ct, touch, hb and ack streams, its
+    own resync requests and the answers addressed to it."""
     base = f"{ROOT}/{check_name(cluster, 'cluster')}"
     check_name(node)
-    return [f"{base}/ct/+", f"{base}/touch/+", f"{base}/hb/+", f"{base}/resync/{node}/req",
+    return [f"{base}/ct/+", f"{base}/touch/+", f"{base}/hb/+", f"{base}/ack/+",
+            f"{base}/resync/{node}/req",
             f"{base}/resync/+/resp/{node}"]
 
 
 class Parsed(NamedTuple):
-    kind: str  # CT, TOUCH, HB, RESYNC_REQ or RESYNC_RESP
+    kind: str  # CT, TOUCH, HB, ACK, RESYNC_REQ or RESYNC_RESP
     cluster: str
     node: str  # the topic's owner: the only node allowed to publish there
     requester: str | None = None  # RESYNC_RESP: the node it is addressed to
@@ -83,7 +90,7 @@ def parse(topic: str) -> Parsed:
     if len(parts) < 4 or parts[0] != ROOT or not all(valid_name(p) for p in parts[1:]):
         raise TopicError(f"not a ctlab topic: {topic!r}")
     cluster, kind, node = parts[1], parts[2], parts[3]
-    if len(parts) == 4 and kind in (CT, TOUCH, HB):
+    if len(parts) == 4 and kind in (CT, TOUCH, HB, ACK):
         return Parsed(kind, cluster, node)
     if kind == "resync":
         if len(parts) == 5 and parts[4] == "req":
@@ -93,6 +100,6 @@ def parse(topic: str) -> Parsed:
     raise TopicError(f"not a ctlab topic: {topic!r}")
 
 
-__all__ = ["CT", "HB", "NAME_RE", "RESYNC_REQ", "RESYNC_RESP", "ROOT", "TOUCH", "Parsed",
-           "check_name", "ct", "hb", "parse", "resync_req", "resync_resp", "subscriptions",
+__all__ = ["ACK", "CT", "HB", "NAME_RE", "RESYNC_REQ", "RESYNC_RESP", "ROOT", "TOUCH", "Parsed",
+           "ack", "check_name", "ct", "hb", "parse", "resync_req", "resync_resp", "subscriptions",
            "touch", "valid_name"]

@@ -112,6 +112,7 @@ class ExpectTable:
         self._items: list[Expectation] = []
         # masters whose expectations changed (by id), while watched
         self._changed: dict[int, Entry] | None = None
+        self.changes = 0  # how many times a watched master's expectations changed
 
     def __len__(self) -> int:
         return len(self._items)
@@ -136,6 +137,7 @@ class ExpectTable:
     def _note(self, master: Entry) -> None:
         if self._changed is not None:
             self._changed[id(master)] = master
+            self.changes += 1
 
     def of(self, master: Entry) -> list[Expectation]:
         """The master's expectations, oldest first."""

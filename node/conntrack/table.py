@@ -579,6 +579,11 @@ class Conntrack:
         events, self._events = self._events, []
         return events
 
+    @property
+    def pending_events(self) -> int:
+        """Events not taken yet (a packet that adds to them changed a connection)."""
+        return len(self._events)
+
     def view(self, entry: Entry, now: float) -> CtView:
         tracker = TRACKERS.get(entry.orig.proto, GENERIC)
         ext = entry.ext

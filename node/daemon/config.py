@@ -33,6 +33,11 @@
                                   #   card; it offloads them on software traffic, as local ones
       distributed_aging: true     # off: no touch digests sent, received ones ignored
       readiness_gate: true        # off: eligible at once, before the snapshot completes
+    sync:
+      defer: 0                    # seconds (0: off; pfsync uses 0.02): hold each packet
+                                  #   that changed a connection until a peer acknowledged
+                                  #   the change, or this long. A cluster setting: members
+                                  #   with it acknowledge what they apply.
 
 Every problem is one ConfigError whose message names the field
 ("ports.inside.bind: ..."); unknown fields are errors too (a typo must not
@@ -55,6 +60,7 @@ from node.daemon.errors import ConfigError
 from node.offload.faults import DEFAULT_CAPACITY, DEFAULT_INSERT_LATENCY, DEFAULT_INSERT_RATE
 from syncbus import topics
 from syncbus.bus import BusConfig
+from syncbus.core import MAX_DEFER
 from syncbus.election import ACTIVE_ACTIVE, ACTIVE_STANDBY
 from syncbus.errors import BusError
 
@@ -118,6 +124,13 @@ class Mechanisms:
 
 
 @dataclass(frozen=True)
+class SyncSettings:
+    """Replication tuning that is not a protective mechanism."""
+
+    defer: float = 0.0  # seconds; 0 = off (syncbus/defer.py)
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     node: str
     cluster: str
@@ -132,6 +145,7 @@ class NodeConfig:
     sysctl: Sysctl = field(default_factory=Sysctl)
     clock_offset: float = 0.0
     mechanisms: Mechanisms = field(default_factory=Mechanisms)
+    sync: SyncSettings = field(default_factory=SyncSettings)
 
     def port(self, name: str) -> PortConfig:
         for p in self.ports:
@@ -176,9 +190,12 @@ def parse(data: object, *, base: Path | None = None) -> NodeConfig:
     sysctl = _sysctl(top.get("sysctl", {}), "sysctl")
     offset = top.number("clock_offset", 0.0, lo=-86400.0, hi=86400.0)
     mechanisms = _mechanisms(top.section("mechanisms"))
+    sync_s = top.section("sync")
+    sync = SyncSettings(sync_s.number("defer", 0.0, lo=0.0, hi=MAX_DEFER))
+    sync_s.done()
     top.done()
     return NodeConfig(node, cluster, ports, key, broker, tc, tc_name, card, role, listen,
-                      sysctl, offset, mechanisms)
+                      sysctl, offset, mechanisms, sync)
 
 
 def _broker(s: _Section, base: Path | None) -> BrokerConfig:
@@ -410,4 +427,4 @@ def parse_addr(value: object, where: str) -> Addr:
 
 
 __all__ = ["Addr", "BrokerConfig", "CardConfig", "ConfigError", "Mechanisms", "NodeConfig",
-           "PortConfig", "RoleConfig", "TlsConfig", "load", "parse", "parse_addr"]
+           "PortConfig", "RoleConfig", "SyncSettings", "TlsConfig", "load", "parse", "parse_addr"]

@@ -114,7 +114,7 @@ class Node:
                               dead_after=r.dead_after, discover=r.discover,
                               sync_timeout=r.sync_timeout, replication=m.replication,
                               preinstall=m.preinstall, distributed_aging=m.distributed_aging,
-                              readiness_gate=m.readiness_gate)
+                              readiness_gate=m.readiness_gate, defer=cfg.sync.defer)
         except ValueError as exc:
             raise ConfigError(f"role: {exc}") from None
         self.core = SyncCore(sync, self.ct, self.installs, epoch=epoch, now=now)
@@ -214,6 +214,11 @@ class Node:
         for entry in self.ct.entries():
             if entry.id in ids:
                 aging.note(entry.zone, entry.orig, now)
+
+    def change_mark(self) -> tuple[int, int]:
+        """Compared before and after a packet: whether it changed a connection
+        (an event) or a master's expectations (what replication publishes)."""
+        return self.ct.pending_events, self.ct.expect.changes
 
     def take_ct_events(self) -> list[CtEvent]:
         """The engine's events since the last call (kept for /events too)."""

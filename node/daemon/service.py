@@ -7,6 +7,8 @@ engines) and syncbus.service.Member (replication):
                                         first connection on)
         pump(port) per port             parse -> datapath -> egress ports; events
                                         out after each burst
+        deferred()                      with defer: held packets out when a peer
+                                        acknowledged their change (or time is up)
         timers()                        at the datapath's next deadline: conntrack
                                         expiry, card commands, and every
                                         poll_interval the card's bulk poll -> aging
@@ -88,6 +90,9 @@ class Daemon:
         self.events = asyncio.Condition()
         node.installs.on_queued = self.wake.set
         member.on_event = self._on_event
+        self.released = asyncio.Event()  # defer: an ack came, or packets were held
+        member.on_release = self.released.set
+        self._held: list[tuple[str, bytes, str]] = []  # this burst's packets (defer)
         self.control_url = ""
 
     def _on_event(self, ev: object) -> None:
@@ -101,26 +106,62 @@ class Daemon:
 
     # ------------------------------------------------------------ packets
     def _handle(self, port: str, data: bytes) -> Received:
-        got = self.node.receive(port, data, self.clock())
-        for out_port, raw, path in got.sends:
+        node, core = self.node, self.member.core
+        d = core.deferrals
+        waiting = d is not None and len(d) > 0  # older packets held: keep the order
+        defer = waiting or (d is not None and core.defers())
+        mark = node.change_mark() if defer else None
+        got = node.receive(port, data, self.clock())
+        if got.sends:
+            if defer and (waiting or self._held or node.change_mark() != mark):
+                self._held += got.sends  # after this burst's frame is acknowledged
+            else:
+                self._transmit(got.sends)
+        return got
+
+    def _transmit(self, sends: list[tuple[str, bytes, str]]) -> None:
+        for out_port, raw, path in sends:
             p = self.ports.get(out_port)
             if p is not None:
                 p.send(raw, path)
-        return got
 
     async def flush(self) -> None:
-        """Hand the engine's events to replication (and to /events readers)."""
+        """Hand the engine's events to replication (and to /events readers);
+        with defer, this burst's held packets wait for the frame carrying them."""
         events = self.node.take_ct_events()
+        held, self._held = self._held, []
         if events:
             try:
-                await self.member.local_events(events)
+                await self.member.local_events(events, urgent=bool(held))
             except Exception:  # a record the core cannot take must not stop the node
                 self.node.internal_errors["publish"] += 1
                 log.exception("%s: publishing %d events failed", self.node.cfg.node,
                               len(events))
             async with self.events:
                 self.events.notify_all()
+        elif held:  # an expectation changed without an event: still a frame to wait for
+            await self.member.local_events((), urgent=True)
+        if held:
+            core, now = self.member.core, self.clock()
+            for send in held:
+                self._transmit(core.hold(send, now))
+            self.released.set()  # the release task sees the new deadline
         self.wake.set()  # offers may have queued hardware inserts
+
+    async def deferred(self) -> None:
+        """Defer: send held packets once a peer acknowledged their frame, or at
+        the defer timeout (pfsync's INS_ACK or PFSYNC_DEFER_TIMEOUT)."""
+        d = self.member.core.deferrals
+        if d is None:
+            return
+        while True:
+            deadline = d.next_deadline()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(None if deadline is None
+                                           else max(0.0, deadline - self.clock())):
+                    await self.released.wait()
+            self.released.clear()
+            self._transmit(d.release(self.clock()))
 
     async def inject(self, port: str, data: bytes) -> Received:
         """A packet from the control API, as if it arrived on `port`."""
@@ -244,6 +285,7 @@ async def run(cfg: NodeConfig, *, ready: asyncio.Event | None = None,
                 for p in opened.values():
                     tg.create_task(daemon.pump(p), name=f"pump-{p.name}")
                 tg.create_task(daemon.timers(), name="timers")
+                tg.create_task(daemon.deferred(), name="deferred")
                 tg.create_task(daemon.roles(), name="roles")
                 tg.create_task(control.serve(daemon, cfg.control, listening), name="control")
                 await listening.wait()

@@ -234,6 +234,9 @@ def state_json(node: Node, now: float, bus: dict[str, Any]) -> dict[str, Any]:
         "now": now, "roles": [[round(t - node.started, 3), what] for t, what in node.role_log],
         "mechanisms": dataclasses.asdict(node.cfg.mechanisms), "offload": offload_json(node),
         "promotions": list(node.promotions),
+        "defer": None if core.deferrals is None else {
+            **core.deferrals.summary(), "acks_sent": core.stats["acks_sent"],
+            "acks_received": core.stats["acks_received"], "active": core.defers()},
     }
 
 
@@ -289,6 +292,14 @@ def metrics_text(node: Node, now: float, bus: dict[str, Any],
               core.stats["bad_messages"])
     for key in ("gaps", "resync_requests", "snapshots", "tombstoned", "fenced", "duplicates"):
         m.counter(f"ctlab_sync_{key}_total", f"Replica {key}", core.replica.stats[key])
+    m.counter("ctlab_sync_acks_sent_total", "Acks of peers' ct frames sent (defer)",
+              core.stats["acks_sent"])
+    if core.deferrals is not None:
+        d = core.deferrals
+        m.gauge("ctlab_defer_held", "Packets held until a peer acknowledges", len(d))
+        for how in ("acked", "timeout", "overflow"):
+            m.counter("ctlab_defer_released_total", "Held packets released, by why",
+                      d.stats[f"released_{how}"], why=how)
     m.histogram("ctlab_sync_install_latency_seconds",
                 "Creation on the origin to installed in this node's card",
                 node.installs.latency)

@@ -24,6 +24,7 @@ from syncbus.errors import CodecError
 from syncbus.messages import (
     OFFLOAD_HW,
     ConnId,
+    CtAck,
     CtBatch,
     CtDelete,
     CtUpsert,
@@ -96,6 +97,7 @@ def test_every_body_round_trips(key: bytes | None) -> None:
         SnapshotStart(4, "b", True, 77, 1000),
         SnapshotChunk(4, 0, tuple(ITEMS)),
         SnapshotEnd(4, 1, len(ITEMS)),
+        CtAck("b", 7, 12),
     ]
     for body in bodies:
         e = env(body)
@@ -224,6 +226,9 @@ def _raw(typ: int, body: object, origin: str = "a") -> bytes:
     (_raw(4, ["b", 1, None, False]), "from_seq or full"),
     (_raw(2, [2, b"\x00" * 20]), "touch"),
     (_raw(2, [1, b"\x00" * 21]), "trailing"),
+    (_raw(8, ["b", 7]), "an ack"),
+    (_raw(8, ["b/c", 7, 1]), "ack origin"),
+    (_raw(8, ["b", 7, -1]), "range"),
 ])
 def test_malformed_frames_name_the_problem(frame: bytes, why: str) -> None:
     with pytest.raises(CodecError, match=why):
@@ -315,7 +320,7 @@ def test_times_are_clamped_not_wrapped() -> None:
 FRAMES = [codec.encode(env(b), k) for k in (None, KEY) for b in (
     CtBatch(tuple(ITEMS)), TouchDigest((Touch(1, V4, 1.0),)),
     Heartbeat("a", "standby", 1, 1, True, 1, 1), ResyncRequest("b", 1, 1, False),
-    SnapshotChunk(1, 0, tuple(ITEMS)))]
+    SnapshotChunk(1, 0, tuple(ITEMS)), CtAck("b", 1, 1))]
 
 
 def _decodes_or_codec_error(data: bytes, key: bytes | None) -> None:
@@ -348,7 +353,7 @@ def _msgpack_values() -> st.SearchStrategy[object]:
 
 
 @settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
-@given(st.integers(0, 9), _msgpack_values())
+@given(st.integers(0, 10), _msgpack_values())
 def test_well_formed_msgpack_of_any_shape_is_validated(typ: int, body: object) -> None:
     try:
         frame = b"\x01" + msgpack.packb([typ, "c1", "a", 1, 1, 1.0, body], use_bin_type=True)
