@@ -14,6 +14,8 @@ through it, which faults to inject when, and which invariants must hold::
       preempt: false                # a returning higher-priority node takes the role back
       broker: embedded              # embedded | mosquitto | mqtt://host:port | mqtts://...
       cluster_key: on               # HMAC on every sync message
+      defer: 50ms                   # hold a packet that changed a connection until a
+                                    # peer has the change (pfsync defer; default off)
       nodes:
         a: {priority: 200}
         b: {priority: 100, card: small}   # a card profile below (default: "default")
@@ -81,6 +83,7 @@ from typing import Any
 import yaml
 
 from node.conntrack import Sysctl, SysctlError, Tuple
+from syncbus.core import MAX_DEFER
 
 # ================================================================ vocabulary
 MODES = ("active-standby", "active-active")
@@ -223,6 +226,7 @@ class Cluster:
     preempt: bool = False
     broker: Broker = Broker("embedded")
     cluster_key: bool = False
+    defer: float = 0.0  # seconds (node config sync.defer); 0: off
 
     @property
     def node_names(self) -> tuple[str, ...]:
@@ -440,6 +444,7 @@ class _Loader:
         preempt = s.flag("preempt", False)
         broker = self.broker(s.node("broker"))
         key = s.flag("cluster_key", False)
+        defer = s.seconds("defer", 0.0, lo=0.0, hi=MAX_DEFER) or 0.0
         nodes = []
         for nname, value in s.mapping_of("nodes", required=True).entries(named=True):
             n = self.mapping(value, f"node {nname}")
@@ -459,7 +464,7 @@ class _Loader:
             raise self.error(knode, f"{reserved[0]!r} is reserved (fault targets active, "
                              "standby and broker); name the node otherwise")
         s.done()
-        return Cluster(tuple(nodes), name, mode, preempt, broker, key)
+        return Cluster(tuple(nodes), name, mode, preempt, broker, key, defer)
 
     def broker(self, node: yaml.Node | None) -> Broker:
         if node is None:

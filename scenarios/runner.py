@@ -172,6 +172,8 @@ class Runner:
                            "distributed_aging": m.distributed_aging,
                            "readiness_gate": m.readiness_gate},
         }
+        if cl.defer:
+            cfg["sync"] = {"defer": cl.defer}
         if cl.cluster_key:
             cfg["cluster_key"] = self.key
         return cfg
@@ -632,7 +634,7 @@ class Runner:
             out[name] = {k: st.get(k) for k in (
                 "role", "term", "epoch", "roles", "gate", "tables", "sync_lag_ms",
                 "install_latency_ms", "bad_messages", "replica", "outbox", "nemesis",
-                "mechanisms", "offload", "counters", "promotions")}
+                "mechanisms", "offload", "counters", "promotions", "defer")}
             out[name]["reachable"] = v.state is not None
             out[name]["card"] = self.cards.get(name)
         return out
