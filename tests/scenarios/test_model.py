@@ -177,6 +177,7 @@ def test_broker_url_and_tc_file(tmp_path: Path) -> None:
      "active-mode FTP through NAT needs nf_nat_ftp"),
     ("cluster:\n", "cluster:\n  broker: amqp://x\n", "amqp",
      "broker: expected embedded, mosquitto or an mqtt:// or mqtts:// URL"),
+    ("cluster:\n", "cluster:\n  defer: 5s\n", "5s", "defer: "),
 ])
 def test_errors_point_at_the_offending_value(old: str, new: str, needle: str,
                                              message: str) -> None:
