@@ -44,7 +44,9 @@ until a peer acknowledged the frame carrying the change, or `defer` passed
 
     while core.defers():      after a burst whose packets changed connections:
                               publish(core.on_local_events(events, t, urgent=True))
-                              then core.hold(packet, t) -> what may leave now
+                              then core.hold(flow, packet, t) -> what may leave now
+                              (deferrals.hold_behind() for the packets of a flow
+                              with packets held)
     core.deferrals            release(t) after an ack came in (Member wakes the
                               daemon) or at next_deadline()
 """
@@ -52,7 +54,7 @@ until a peer acknowledged the frame carrying the change, or `defer` passed
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,6 +139,11 @@ class SyncConfig:
         codec.check_key(self.key)
 
 
+# What comes back to its sender through its own subscriptions (ct/+, touch/+,
+# ack/+), dropped by topic before the decoder (half of a busy active's inbound
+# frames). Own heartbeats are decoded: the election times its echo.
+_OWN_ECHOES = frozenset({topics.CT, topics.TOUCH, topics.ACK})
+
 _BODY_FOR_KIND: dict[str, tuple[type, ...]] = {
     topics.CT: (CtBatch,),
     topics.TOUCH: (TouchDigest,),
@@ -172,7 +179,7 @@ class SyncCore:
         self._snapshots: deque[SnapshotWriter] = deque()
         self._next_replica_tick = now
         self.stats = {"bad_messages": 0, "messages": 0, "published": 0, "requests": 0,
-                      "touches_ignored": 0, "acks_sent": 0, "acks_received": 0}
+                      "touches_ignored": 0, "acks_sent": 0, "acks_received": 0, "echoes": 0}
         self.bad_reasons: dict[str, int] = {}
 
     # ------------------------------------------------------------ wiring
@@ -202,8 +209,15 @@ class SyncCore:
         self.stats["messages"] += 1
         try:
             where = topics.parse(topic)
+        except TopicError as exc:
+            return self._bad(type(exc).__name__, exc)
+        if where.node == self.cfg.node and where.kind in _OWN_ECHOES \
+                and where.cluster == self.cfg.cluster:
+            self.stats["echoes"] += 1
+            return []  # our own ct/touch/ack frames, back through the wildcard: not decoded
+        try:
             env = codec.decode(payload, self.cfg.key)
-        except (TopicError, CodecError) as exc:
+        except CodecError as exc:
             return self._bad(type(exc).__name__, exc)
         if where.cluster != self.cfg.cluster or env.cluster != self.cfg.cluster:
             return self._bad("cluster", None)
@@ -230,7 +244,7 @@ class SyncCore:
             if ack.origin == self.cfg.node and ack.epoch == self.epoch \
                     and self.deferrals is not None and ack.seq <= self.outbox.ct_seq:
                 self.stats["acks_received"] += 1
-                self.deferrals.ack(ack.seq)
+                self.deferrals.ack(ack.seq, now - env.sent_at)
             return []
         if where.kind == topics.TOUCH:
             assert isinstance(env.body, TouchDigest)
@@ -313,11 +327,12 @@ class SyncCore:
         return any(p.alive and p.hb.ready and p.hb.role != ROLE_OFFLINE
                    for p in self.election.peers.values())
 
-    def hold(self, item: Any, now: float) -> list[Any]:
-        """Hold `item` (a packet to transmit) until a peer acknowledged every ct
-        frame published so far; what may leave now (Deferrals.hold)."""
+    def hold(self, flow: Hashable, item: Any, now: float) -> list[Any]:
+        """Hold `item` (a packet of connection `flow` to transmit) until a peer
+        acknowledged every ct frame published so far; what may leave now
+        (Deferrals.hold)."""
         assert self.deferrals is not None
-        return self.deferrals.hold(self.outbox.ct_seq, item, now)
+        return self.deferrals.hold(self.outbox.ct_seq, flow, item, now)
 
     def on_local_events(self, events: Iterable[CtEvent], now: float,
                         urgent: bool = False) -> list[Publish]:

@@ -232,9 +232,10 @@ class Member:
     # ------------------------------------------------------------ in
     async def _deliver(self, m: BusMessage) -> None:
         core = self.core
+        acked = core.deferrals.acked if core.deferrals is not None else 0
         frames = core.on_message(m.topic, m.payload, self.clock())
-        if core.deferrals is not None and self.on_release is not None \
-                and core.deferrals.due(self.clock()):
+        if core.deferrals is not None and core.deferrals.acked != acked \
+                and self.on_release is not None:
             self.on_release()
         self._events_out()
         await self.publish(frames)

@@ -43,6 +43,7 @@ class Received:
     outcome: Outcome | None
     sends: list[tuple[str, bytes, str]] = field(default_factory=list)  # port, packet, path
     error: str = ""
+    flow: int | None = None  # its conntrack entry's id (with Node.flows on: defer)
 
 
 class InstallTimer:
@@ -134,6 +135,7 @@ class Node:
         # ratio of that failover, read at the moment itself.
         self.promotions: deque[dict[str, Any]] = deque(maxlen=32)
         self.poll_seconds = Histogram((0.0001, 0.001, 0.01, 0.1, 0.5, 1.0))
+        self.flows = cfg.sync.defer > 0  # name each packet's connection (Received.flow)
 
     def _apply_tc(self, script: str, name: str) -> None:
         out, err = io.StringIO(), io.StringIO()
@@ -159,8 +161,11 @@ class Node:
         except Exception as exc:  # an engine bug on one packet: count it, keep going
             self.internal_errors["engine"] += 1
             return self._bad("engine", f"{type(exc).__name__}: {exc}")
+        entry = None
         if out.path != "hw":  # hardware traffic reaches aging through the card's poll
-            self._note_software(pkt, out.zone, now)
+            entry = self._note_software(pkt, out.zone, now)
+        elif self.flows:
+            entry = self._find(pkt, out.zone)
         c = self.counters
         c["packets_" + out.path] = c.get("packets_" + out.path, 0) + 1
         c["verdict_" + out.verdict] = c.get("verdict_" + out.verdict, 0) + 1
@@ -178,15 +183,19 @@ class Node:
                 self.capture_seq += 1
                 self.capture.append({"seq": self.capture_seq, "at": now, "port": e.port,
                                      "path": out.path, "hex": raw.hex()})
-        return Received(out, sends)
+        return Received(out, sends, flow=None if entry is None else entry.id)
 
-    def _note_software(self, pkt: Packet, zone: int, now: float) -> None:
+    def _find(self, pkt: Packet, zone: int) -> Entry | None:
         try:
-            entry = self.ct.find(tuple_of(pkt), zone)
+            return self.ct.find(tuple_of(pkt), zone)
         except (ValueError, TypeError):
-            return
+            return None
+
+    def _note_software(self, pkt: Packet, zone: int, now: float) -> Entry | None:
+        entry = self._find(pkt, zone)
         if entry is not None:
             self.core.aging.note(entry.zone, entry.orig, now)
+        return entry
 
     def _bad(self, reason: str, message: str) -> Received:
         self.bad_packets[reason] = self.bad_packets.get(reason, 0) + 1

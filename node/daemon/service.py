@@ -92,7 +92,10 @@ class Daemon:
         member.on_event = self._on_event
         self.released = asyncio.Event()  # defer: an ack came, or packets were held
         member.on_release = self.released.set
-        self._held: list[tuple[str, bytes, str]] = []  # this burst's packets (defer)
+        # defer: this burst's packets to hold, with their flow and whether they
+        # changed it (else they only wait behind its held packets)
+        self._held: list[tuple[int | None, list[tuple[str, bytes, str]], bool]] = []
+        self._burst_flows: set[int | None] = set()
         self.control_url = ""
 
     def _on_event(self, ev: object) -> None:
@@ -108,13 +111,15 @@ class Daemon:
     def _handle(self, port: str, data: bytes) -> Received:
         node, core = self.node, self.member.core
         d = core.deferrals
-        waiting = d is not None and len(d) > 0  # older packets held: keep the order
-        defer = waiting or (d is not None and core.defers())
-        mark = node.change_mark() if defer else None
+        defers = d is not None and core.defers()
+        mark = node.change_mark() if defers else None
         got = node.receive(port, data, self.clock())
         if got.sends:
-            if defer and (waiting or self._held or node.change_mark() != mark):
-                self._held += got.sends  # after this burst's frame is acknowledged
+            if defers and node.change_mark() != mark:  # after its frame is acknowledged
+                self._held.append((got.flow, got.sends, True))
+                self._burst_flows.add(got.flow)
+            elif d is not None and (got.flow in self._burst_flows or d.holds(got.flow)):
+                self._held.append((got.flow, got.sends, False))  # behind its flow's
             else:
                 self._transmit(got.sends)
         return got
@@ -130,6 +135,7 @@ class Daemon:
         with defer, this burst's held packets wait for the frame carrying them."""
         events = self.node.take_ct_events()
         held, self._held = self._held, []
+        self._burst_flows.clear()
         if events:
             try:
                 await self.member.local_events(events, urgent=bool(held))
@@ -143,8 +149,12 @@ class Daemon:
             await self.member.local_events((), urgent=True)
         if held:
             core, now = self.member.core, self.clock()
-            for send in held:
-                self._transmit(core.hold(send, now))
+            d = core.deferrals
+            assert d is not None
+            for flow, sends, changed in held:
+                for send in sends:
+                    self._transmit(core.hold(flow, send, now) if changed
+                                   else d.hold_behind(flow, send, now))
             self.released.set()  # the release task sees the new deadline
         self.wake.set()  # offers may have queued hardware inserts
 

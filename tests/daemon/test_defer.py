@@ -6,7 +6,9 @@ standby having the connection."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import socket
 import time
 from typing import Any
@@ -88,6 +90,28 @@ def test_established_traffic_is_not_held(cluster: Cluster) -> None:
             a.inject(port, pkt)
             receive(peers["outside" if port == "inside" else "inside"])
         assert a.state()["defer"]["deferred"] == before  # no change, nothing to wait for
+
+
+def test_a_held_connection_holds_no_other_and_leaves_at_the_timeout(cluster: Cluster) -> None:
+    with peer_sockets() as peers:
+        a, b = deferring_pair(cluster, peers)
+        other = 51300
+        for port, pkt in handshake(other):
+            a.inject(port, pkt)
+            receive(peers["outside" if port == "inside" else "inside"])
+        os.kill(b.pid, signal.SIGSTOP)  # no more acks (a still counts b as alive a while)
+        try:
+            t0 = time.monotonic()
+            a.inject(*handshake(51301)[0])  # a new connection: held
+            a.inject(*data_packets(other, 1)[0])  # established data of another one
+            first = receive(peers["outside"])
+            assert first.l4.sport == other  # it did not wait
+            second = receive(peers["outside"])
+            assert second.l4.sport == 51301 and time.monotonic() - t0 >= DEFER * 0.9
+            st = a.state()["defer"]
+            assert st["released_timeout"] >= 1 and st["held"] == 0, st
+        finally:
+            os.kill(b.pid, signal.SIGCONT)
 
 
 def test_without_a_ready_peer_nothing_is_held(cluster: Cluster) -> None:

@@ -17,28 +17,43 @@ DEFER = 0.02  # pfsync's PFSYNC_DEFER_TIMEOUT
 
 
 # ================================================================ the queue
-def test_an_item_waits_for_the_ack_of_its_frame_and_leaves_in_order() -> None:
+def test_a_packet_waits_for_the_ack_of_its_frame_and_its_flow_keeps_its_order() -> None:
     d: Deferrals[str] = Deferrals(DEFER)
-    assert d.hold(3, "syn", 10.0) == []
-    assert d.hold(3, "data behind it", 10.001) == []  # order: waits with it
-    assert d.hold(4, "synack", 10.002) == []
+    assert d.hold(3, "f1", "syn", 10.0) == []
+    assert d.holds("f1") and not d.holds("f2")
+    assert d.hold_behind("f1", "f1 data behind it", 10.001) == []
+    assert d.hold(4, "f2", "f2 synack", 10.002) == []
     d.ack(2)
-    assert not d.due(10.005) and d.release(10.005) == []
+    assert d.release(10.005) == []
     d.ack(3)
-    assert d.due(10.006)
-    assert d.release(10.006) == ["syn", "data behind it"]
+    assert d.release(10.006) == ["syn", "f1 data behind it"]
+    assert not d.holds("f1")
     d.ack(4)
-    assert d.release(10.007) == ["synack"]
+    assert d.release(10.007) == ["f2 synack"]
     assert d.stats["released_acked"] == 3 and d.stats["released_timeout"] == 0
     assert len(d) == 0 and d.next_deadline() is None
 
 
-def test_without_an_ack_an_item_leaves_at_the_timeout() -> None:
+def test_other_flows_pass_a_held_one() -> None:
     d: Deferrals[str] = Deferrals(DEFER)
-    d.hold(1, "syn", 10.0)
+    d.ack(1)
+    assert d.hold(2, "f1", "f1 syn", 1.0) == []
+    assert d.hold(1, "f2", "f2 change, acknowledged already", 1.0) == \
+        ["f2 change, acknowledged already"]
+    assert d.hold_behind("f3", "f3 data", 1.0) == ["f3 data"]  # nothing of f3 held
+    d.hold(2, "f4", "f4 syn", 1.0)
+    d.hold_behind("f1", "f1 ack", 1.0)
+    d.ack(2)
+    assert d.release(1.001) == ["f1 syn", "f4 syn", "f1 ack"]
+
+
+def test_without_an_ack_a_packet_leaves_at_the_timeout() -> None:
+    d: Deferrals[str] = Deferrals(DEFER)
+    d.hold(1, "f", "syn", 10.0)
+    d.hold_behind("f", "data", 10.001)
     assert d.next_deadline() == pytest.approx(10.0 + DEFER)
     assert d.release(10.0 + DEFER / 2) == []
-    assert d.release(10.0 + DEFER) == ["syn"]
+    assert d.release(10.0 + DEFER) == ["syn", "data"]  # the one behind goes with it
     assert d.stats["released_timeout"] == 1
     s = d.summary()
     assert s["wait_max_ms"] == pytest.approx(DEFER * 1000) and s["held"] == 0
@@ -47,16 +62,16 @@ def test_without_an_ack_an_item_leaves_at_the_timeout() -> None:
 def test_nothing_waits_when_its_frame_is_acknowledged_already() -> None:
     d: Deferrals[str] = Deferrals(DEFER)
     d.ack(5)
-    assert d.hold(5, "x", 1.0) == ["x"] and d.stats["deferred"] == 0
-    d.hold(6, "y", 1.0)
-    assert d.hold(5, "z", 1.0) == []  # acknowledged, but behind y: keeps the order
+    assert d.hold(5, "f", "x", 1.0) == ["x"] and d.stats["deferred"] == 0
+    d.hold(6, "f", "y", 1.0)
+    assert d.hold(5, "f", "z", 1.0) == []  # acknowledged, but behind y of its flow
 
 
 def test_a_full_queue_lets_the_oldest_go() -> None:
     d: Deferrals[int] = Deferrals(DEFER, limit=3)
-    assert [d.hold(1, i, 1.0) for i in range(3)] == [[], [], []]
-    assert d.hold(1, 3, 1.0) == [0]
-    assert d.stats["released_overflow"] == 1 and len(d) == 3
+    assert [d.hold(1, i, i, 1.0) for i in range(3)] == [[], [], []]
+    assert d.hold(1, 3, 3, 1.0) == [0]
+    assert d.stats["released_overflow"] == 1 and len(d) == 3 and not d.holds(0)
 
 
 def test_bad_settings_are_refused() -> None:
@@ -84,13 +99,14 @@ def test_the_standby_acknowledges_what_it_applied_and_the_active_lets_the_packet
     a.ct.commit(syn, net.now)
     frames = a.core.on_local_events(a.ct.take_events(), net.now, urgent=True)
     assert len(frames) == 1  # urgent: no wait for the flush timer
-    assert a.core.hold("the SYN", net.now) == []  # its frame is not acknowledged yet
+    assert a.core.hold(1, "the SYN", net.now) == []  # its frame is not acknowledged yet
     net.send(frames)  # b applies it and acks (through the Net, synchronously)
     assert b.ct.find(tuple_of(syn)) is not None
     d = a.core.deferrals
-    assert d.acked == a.core.outbox.ct_seq and d.due(net.now)
+    assert d.acked == a.core.outbox.ct_seq
     assert d.release(net.now) == ["the SYN"]
     assert b.core.stats["acks_sent"] >= 1 and a.core.stats["acks_received"] >= 1
+    assert a.core.stats["echoes"] >= 1 and a.core.stats["bad_messages"] == 0  # its own frame
 
 
 def test_a_lost_frame_is_not_acknowledged_until_the_resync_fills_the_gap() -> None:
@@ -100,7 +116,7 @@ def test_a_lost_frame_is_not_acknowledged_until_the_resync_fills_the_gap() -> No
     a.ct.commit(tcp_packets(1)[0], net.now)
     net.send(a.core.on_local_events(a.ct.take_events(), net.now, urgent=True))
     lost = a.core.outbox.ct_seq
-    a.core.hold("syn 1", net.now)
+    a.core.hold(1, "syn 1", net.now)
     net.filter = None
     a.ct.commit(tcp_packets(2)[0], net.now)
     net.send(a.core.on_local_events(a.ct.take_events(), net.now, urgent=True))
@@ -131,7 +147,7 @@ def test_forged_and_misdirected_acks_release_nothing() -> None:
     net, a, _ = deferring_pair()
     a.ct.commit(tcp_packets(4)[0], net.now)
     frames = a.core.on_local_events(a.ct.take_events(), net.now, urgent=True)
-    a.core.hold("syn", net.now)
+    a.core.hold(4, "syn", net.now)
     seq, epoch = a.core.outbox.ct_seq, a.core.epoch
 
     def ack(body: CtAck, sender: str = "b", key: bytes | None = KEY) -> Publish:
