@@ -281,10 +281,23 @@ class MqttBus:
         raise _Stop
 
     async def _reader(self, client: aiomqtt.Client) -> None:
+        """Hand what arrives to events(). aiomqtt's iterator costs a task and an
+        asyncio.wait() per message, so a node whose loop is busy with its ports
+        took at most about one message per loop turn: its inbound stream fell
+        behind by up to seconds (a standby's acks reached a busy active 0.2-1.3 s
+        late while its own frames left in milliseconds). The iterator only waits
+        for the next message now (and ends on a disconnect); what is queued
+        behind it is taken at once."""
         put = self._events.put_nowait
+        stats = self.stats
+        queued = client._queue  # aiomqtt's inbound queue (not public)
         async for m in client.messages:
-            self.stats["received"] += 1
+            stats["received"] += 1
             put(BusMessage(str(m.topic), _payload(m.payload)))
+            while not queued.empty():
+                m = queued.get_nowait()
+                stats["received"] += 1
+                put(BusMessage(str(m.topic), _payload(m.payload)))
 
     async def _writer(self, client: aiomqtt.Client) -> None:
         q = self._outq
