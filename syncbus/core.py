@@ -74,7 +74,6 @@ from syncbus.election import (
 )
 from syncbus.errors import CodecError, TopicError
 from syncbus.messages import (
-    ROLE_OFFLINE,
     CtAck,
     CtBatch,
     CtDelete,
@@ -322,10 +321,8 @@ class SyncCore:
     def defers(self) -> bool:
         """Whether packets that change connections are held now: defer is on,
         this node replicates, and a live, ready peer is there to acknowledge."""
-        if self.deferrals is None or not self.cfg.replication:
-            return False
-        return any(p.alive and p.hb.ready and p.hb.role != ROLE_OFFLINE
-                   for p in self.election.peers.values())
+        return self.deferrals is not None and self.cfg.replication \
+            and self.election.has_ready_peer()
 
     def hold(self, flow: Hashable, item: Any, now: float) -> list[Any]:
         """Hold `item` (a packet of connection `flow` to transmit) until a peer

@@ -342,8 +342,12 @@ class Election:
         if not g.timed_out:
             return False
         # the bound expired: eligible only when nobody else is
-        return not any(p.alive and p.hb.ready and p.hb.role != ROLE_OFFLINE
-                       for p in self.peers.values())
+        return not self.has_ready_peer()
+
+    def has_ready_peer(self) -> bool:
+        """A live peer that is ready and not going offline is there."""
+        return any(p.alive and p.hb.ready and p.hb.role != ROLE_OFFLINE
+                   for p in self.peers.values())
 
     # ------------------------------------------------------------ roles
     def _set_role(self, role: str, now: float, reason: str) -> list[Event]:

@@ -52,6 +52,14 @@ def receive(s: socket.socket) -> Any:
     return parse(data)
 
 
+def forward(a: NodeProc, peers: dict[str, socket.socket],
+            packets: list[tuple[str, Any]]) -> None:
+    """Inject each packet into a and receive it at the far end, one by one."""
+    for port, pkt in packets:
+        a.inject(port, pkt)
+        receive(peers["outside" if port == "inside" else "inside"])
+
+
 def test_a_changing_packet_leaves_only_once_the_standby_has_the_connection(
         cluster: Cluster) -> None:
     with peer_sockets() as peers:
@@ -82,13 +90,9 @@ def test_established_traffic_is_not_held(cluster: Cluster) -> None:
     with peer_sockets() as peers:
         a, _ = deferring_pair(cluster, peers)
         sport = 51100
-        for port, pkt in handshake(sport):
-            a.inject(port, pkt)
-            receive(peers["outside" if port == "inside" else "inside"])
+        forward(a, peers, handshake(sport))
         before = a.state()["defer"]["deferred"]
-        for port, pkt in data_packets(sport, 5):
-            a.inject(port, pkt)
-            receive(peers["outside" if port == "inside" else "inside"])
+        forward(a, peers, data_packets(sport, 5))
         assert a.state()["defer"]["deferred"] == before  # no change, nothing to wait for
 
 
@@ -96,9 +100,7 @@ def test_a_held_connection_holds_no_other_and_leaves_at_the_timeout(cluster: Clu
     with peer_sockets() as peers:
         a, b = deferring_pair(cluster, peers)
         other = 51300
-        for port, pkt in handshake(other):
-            a.inject(port, pkt)
-            receive(peers["outside" if port == "inside" else "inside"])
+        forward(a, peers, handshake(other))
         os.kill(b.pid, signal.SIGSTOP)  # no more acks (a still counts b as alive a while)
         try:
             t0 = time.monotonic()
