@@ -82,6 +82,9 @@ def test_a_good_config_parses_into_frozen_values() -> None:
     ("clock_offset", 1e9, "clock_offset: 1000000000.0 is out of range"),
     ("tc_file", "/nonexistent/fw.tc", "tc_file: cannot read"),
     ("colour", "blue", "colour: unknown field"),
+    ("sync", {"defer": 5}, "sync.defer: 5 is out of range"),
+    ("sync", {"defer": "soon"}, "sync.defer: expected a number"),
+    ("sync", {"defr": 0.02}, "sync.defr: unknown field"),
 ])
 def test_a_bad_field_is_one_config_error_naming_it(path: str, value: Any, field: str) -> None:
     with pytest.raises(ConfigError) as err:
