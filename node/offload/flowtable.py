@@ -99,9 +99,9 @@ def tcp_timeout(sysctl: Sysctl, state: int) -> float:
 def set_be_liberal(entry: Entry) -> None:
     """tcf_ct_flow_table_add(): stop TCP window checks in both directions."""
     conn = entry.proto
-    if conn is not None:
-        conn.seen[0].flags |= IP_CT_TCP_FLAG_BE_LIBERAL
-        conn.seen[1].flags |= IP_CT_TCP_FLAG_BE_LIBERAL
+    if conn is not None:  # seen[0].flags and seen[1].flags (TcpConn's flat slots)
+        conn.flags0 |= IP_CT_TCP_FLAG_BE_LIBERAL
+        conn.flags1 |= IP_CT_TCP_FLAG_BE_LIBERAL
 
 
 def fixup_tcp(entry: Entry, state: int) -> None:
@@ -109,17 +109,17 @@ def fixup_tcp(entry: Entry, state: int) -> None:
     td_maxwin and MAXACK_SET so that conntrack re-learns the windows (RST checks
     would fail otherwise). In CLOSE, mark CLOSE_INIT so that a SYN reopens.
 
-    Written against node.conntrack.tcp's TcpConn (`state`, `seen[dir].td_maxwin`,
-    `seen[dir].flags`)."""
+    Written against node.conntrack.tcp's TcpConn (`state`, and seen[dir].td_maxwin
+    and seen[dir].flags as the flat slots td_maxwin0/1, flags0/1)."""
     conn = entry.proto
     if conn is None:
         return
     conn.state = state
     if state == sCL:
-        conn.seen[0].flags |= IP_CT_TCP_FLAG_CLOSE_INIT
-    for peer in conn.seen:
-        peer.td_maxwin = 0
-        peer.flags &= ~IP_CT_TCP_FLAG_MAXACK_SET
+        conn.flags0 |= IP_CT_TCP_FLAG_CLOSE_INIT
+    conn.td_maxwin0 = conn.td_maxwin1 = 0
+    conn.flags0 &= ~IP_CT_TCP_FLAG_MAXACK_SET
+    conn.flags1 &= ~IP_CT_TCP_FLAG_MAXACK_SET
 
 
 def fixup_ct(ct: Conntrack, entry: Entry, expired: bool, now: float) -> None:
