@@ -123,16 +123,29 @@ def bench_sync(seconds: float) -> dict[str, Any]:
     return {k: v for k, v in figures.items() if k != "details"}
 
 
-BENCHES: dict[str, Callable[[float], dict[str, Any]]] = {"ct": bench_ct, "sync": bench_sync,
-                                                          "datapath": bench_datapath}
+FAILOVER_SIZES = (1000, 20_000, 200_000)
 
 
-def run_bench(what: str, *, as_json: bool, seconds: float) -> int:
+def bench_failover(seconds: float, sizes: tuple[int, ...] = FAILOVER_SIZES) -> dict[str, Any]:
+    """Failure -> standby active and forwarding in hardware, for each table size,
+    with two real node processes and a real broker (node.daemon.bench)."""
+    from node.daemon.bench import bench_failover as run
+
+    return run(sizes, say=lambda line: print(line, file=sys.stderr, flush=True))
+
+
+BENCHES: dict[str, Callable[[float], dict[str, Any]]] = {
+    "ct": bench_ct, "sync": bench_sync, "datapath": bench_datapath, "failover": bench_failover}
+
+
+def run_bench(what: str, *, as_json: bool, seconds: float,
+              entries: tuple[int, ...] = FAILOVER_SIZES) -> int:
     names = list(BENCHES) if what == "all" else [what]
     figures: dict[str, Any] = {}
     for name in names:
         print(f"bench {name} ...", file=sys.stderr)
-        result = BENCHES[name](seconds)
+        result = bench_failover(seconds, entries) if name == "failover" \
+            else BENCHES[name](seconds)
         figures.update(result)
         if not as_json:
             for key, value in result.items():

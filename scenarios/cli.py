@@ -2,7 +2,7 @@
 
     ctlab ct replay CASE... [--json] [--compare]   conntrack engine vs kernel-oracle cases
     ctlab tc [-s] [-j] [-p] -batch FILE            iproute2 tc against an in-memory model
-    ctlab bench [ct|datapath|all] [--json]         performance figures (DESIGN.md section 6)
+    ctlab bench [ct|datapath|sync|failover|all] [--json]   performance figures (DESIGN.md section 6)
     ctlab node --config FILE                       run a node (node/daemon)
     ctlab broker [--host H] [--port P]             the embedded amqtt broker
     ctlab conntrack -L|-E [--node URL]             conntrack-tools output from a running node
@@ -17,6 +17,17 @@ import json
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    """--entries: a comma-separated list of positive table sizes."""
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    if not sizes or min(sizes) < 1 or max(sizes) > 2_000_000:
+        raise argparse.ArgumentTypeError(f"sizes must be 1..2000000: {text!r}")
+    return sizes
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,11 +65,15 @@ def _parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="measure the performance figures",
                            description="Measure ctlab's performance figures (DESIGN.md §6).")
-    bench.add_argument("what", nargs="?", default="all", choices=["ct", "datapath", "sync", "all"])
+    bench.add_argument("what", nargs="?", default="all",
+                       choices=["ct", "datapath", "sync", "failover", "all"])
     bench.add_argument("--json", action="store_true",
                        help="last line of stdout is one JSON object with the figures")
     bench.add_argument("--seconds", type=float, default=2.0,
                        help="measuring time per figure (default 2)")
+    bench.add_argument("--entries", type=_sizes, default=None, metavar="N[,N...]",
+                       help="failover: the table sizes to fail over with "
+                            "(default 1000,20000,200000)")
     from scenarios import run_cli
 
     run_cli.add_parsers(sub)
@@ -85,7 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "bench":
             from scenarios.bench import run_bench
 
-            return run_bench(args.what, as_json=args.json, seconds=args.seconds)
+            return run_bench(args.what, as_json=args.json, seconds=args.seconds,
+                             **({"entries": args.entries} if args.entries else {}))
     except BrokenPipeError:
         return 1
     return 2

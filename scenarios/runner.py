@@ -390,13 +390,21 @@ class Runner:
             if "eligible" not in off:
                 return None
             promo = {**off, "pending": off.get("pending", 0), "at": None}
-        eligible = int(promo["eligible"])
         before = (self.views[old].full or {}).get("offload") if old in self.views else None
         if isinstance(before, dict) and "installed" in before:
             # what the old active had in hardware (its last full /state, a second old
             # at most): a flow idle past its flow-table timeout is out of hardware on
             # every node, so it is not a pre-install the new active owes
             eligible = int(before["installed"]) + int(before.get("pending", 0))
+        else:  # the new active's own count (None while it is still counting, after
+            # the moment of its promotion: its last count as a standby then)
+            own = promo.get("eligible")
+            if own is None:
+                own = ((self.views[new].standby_state or {}).get("offload") or {}) \
+                    .get("eligible")
+            if own is None:
+                return None
+            eligible = int(own)
         in_hw, pending = int(promo["installed"]), int(promo.get("pending", 0))
         return {"installed": min(in_hw + pending, eligible), "eligible": eligible,
                 "in_hw": in_hw, "pending": pending, "promoted_at": promo.get("at")}

@@ -37,7 +37,7 @@ from typing import Any
 from node.daemon.config import NodeConfig, PortConfig
 from node.daemon.errors import ConfigError
 from node.daemon.node import Node, Received
-from node.daemon.views import offload_json
+from node.daemon.views import PromotionCount
 from node.daemon.wire import MemoryPort, Port, UdpPort
 from syncbus.bus import BusConfig, MqttBus, Tls
 from syncbus.election import RoleChanged
@@ -87,6 +87,7 @@ class Daemon:
         self.ports = dict(ports)
         self.clock = clock
         self.wake = asyncio.Event()  # new work for the card or an earlier expiry
+        self._counts: asyncio.Queue[PromotionCount] = asyncio.Queue()
         self.events = asyncio.Condition()
         node.installs.on_queued = self.wake.set
         member.on_event = self._on_event
@@ -103,9 +104,10 @@ class Daemon:
         the card holds right then (for the pre-installed ratio)."""
         if isinstance(ev, RoleChanged) and ev.new == ROLE_ACTIVE:
             node = self.node
-            node.promotions.append({"term": ev.term, "at": round(self.clock() - node.started, 3),
-                                    "reason": ev.reason, "table": len(node.ct),
-                                    **offload_json(node)})
+            record = {"term": ev.term, "at": round(self.clock() - node.started, 3),
+                      "reason": ev.reason, "table": len(node.ct)}
+            self._counts.put_nowait(PromotionCount(node, record))  # eligible: counts()
+            node.promotions.append(record)
 
     # ------------------------------------------------------------ packets
     def _handle(self, port: str, data: bytes) -> Received:
@@ -207,6 +209,13 @@ class Daemon:
             if tick.expired or (res is not None and (res.teardowns or res.gc)):
                 await self.flush()
 
+    async def counts(self) -> None:
+        """Each promotion's count of eligible entries, a step per loop turn."""
+        while True:
+            count = await self._counts.get()
+            while not count.step():
+                await asyncio.sleep(0)
+
     async def roles(self) -> None:
         q = self.member.role_events
         while True:
@@ -297,6 +306,7 @@ async def run(cfg: NodeConfig, *, ready: asyncio.Event | None = None,
                 tg.create_task(daemon.timers(), name="timers")
                 tg.create_task(daemon.deferred(), name="deferred")
                 tg.create_task(daemon.roles(), name="roles")
+                tg.create_task(daemon.counts(), name="counts")
                 tg.create_task(control.serve(daemon, cfg.control, listening), name="control")
                 await listening.wait()
                 info = {"node": cfg.node, "cluster": cfg.cluster, "control": daemon.control_url,

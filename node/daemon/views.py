@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ from node.conntrack.entry import (
     IPS_HW_OFFLOAD,
     IPS_OFFLOAD,
     IPS_SEEN_REPLY,
+    Entry,
     status_names,
 )
 from node.conntrack.events import DESTROY, CtEvent, CtView
@@ -128,17 +130,20 @@ def _card_ids(node: Node) -> tuple[set[int], set[int]]:
     """(installed, in flight): ids of the conntrack entries whose flow is in the
     card (_installed_ids), and of those whose insert the card has accepted and
     not completed yet (a hardware entry PENDING, none failed)."""
+    ok, flying, cookies = _card_masks(node)
+    return set(cookies[ok].tolist()), set(cookies[flying].tolist())
+
+
+def _card_masks(node: Node) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """_card_ids() as boolean masks over the flow ids, and the flows' cookies."""
     flows, hw = node.card.flows, node.card.hw
     n = len(flows.owners)
-    if not n:
-        return set(), set()
     st = hw.state_v[:2 * n].reshape(-1, 2)
     used = (flows.flags[:n] & FLOW_USED).astype(bool)
     done = np.isin(st, _DONE).all(axis=1)
     ok = (st == IN_HW).any(axis=1) & done & used
     flying = (st == PENDING).any(axis=1) & np.isin(st, _FLYING).all(axis=1) & used & ~ok
-    cookies = flows.cookie[:n]
-    return set(cookies[ok].tolist()), set(cookies[flying].tolist())
+    return ok, flying, flows.cookie[:n]
 
 
 _DONE = (IN_HW, DYING, ABSENT)
@@ -151,20 +156,52 @@ def offload_json(node: Node) -> dict[str, int]:
     would put in the card (not in a software-only zone), "installed": how many of
     them have their hardware entries IN_HW, "pending": how many more the card has
     accepted, landing `insert_latency` later}. One pass over the table."""
-    sw_only = node.card.sw_only_zones
     ids, flying = _card_ids(node)
-    offload = should_offload
     eligible = installed = pending = 0
-    for entry in node.ct.entries():
-        if offload(entry, IP_CT_ESTABLISHED if entry.status & IPS_SEEN_REPLY else IP_CT_NEW) \
-                is None or (sw_only and entry.zone in sw_only):
-            continue
+    for entry in _eligible(node, node.ct.entries()):
         eligible += 1
         if entry.id in ids:
             installed += 1
         elif entry.id in flying:
             pending += 1
     return {"eligible": eligible, "installed": installed, "pending": pending}
+
+
+def _eligible(node: Node, entries: Iterable[Entry]) -> Iterator[Entry]:
+    sw_only = node.card.sw_only_zones
+    offload = should_offload
+    for entry in entries:
+        if offload(entry, IP_CT_ESTABLISHED if entry.status & IPS_SEEN_REPLY else IP_CT_NEW) \
+                is not None and not (sw_only and entry.zone in sw_only):
+            yield entry
+
+
+class PromotionCount:
+    """What the card holds at the moment a node takes the active role, without
+    a pass over the table then (a node stalled for a pass over 200k entries
+    forwards nothing meanwhile): `installed` and `pending` (flows whose hardware
+    entries are IN_HW / accepted) are counted on the card's arrays at once; the
+    conntrack entries the offload rule makes eligible are counted afterwards,
+    `step` entries at a time between packets (step() until it returns True), on
+    a copy of the table's hash taken at that moment."""
+
+    def __init__(self, node: Node, record: dict[str, Any]) -> None:
+        self.node = node
+        self.record = record
+        ok, flying, _ = _card_masks(node)
+        record.update(installed=int(np.count_nonzero(ok)), pending=int(np.count_nonzero(flying)),
+                      eligible=None)
+        self._entries = node.ct.frozen_entries()
+        self._eligible = 0
+
+    def step(self, n: int = 4096) -> bool:
+        """Count up to `n` more entries; True when done (record["eligible"] set)."""
+        chunk = list(itertools.islice(self._entries, n))
+        self._eligible += sum(1 for _ in _eligible(self.node, chunk))
+        if len(chunk) == n:
+            return False
+        self.record["eligible"] = self._eligible
+        return True
 
 
 def card_entries_json(node: Node) -> list[dict[str, Any]]:
