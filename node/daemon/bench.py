@@ -214,6 +214,7 @@ def _takeover(a: _Node, b: _Node, probe: bytes) -> dict[str, Any]:
     b_poll = _poll_mean_ms(b)
     t0 = clock()
     a.kill9()
+    gone = clock() - t0  # the kernel tears a's memory down before it closes a's sockets
     _wait(lambda: b.get("/health", 5.0)["role"] == "active", 30, "b to take over", [b], 0.001)
     active = clock() - t0
     got = b.post("/inject", {"port": "inside", "hex": probe.hex()})
@@ -221,7 +222,7 @@ def _takeover(a: _Node, b: _Node, probe: bytes) -> dict[str, Any]:
     # b counts its eligible entries after the moment of its promotion, in steps
     promo = _wait(lambda: (b.brief()["promotion"] or {}).get("eligible") is not None
                   and b.brief()["promotion"], 30, "b's promotion record", [b])
-    return {"kill_to_active_ms": round(1000 * active, 1),
+    return {"kill_to_active_ms": round(1000 * active, 1), "a_exit_ms": round(1000 * gone, 1),
             "kill_to_first_hw_ms": round(1000 * first, 1), "b_card_poll_mean_ms": b_poll,
             "probe_path": got.get("path"), "probe_forwarded": got.get("forwarded"),
             "at_promotion": {k: promo.get(k) for k in ("table", "eligible", "installed",

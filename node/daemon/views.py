@@ -140,14 +140,22 @@ def _card_masks(node: Node) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n = len(flows.owners)
     st = hw.state_v[:2 * n].reshape(-1, 2)
     used = (flows.flags[:n] & FLOW_USED).astype(bool)
-    done = np.isin(st, _DONE).all(axis=1)
-    ok = (st == IN_HW).any(axis=1) & done & used
-    flying = (st == PENDING).any(axis=1) & np.isin(st, _FLYING).all(axis=1) & used & ~ok
+    ok = _IS_IN_HW[st].any(axis=1) & _IS_DONE[st].all(axis=1) & used
+    flying = _IS_PENDING[st].any(axis=1) & _IS_FLYING[st].all(axis=1) & used & ~ok
     return ok, flying, flows.cookie[:n]
 
 
-_DONE = (IN_HW, DYING, ABSENT)
-_FLYING = (PENDING, IN_HW, DYING, ABSENT)
+def _state_set(*states: HwState) -> np.ndarray:
+    """A lookup table over the hardware states (a uint8 array indexes it)."""
+    table = np.zeros(256, bool)
+    table[[int(s) for s in states]] = True
+    return table
+
+
+_IS_DONE = _state_set(IN_HW, DYING, ABSENT)
+_IS_FLYING = _state_set(PENDING, IN_HW, DYING, ABSENT)
+_IS_IN_HW = _state_set(IN_HW)
+_IS_PENDING = _state_set(PENDING)
 _STATE_NAMES = {int(s): s.name for s in HwState}
 
 
