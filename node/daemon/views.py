@@ -145,10 +145,10 @@ def _card_masks(node: Node) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return ok, flying, flows.cookie[:n]
 
 
-def _state_set(*states: HwState) -> np.ndarray:
+def _state_set(*states: int) -> np.ndarray:
     """A lookup table over the hardware states (a uint8 array indexes it)."""
     table = np.zeros(256, bool)
-    table[[int(s) for s in states]] = True
+    table[list(states)] = True
     return table
 
 
