@@ -16,7 +16,8 @@ entries, <= 1 s, flat in table size"):
 Figures per size: fill_s (a's table full), sync_s (b's card full, counted from
 the first datagram), kill_to_active_ms, kill_to_first_hw_ms (the injected
 packet's answer, HTTP round trip included), what b's card held at the moment it
-took the active role (its /state promotion record), and both nodes' RSS.
+took the active role (its /state promotion record), both nodes' RSS and their
+longest full garbage collection (node/daemon/gcwatch.py).
 Benchmarks, not tests: nothing here asserts a threshold.
 """
 
@@ -235,6 +236,9 @@ def run_size(url: str, entries: int, say: Say, rng: random.Random) -> dict[str, 
         out: dict[str, Any] = {"entries": entries}
         out.update(_fill(a, b, packets, say))
         out["rss_mb"] = {"a": a.rss_mb(), "b": b.rss_mb()}
+        # the longest stop of each node's event loop by a full garbage collection
+        out["gc_full_max_ms"] = {n.name: n.get("/state", 30.0)["gc"]["pause_max_ms"]["2"]
+                                 for n in (a, b)}
         out.update(_takeover(a, b, packets[rng.randrange(entries)]))
         say(f"failover: {entries} entries: b active {out['kill_to_active_ms']} ms after "
             f"the kill, first packet {out['probe_path']} at {out['kill_to_first_hw_ms']} ms")

@@ -25,6 +25,7 @@ from node.conntrack.table import Conntrack
 from node.conntrack.tuple import tuple_of
 from node.daemon.config import NodeConfig
 from node.daemon.errors import ConfigError
+from node.daemon.gcwatch import GcWatch
 from node.daemon.metrics import Histogram
 from node.datapath import PATHS, Datapath, Outcome, Tick
 from node.offload import Card, FaultError, Faults, PollResult
@@ -135,6 +136,7 @@ class Node:
         # ratio of that failover, read at the moment itself.
         self.promotions: deque[dict[str, Any]] = deque(maxlen=32)
         self.poll_seconds = Histogram((0.0001, 0.001, 0.01, 0.1, 0.5, 1.0))
+        self.gc = GcWatch()  # installed by the daemon while it runs
         self.flows = cfg.sync.defer > 0  # name each packet's connection (Received.flow)
 
     def _apply_tc(self, script: str, name: str) -> None:

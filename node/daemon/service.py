@@ -285,6 +285,8 @@ async def run(cfg: NodeConfig, *, ready: asyncio.Event | None = None,
     node = Node(cfg, clock(), epoch if epoch is not None else time.time_ns() // 1000)
     stop = stop if stop is not None else asyncio.Event()
     async with contextlib.AsyncExitStack() as stack:
+        node.gc.install()
+        stack.callback(node.gc.uninstall)
         opened: dict[str, Port] = dict(ports or {})
         for pc in cfg.ports:
             if pc.name in opened:

@@ -278,7 +278,7 @@ def state_json(node: Node, now: float, bus: dict[str, Any]) -> dict[str, Any]:
         "aging": dict(core.aging.stats), "bus": bus, "uptime": round(now - node.started, 3),
         "now": now, "roles": [[round(t - node.started, 3), what] for t, what in node.role_log],
         "mechanisms": dataclasses.asdict(node.cfg.mechanisms), "offload": offload_json(node),
-        "promotions": list(node.promotions),
+        "promotions": list(node.promotions), "gc": node.gc.summary(),
         "defer": None if core.deferrals is None else {
             **core.deferrals.summary(), "acks_sent": core.stats["acks_sent"],
             "acks_received": core.stats["acks_received"], "active": core.defers()},
@@ -366,6 +366,10 @@ def metrics_text(node: Node, now: float, bus: dict[str, Any],
     m.counter("ctlab_bus_connects_total", "Broker (re)connections", bus.get("connects", 0))
     m.histogram("ctlab_card_poll_seconds", "Card poll (bulk read + GC) duration",
                 node.poll_seconds)
+    for gen, pauses in node.gc.pauses.items():
+        m.histogram("ctlab_gc_pause_seconds", "How long a cyclic garbage collection stopped "
+                    "the node, by generation (2: a full one, over every tracked object)",
+                    pauses, generation=str(gen))
     m.gauge("ctlab_uptime_seconds", "Seconds since start", now - node.started)
     return m.render()
 

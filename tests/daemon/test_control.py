@@ -168,6 +168,7 @@ def test_metrics_parse_as_prometheus_text_with_the_documented_families(node: Nod
                          ("ctlab_sync_events_applied_total", "counter"),
                          ("ctlab_sync_bad_messages_total", "counter"),
                          ("ctlab_sync_install_latency_seconds", "histogram"),
+                         ("ctlab_gc_pause_seconds", "histogram"),
                          ("ctlab_role", "gauge")]:
         assert types.get(family) == kind, family
     assert samples[("ctlab_role", (("role", "active"),))] == 1
@@ -178,6 +179,13 @@ def test_metrics_parse_as_prometheus_text_with_the_documented_families(node: Nod
     assert buckets[-1][0] == math.inf
     assert [v for _, v in buckets] == sorted(v for _, v in buckets)  # cumulative
     assert buckets[-1][1] == samples[("ctlab_sync_install_latency_seconds_count", ())]
+    gens = {dict(lb)["generation"] for name, lb in samples
+            if name == "ctlab_gc_pause_seconds_count"}
+    assert gens == {"0", "1", "2"}
+    gc = node.state()["gc"]
+    assert set(gc) == {"collections", "pause_total_ms", "pause_max_ms", "last_full_ms"}
+    assert sum(samples[("ctlab_gc_pause_seconds_count", (("generation", g),))]
+               for g in gens) >= 1  # (starting a node allocates plenty)
 
 
 # ================================================================ the datapath
