@@ -11,7 +11,7 @@ def test_collections_are_timed_by_generation_while_installed() -> None:
     watch = GcWatch()
     watch.install()
     try:
-        junk = [[i] for i in range(10_000)]
+        junk: list[list[object]] = [[i] for i in range(10_000)]
         for item in junk[:100]:
             item.append(item)  # cycles for the collector to find
         del junk
