@@ -53,11 +53,12 @@ class GcWatch:
             gc.callbacks.remove(self)
 
     def summary(self) -> dict[str, Any]:
-        """Collections, total and longest pause per generation (ms), and the
-        last full collection's pause."""
+        """Collections, total and longest pause per generation (ms), the last
+        full collection's pause, and how many unreachable objects (garbage that
+        refcounting could not free: reference cycles) the collections found."""
         return {"collections": {str(g): h.count for g, h in self.pauses.items()},
                 "pause_total_ms": {str(g): round(1000 * h.sum, 1)
                                    for g, h in self.pauses.items()},
                 "pause_max_ms": {str(g): round(1000 * v, 1) for g, v in self.max_s.items()},
                 "last_full_ms": None if self.last_full_s is None
-                else round(1000 * self.last_full_s, 1)}
+                else round(1000 * self.last_full_s, 1), "unreachable": self.collected}

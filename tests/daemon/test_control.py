@@ -183,7 +183,8 @@ def test_metrics_parse_as_prometheus_text_with_the_documented_families(node: Nod
             if name == "ctlab_gc_pause_seconds_count"}
     assert gens == {"0", "1", "2"}
     gc = node.state()["gc"]
-    assert set(gc) == {"collections", "pause_total_ms", "pause_max_ms", "last_full_ms"}
+    assert set(gc) == {"collections", "pause_total_ms", "pause_max_ms", "last_full_ms",
+                       "unreachable"}
     assert sum(samples[("ctlab_gc_pause_seconds_count", (("generation", g),))]
                for g in gens) >= 1  # (starting a node allocates plenty)
 
