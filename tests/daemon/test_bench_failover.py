@@ -12,26 +12,21 @@ import pytest
 from node.conntrack import Conntrack
 from node.daemon.bench import bench_failover, flow_packet
 from node.packet import parse
-from tests.syncbus.conftest import have_mosquitto
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(180)]
 
 
-@pytest.mark.parametrize("broker", [
-    pytest.param("mosquitto", marks=pytest.mark.skipif(not have_mosquitto(),
-                                                       reason="mosquitto is not installed")),
-    "amqtt"])
-def test_bench_failover_takes_over_with_every_flow_in_the_card(broker: str) -> None:
-    res = bench_failover((300, 1200), broker=broker)
-    assert res["failover_broker"].startswith(broker)
-    assert res["failover_entries"] == 1200 and len(res["failover_runs"]) == 2
+def test_bench_failover_takes_over_with_every_flow_in_the_card() -> None:
+    res = bench_failover((300, 600))  # Mosquitto when installed (CI), else amqtt
+    assert res["failover_entries"] == 600 and len(res["failover_runs"]) == 2
     for run in res["failover_runs"]:
         n = run["entries"]
         assert run["probe_path"] == "hw" and run["probe_forwarded"] is True
         assert run["at_promotion"] == {"table": n, "eligible": n, "installed": n,
                                        "pending": 0, "reason": "no live active"}
-        assert 0 < run["kill_to_active_ms"] <= run["kill_to_first_hw_ms"]
+        assert 0 < run["a_exit_ms"] <= run["kill_to_active_ms"] <= run["kill_to_first_hw_ms"]
         assert run["fill_s"] <= run["sync_s"]
+        assert set(run["gc_full_max_ms"]) == {"a", "b"}
 
 
 def test_flow_packets_are_distinct_udp_flows_in_the_benchmarking_range() -> None:
