@@ -387,7 +387,7 @@ class Runner:
             promo = st["promotions"][-1]
         if not isinstance(promo, dict) or promo.get("term") != st.get("term"):
             off = (self.views[new].standby_state or {}).get("offload") or {}
-            if "eligible" not in off:
+            if off.get("eligible") is None:  # (a big table's first count still under way)
                 return None
             promo = {**off, "pending": off.get("pending", 0), "at": None}
         before = (self.views[old].full or {}).get("offload") if old in self.views else None

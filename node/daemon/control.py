@@ -7,7 +7,11 @@
                                        enough to poll at 10 Hz); "now" (this
                                        node's clock), "mechanisms" (the config's
                                        switches), "offload" {"eligible": N,
-                                       "installed": M}, "nemesis" (as GET /nemesis)
+                                       "installed": M, "pending": P; above 8192
+                                       entries eligible is the last count made in
+                                       steps, and "eligible_counted_at" says when},
+                                       "gc" (collector pauses), "nemesis" (as GET
+                                       /nemesis)
     GET  /conntrack[?format=text]      the table (conntrack -L lines with text); each
                                        entry: "orig" tuple, "state" (protocol state
                                        name, e.g. ESTABLISHED), "timeout" (seconds
@@ -121,7 +125,8 @@ async def health(d: Daemon, req: Request) -> Response:
 async def state(d: Daemon, req: Request) -> Response:
     if req.arg("brief", "0") not in ("0", "", "false"):
         return ok(views.brief_state_json(d.node))
-    st = views.state_json(d.node, d.clock(), d.bus.status())
+    now = d.clock()
+    st = views.state_json(d.node, now, d.bus.status(), d.table_count.read(now))
     st["ports"] = d.port_stats()
     st["control"] = d.control_url
     st["nemesis"] = nemesis.state(d)

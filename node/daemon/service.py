@@ -37,7 +37,7 @@ from typing import Any
 from node.daemon.config import NodeConfig, PortConfig
 from node.daemon.errors import ConfigError
 from node.daemon.node import Node, Received
-from node.daemon.views import PromotionCount
+from node.daemon.views import PromotionCount, TableCount
 from node.daemon.wire import MemoryPort, Port, UdpPort
 from syncbus.bus import BusConfig, MqttBus, Tls
 from syncbus.election import RoleChanged
@@ -88,6 +88,7 @@ class Daemon:
         self.clock = clock
         self.wake = asyncio.Event()  # new work for the card or an earlier expiry
         self._counts: asyncio.Queue[PromotionCount] = asyncio.Queue()
+        self.table_count = TableCount(node, self._counts.put_nowait)  # /state "offload"
         self.events = asyncio.Condition()
         node.installs.on_queued = self.wake.set
         member.on_event = self._on_event
@@ -210,7 +211,8 @@ class Daemon:
                 await self.flush()
 
     async def counts(self) -> None:
-        """Each promotion's count of eligible entries, a step per loop turn."""
+        """Counts of eligible entries (a promotion's, /state's on a big table),
+        a step per loop turn."""
         while True:
             count = await self._counts.get()
             while not count.step():

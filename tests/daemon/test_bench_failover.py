@@ -66,3 +66,42 @@ def test_promotion_count_is_of_the_table_at_that_moment_counted_in_steps() -> No
         node.receive("inside", flow_packet(i), 1.1)
     assert [count.step(4), count.step(4)] == [False, False] and record["eligible"] is None
     assert count.step(4) and record["eligible"] == 11  # 4 + 4 + 3
+
+
+def test_state_counts_a_big_table_without_a_pass_and_small_ones_at_once() -> None:
+    """Up to AT_ONCE entries /state's offload figures are one pass; above, the
+    card is counted at once and eligible comes from the last stepped count."""
+    from node.daemon import config, views
+    from node.daemon.node import Node
+
+    fw = (config.Path(__file__).resolve().parents[2] / "node" / "daemon" / "examples"
+          / "firewall.tc").read_text()
+    cfg = config.parse({"node": "a", "cluster": "c", "tc": fw,
+                        "card": {"insert_latency": 0.0},
+                        "ports": {"inside": {"type": "memory"}, "outside": {"type": "memory"}}})
+    node = Node(cfg, 1.0, 1)
+    queued: list[views.PromotionCount] = []
+    tc = views.TableCount(node, queued.append)
+    for i in range(40):
+        node.receive("inside", flow_packet(i), 1.0)
+    node.poll(1.0)
+    assert tc.read(1.0) == {"eligible": 40, "installed": 40, "pending": 0} and not queued
+    old, views.AT_ONCE = views.AT_ONCE, 10  # (a "big" table, small enough for a test)
+    try:
+        first = tc.read(2.0)
+        assert first == {"eligible": None, "installed": 40, "pending": 0,
+                         "eligible_counted_at": None} and len(queued) == 1
+        assert tc.read(2.1)["eligible"] is None and len(queued) == 1  # one count at a time
+        for i in range(40, 45):  # entries added after the count began are not in it
+            node.receive("inside", flow_packet(i), 2.2)
+        node.poll(2.2)
+        while not queued[0].step(16):
+            pass
+        got = tc.read(3.0)
+        assert got == {"eligible": 40, "installed": 45, "pending": 0,
+                       "eligible_counted_at": 2.0} and len(queued) == 2
+        while not queued[1].step(16):
+            pass
+        assert tc.read(4.0)["eligible"] == 45
+    finally:
+        views.AT_ONCE = old
