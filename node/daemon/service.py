@@ -37,7 +37,7 @@ from typing import Any
 from node.daemon.config import NodeConfig, PortConfig
 from node.daemon.errors import ConfigError
 from node.daemon.node import Node, Received
-from node.daemon.views import PromotionCount, TableCount
+from node.daemon.views import OffloadCount, TableCount
 from node.daemon.wire import MemoryPort, Port, UdpPort
 from syncbus.bus import BusConfig, MqttBus, Tls
 from syncbus.election import RoleChanged
@@ -87,7 +87,7 @@ class Daemon:
         self.ports = dict(ports)
         self.clock = clock
         self.wake = asyncio.Event()  # new work for the card or an earlier expiry
-        self._counts: asyncio.Queue[PromotionCount] = asyncio.Queue()
+        self._counts: asyncio.Queue[OffloadCount] = asyncio.Queue()
         self.table_count = TableCount(node, self._counts.put_nowait)  # /state "offload"
         self.events = asyncio.Condition()
         node.installs.on_queued = self.wake.set
@@ -107,7 +107,7 @@ class Daemon:
             node = self.node
             record = {"term": ev.term, "at": round(self.clock() - node.started, 3),
                       "reason": ev.reason, "table": len(node.ct)}
-            self._counts.put_nowait(PromotionCount(node, record))  # eligible: counts()
+            self._counts.put_nowait(OffloadCount(node, record))  # eligible: counts()
             node.promotions.append(record)
 
     # ------------------------------------------------------------ packets

@@ -184,11 +184,12 @@ def _eligible(node: Node, entries: Iterable[Entry]) -> Iterator[Entry]:
             yield entry
 
 
-class PromotionCount:
-    """What the card holds at the moment a node takes the active role, without
-    a pass over the table then (a node stalled for a pass over 200k entries
-    forwards nothing meanwhile): `installed` and `pending` (flows whose hardware
-    entries are IN_HW / accepted) are counted on the card's arrays at once; the
+class OffloadCount:
+    """offload_json() without a pass over the table now, for the moment a node
+    takes the active role (a node stalled for a pass over 200k entries forwards
+    nothing meanwhile) and for /state on a big table (TableCount): `installed`
+    and `pending` (flows whose hardware entries are IN_HW / accepted) are counted
+    on the card's arrays at once, into `record`; the
     conntrack entries the offload rule makes eligible are counted afterwards,
     1024 entries a step (under a millisecond) between packets (step() until it
     returns True), on a copy of the table's hash taken at that moment."""
@@ -220,15 +221,15 @@ class TableCount:
     it is that pass; above, a pass would stop the node (about 0.65 us an entry:
     130 ms at 200k, every time a scenario runner reads /state), so installed and
     pending are counted on the card's flows at once and eligible is the last
-    complete count, made in steps between packets (PromotionCount, queued with
+    complete count, made in steps between packets (OffloadCount, queued with
     `submit`); each read that finds no count running starts one, and says how
     old the eligible figure is."""
 
-    def __init__(self, node: Node, submit: Callable[[PromotionCount], None]) -> None:
+    def __init__(self, node: Node, submit: Callable[[OffloadCount], None]) -> None:
         self.node = node
         self.submit = submit
         self.latest: dict[str, Any] | None = None
-        self.running: PromotionCount | None = None
+        self.running: OffloadCount | None = None
 
     def read(self, now: float) -> dict[str, Any]:
         node = self.node
@@ -237,7 +238,7 @@ class TableCount:
         if self.running is not None and self.running.record["eligible"] is not None:
             self.latest, self.running = self.running.record, None
         if self.running is None:
-            self.running = PromotionCount(node, {"at": now})
+            self.running = OffloadCount(node, {"at": now})
             self.submit(self.running)
         ok, flying, _ = _card_masks(node)
         last = self.latest

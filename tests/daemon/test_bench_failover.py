@@ -43,7 +43,7 @@ def test_promotion_count_is_of_the_table_at_that_moment_counted_in_steps() -> No
     entries there were at the promotion (new and removed ones do not count)."""
     from node.daemon import config
     from node.daemon.node import Node
-    from node.daemon.views import PromotionCount, offload_json
+    from node.daemon.views import OffloadCount, offload_json
 
     fw = (config.Path(__file__).resolve().parents[2] / "node" / "daemon" / "examples"
           / "firewall.tc").read_text()
@@ -60,7 +60,7 @@ def test_promotion_count_is_of_the_table_at_that_moment_counted_in_steps() -> No
     want = offload_json(node)
     assert want == {"eligible": 11, "installed": 10, "pending": 1}
     record: dict[str, object] = {"table": len(node.ct)}
-    count = PromotionCount(node, record)
+    count = OffloadCount(node, record)
     assert record == {"table": 11, "installed": 10, "pending": 1, "eligible": None}
     for i in range(11, 15):  # later flows are not the promotion's
         node.receive("inside", flow_packet(i), 1.1)
@@ -80,7 +80,7 @@ def test_state_counts_a_big_table_without_a_pass_and_small_ones_at_once() -> Non
                         "card": {"insert_latency": 0.0},
                         "ports": {"inside": {"type": "memory"}, "outside": {"type": "memory"}}})
     node = Node(cfg, 1.0, 1)
-    queued: list[views.PromotionCount] = []
+    queued: list[views.OffloadCount] = []
     tc = views.TableCount(node, queued.append)
     for i in range(40):
         node.receive("inside", flow_packet(i), 1.0)
