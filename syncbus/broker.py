@@ -39,11 +39,33 @@ STOP_TIMEOUT = 5.0
 SHUTDOWN_TIMEOUT = 5.0
 
 
+_HANDED_OUT: set[tuple[int, int]] = set()  # (socket type, port) this process gave out
+
+
+def _unused_port(host: str, kind: int) -> int:
+    """A port of socket type `kind` that nobody has bound on `host` right now
+    (the usual small race applies) and that this process has not handed out
+    before: the kernel may give the same ephemeral port to two bind(0) calls in
+    a row, and two nodes configured one after the other would then share it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(256):
+        with socket.socket(family, kind) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if (kind, port) not in _HANDED_OUT:
+            _HANDED_OUT.add((kind, port))
+            return port
+    raise OSError(f"no unused port on {host}")
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (the usual small race applies)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A TCP port nobody listens on right now, not handed out before."""
+    return _unused_port(host, socket.SOCK_STREAM)
+
+
+def free_udp_port(host: str = "127.0.0.1") -> int:
+    """A UDP port nobody has bound right now, not handed out before."""
+    return _unused_port(host, socket.SOCK_DGRAM)
 
 
 def wait_listening(host: str, port: int, timeout: float) -> bool:

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from node.packet import build, udp
-from syncbus.broker import MOSQUITTO, BrokerProcess, Mosquitto, free_port
+from syncbus.broker import MOSQUITTO, BrokerProcess, Mosquitto, free_port, free_udp_port
 
 ROOT = Path(__file__).resolve().parents[2]
 FIREWALL = (Path(__file__).parent / "examples" / "firewall.tc").read_text()
@@ -58,18 +58,12 @@ def flow_packet(i: int) -> bytes:
     return build(udp(client, SERVER, 1024 + port, 5353, b"ping"))
 
 
-def _udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _config(name: str, cluster: str, url: str, priority: int, entries: int) -> dict[str, Any]:
     return {
         "node": name, "cluster": cluster, "cluster_key": KEY,
         "broker": {"url": url, "keepalive": 2},
-        "ports": {"inside": {"bind": f"127.0.0.1:{_udp_port()}"},
-                  "outside": {"bind": f"127.0.0.1:{_udp_port()}"}},
+        "ports": {"inside": {"bind": f"127.0.0.1:{free_udp_port()}"},
+                  "outside": {"bind": f"127.0.0.1:{free_udp_port()}"}},
         "tc": FIREWALL,
         "card": {"capacity": 4 * entries + 1024},
         # the flows are idle after their one datagram: keep them in the flow

@@ -24,16 +24,14 @@ from scenarios.backends.base import (
     python_env,
     wait_tcp,
 )
-from syncbus.broker import Mosquitto, free_port
+from syncbus.broker import Mosquitto, free_port, free_udp_port
 
 HOST = "127.0.0.1"
 LINK_VERBS = {"broker": "broker_link", "data": "data"}
 
 
 def _udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+    return free_udp_port(HOST)
 
 
 class LocalBackend(ProcessBackend):

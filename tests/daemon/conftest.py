@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from node.packet import Packet, TcpOptions, build, tcp, udp
-from syncbus.broker import MOSQUITTO, BrokerProcess, Mosquitto, free_port
+from syncbus.broker import MOSQUITTO, BrokerProcess, Mosquitto, free_port, free_udp_port
 
 REPO = Path(__file__).resolve().parents[2]
 FIREWALL_TC = (REPO / "node" / "daemon" / "examples" / "firewall.tc").read_text()
@@ -36,10 +36,6 @@ START_TIMEOUT = 20.0
 OPTS = TcpOptions(mss=1460, wscale=7, sackok=True)
 
 
-def free_udp_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(cond: Callable[[], Any], timeout: float = 10.0, what: str = "",
