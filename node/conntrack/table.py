@@ -22,6 +22,7 @@ inserts, as act_ct without `commit` behaves.
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -198,7 +199,7 @@ class Conntrack:
         taken now (C-level copies: milliseconds for 200k entries): to walk later,
         a step at a time, while the table goes on changing."""
         copies = [zmap.copy() for zmap in self._zones.values() if zmap]
-        return (entry for zmap in copies for t, entry in zmap.items() if t is entry.orig)
+        return itertools.chain.from_iterable(map(_entries_of, copies))
 
     def _iter_entries(self) -> Iterator[Entry]:
         """Every confirmed entry once, oldest first: in insertion order within a
