@@ -390,27 +390,35 @@ def pack_own_upsert(entry_id: int, orig: Tuple, reply: Tuple, zone: int, status:
     values: `tcp` is the TCP block flat (state, the six fields of each
     direction, the nine last-packet fields). The send path's fast lane: the
     bytes are those pack_item() gives for the same record."""
-    fam = _fam(orig)
-    proto = orig[1]
-    if _fam(reply) != fam or reply[1] != proto:
+    family, proto, src, dst, sport, dport = orig
+    rfamily, rproto, rsrc, rdst, rsport, rdport = reply
+    n = len(src)
+    if not ((family == 4 and n == 4) or (family == 6 and n == 16)) or len(dst) != n \
+            or rfamily != family or rproto != proto or len(rsrc) != n or len(rdst) != n:
+        _fam(orig)  # raises the precise error
+        _fam(reply)
         raise _fail("orig and reply tuples differ in family or protocol")
     if (tcp is not None) != (proto == 6):
         raise _fail("a TCP connection carries its TCP state, and only a TCP one")
-    flags = fam | F_OWN | K_UPSERT
+    flags = (F_V6 if family == 6 else 0) | F_OWN | K_UPSERT
     if proto == 1 or proto == 58:
         inv = reply == orig.invert()
     else:
-        inv = (reply[2] == orig[3] and reply[3] == orig[2] and reply[4] == orig[5]
-               and reply[5] == orig[4])
-    tail: tuple[Any, ...] = orig[2:] if inv else orig[2:] + reply[2:]
+        inv = rsrc == dst and rdst == src and rsport == dport and rdport == sport
     if inv:
         flags |= F_REPLY_INV
+        tail: tuple[Any, ...] = (src, dst, sport, dport)
+    else:
+        tail = (src, dst, sport, dport, rsrc, rdst, rsport, rdport)
     if tcp is not None:
         flags |= F_TCP
         tail += tcp
     try:
-        rec = _UPSERT[flags & _LAYOUT].pack(flags, proto, zone, status, mark, entry_id,
-                                            _ms(timeout), _ms(period), _ms(age), offload, *tail)
+        rec = _UPSERT[flags & _LAYOUT].pack(
+            flags, proto, zone, status, mark, entry_id,
+            int(timeout * 1000.0 + 0.5) if 0 < timeout < _MS_MAX_S else _ms(timeout),
+            int(period * 1000.0 + 0.5) if 0 < period < _MS_MAX_S else _ms(period),
+            int(age * 1000.0 + 0.5) if 0 < age < _MS_MAX_S else _ms(age), offload, *tail)
     except struct.error as exc:
         raise _fail(f"cannot encode item: {exc}") from None
     return _BIN8[len(rec)] + rec

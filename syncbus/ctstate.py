@@ -12,6 +12,7 @@ IPS_TEMPLATE never describe a live replicated entry.
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Any
 
 from node.conntrack.entry import (
@@ -78,16 +79,20 @@ def offload_state(status: int) -> int:
     return OFFLOAD_SW if status & IPS_OFFLOAD else OFFLOAD_NONE
 
 
+# TcpInfo's fields in its order, as TcpConn's flat slots (td_end0 is
+# seen[ORIGINAL].td_end): read with one C call per connection.
+TCP_FIELDS = ("state", "td_end0", "td_maxend0", "td_maxwin0", "td_maxack0", "td_scale0",
+              "flags0", "td_end1", "td_maxend1", "td_maxwin1", "td_maxack1", "td_scale1",
+              "flags1", "last_dir", "last_index", "last_seq", "last_ack", "last_end",
+              "last_win", "last_wscale", "last_flags", "retrans")
+tcp_values = attrgetter(*TCP_FIELDS)
+
+
 def tcp_info(conn: TcpConn | None) -> TcpInfo:
     """The record of a TcpConn. TcpConn keeps both directions' struct
     ip_ct_tcp_state as flat slots suffixed with the direction (td_end0 is
     seen[ORIGINAL].td_end), as TcpInfo does; they are read directly."""
-    c = conn if conn is not None else TcpConn()
-    return _new(TcpInfo, (
-        c.state, c.td_end0, c.td_maxend0, c.td_maxwin0, c.td_maxack0, c.td_scale0, c.flags0,
-        c.td_end1, c.td_maxend1, c.td_maxwin1, c.td_maxack1, c.td_scale1, c.flags1,
-        c.last_dir, c.last_index, c.last_seq, c.last_ack, c.last_end, c.last_win,
-        c.last_wscale, c.last_flags, c.retrans))
+    return _new(TcpInfo, tcp_values(conn if conn is not None else TcpConn()))
 
 
 def nat_info(binding: Any) -> NatInfo | None:
@@ -117,20 +122,23 @@ def upsert_of(entry: Entry, conn: ConnId, now: float) -> CtUpsert:
         expect_infos(entry, now)))
 
 
+_NO_TCP = TcpConn()  # what a TCP entry without tracker state publishes (never written)
+
+
 def pack_entry(entry: Entry, conn: ConnId, now: float, origin: str, epoch: int) -> bytes:
     """codec.pack_item(upsert_of(entry, conn, now), origin, epoch), without
     building the record for the common case (the sender's own connection, no
     labels, helper, master or NAT binding): the send path runs it per event."""
-    if (conn.creator != origin or conn.epoch != epoch or entry.labels
-            or entry.helper is not None or entry.master is not None or entry.expect_count
-            or (entry.nat is not None and nat_info(entry.nat) is not None)):
+    ext = entry.ext  # labels, helper, master, expectations and NAT live there
+    if conn.creator != origin or conn.epoch != epoch or (ext is not None and (
+            ext.labels or ext.helper is not None or ext.master is not None or ext.expects
+            or (ext.nat is not None and nat_info(ext.nat) is not None))):
         return codec.pack_item(upsert_of(entry, conn, now), origin, epoch)
-    tcp = None
-    if entry.orig[1] == IPPROTO_TCP:
-        tcp = tcp_info(entry.proto)
+    orig = entry.orig
+    tcp = tcp_values(entry.proto or _NO_TCP) if orig[1] == IPPROTO_TCP else None
     status = entry.status
     return codec.pack_own_upsert(
-        conn.id, entry.orig, entry.reply, entry.zone, status & ~DROP_BITS,
+        conn.id, orig, entry.reply, entry.zone, status & ~DROP_BITS,
         entry.expires_at - now, entry.timeout, now - entry.created, entry.mark,
         offload_state(status), tcp)
 
@@ -222,13 +230,15 @@ def replace_state(entry: Entry, up: CtUpsert, ct: Conntrack, now: float) -> None
     entry.status = (up.status & ~(LOCAL_BITS | DROP_BITS)) | (entry.status & LOCAL_BITS)
     _set_timeout(ct, entry, up, now)
     entry.mark = up.mark
-    entry.labels = up.labels
-    entry.nat = nat
+    if up.labels or nat is not None or entry.ext is not None:  # (else both stay unset)
+        entry.labels = up.labels
+        entry.nat = nat
     if up.tcp is not None:
         entry.proto = injected_tcp(up.tcp)
     if up.helper is not None and up.helper != entry.helper:
         _set_helper(ct, entry, up.helper)
-    apply_expects(ct, entry, up.expects, now, True)  # the writer's whole set
+    if up.expects or entry.expect_count:
+        apply_expects(ct, entry, up.expects, now, True)  # the writer's whole set
 
 
 def _set_timeout(ct: Conntrack, entry: Entry, up: CtUpsert, now: float) -> None:

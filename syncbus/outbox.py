@@ -43,6 +43,7 @@ from syncbus.messages import (
     TouchDigest,
 )
 
+_new = tuple.__new__  # builds a NamedTuple in C, without its Python __new__
 DEFAULT_BUDGET = 64 * 1024  # bytes per ct frame (pfsync/conntrackd fill an MTU; MQTT allows more)
 DEFAULT_DELAY = 0.005  # seconds a change may wait for company
 DEFAULT_HISTORY = 32 * 1024 * 1024  # bytes of recent ct frames kept for replays
@@ -80,7 +81,7 @@ class Outbox:
         self.stats = {"frames": 0, "items": 0, "bytes": 0, "replayed": 0, "snapshots": 0}
 
     def own_identity(self, entry: Entry) -> ConnId:
-        return ConnId(self.node, self.epoch, entry.id)
+        return _new(ConnId, (self.node, self.epoch, entry.id))
 
     # ------------------------------------------------------------ ct stream
     def upsert(self, entry: Entry, now: float) -> bool:
@@ -105,16 +106,19 @@ class Outbox:
         overhead = codec.packed_overhead(self.cluster, self.node)
         size = overhead
         node, epoch, identity = self.node, self.epoch, self.identity
+        items: list[bytes] = []
         for deletes, source in self.dirty.drain():
-            items: list[bytes] = [codec.pack_item(d, node, epoch) for d in deletes]
+            if deletes:
+                items.extend([codec.pack_item(d, node, epoch) for d in deletes])
             if source is not None and not source.status & IPS_DYING:
                 items.append(pack_entry(source, identity(source), now, node, epoch))
-            for p in items:
-                if packed and (size + len(p) > self.budget or len(packed) >= codec.MAX_ITEMS):
-                    out.append(self._ct_frame(packed, now))
-                    packed, size = [], overhead
-                packed.append(p)
-                size += len(p)
+        budget, most = self.budget, codec.MAX_ITEMS
+        for p in items:
+            if packed and (size + len(p) > budget or len(packed) >= most):
+                out.append(self._ct_frame(packed, now))
+                packed, size = [], overhead
+            packed.append(p)
+            size += len(p)
         if packed:
             out.append(self._ct_frame(packed, now))
         return out

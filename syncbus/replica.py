@@ -57,6 +57,7 @@ from syncbus.messages import (
     SnapshotStart,
 )
 
+_new = tuple.__new__  # builds a NamedTuple in C, without its Python __new__
 TOMBSTONE_TTL = 60.0  # > the longest a stale record can be in flight (replays, snapshots)
 RESYNC_RETRY = 1.0  # re-ask when a requested range has not arrived
 SNAPSHOT_STALL = 5.0  # a snapshot without progress for this long is asked again
@@ -163,7 +164,7 @@ class Replica:
     def identity(self, entry: Entry) -> ConnId:
         """The cluster identity of a local entry (for the outbox)."""
         m = self.meta.get(entry.id)
-        return m.conn if m is not None else ConnId(self.node, self.epoch, entry.id)
+        return m.conn if m is not None else _new(ConnId, (self.node, self.epoch, entry.id))
 
     def adopt(self, entry: Entry) -> bool:
         """The local datapath changed `entry`; True if it was a replicated one.

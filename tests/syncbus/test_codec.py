@@ -424,3 +424,39 @@ def test_the_send_paths_fast_lane_gives_the_same_bytes() -> None:
         for e in entries:
             slow = codec.pack_item(ctstate.upsert_of(e, conn, 12.5), "a", 7)
             assert ctstate.pack_entry(e, conn, 12.5, "a", 7) == slow
+
+
+def test_the_tcp_block_reads_the_slots_in_the_records_order() -> None:
+    assert TcpInfo._fields == ctstate.TCP_FIELDS
+
+
+_addrs = st.sampled_from([b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02", bytes(range(16)),
+                          bytes(16), b"\x01\x02\x03"])
+_tuples = st.builds(Tuple, st.sampled_from([4, 6, 5]), st.sampled_from([6, 17, 1, 58, 132]),
+                    _addrs, _addrs, st.integers(0, 70000), st.integers(-1, 65535))
+_times = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 10**12))
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(_tuples, st.one_of(st.none(), _tuples), _times, _times, _times, st.booleans(),
+       st.integers(0, 1 << 33))
+def test_the_fast_lane_packs_or_refuses_whatever_the_record_path_does(
+        orig: Tuple, reply: Tuple | None, timeout: float, period: float, age: float,
+        with_tcp: bool, mark: int) -> None:
+    """pack_own_upsert() against pack_item() on any tuple pair and times: the
+    same bytes, or a CodecError from both."""
+    reply = orig.invert() or orig if reply is None else reply
+    tcp = TCP if with_tcp else None
+    item = upsert(orig=orig, reply=reply, timeout=timeout, period=period, age=age, mark=mark,
+                  tcp=tcp, conn=ConnId("a", 7, 42))
+    try:
+        want: bytes | None = codec.pack_item(item, "a", 7)
+    except CodecError:
+        want = None
+    try:
+        got: bytes | None = codec.pack_own_upsert(
+            42, orig, reply, item.zone, item.status, timeout, period, age, mark,
+            item.offload, tuple(tcp) if tcp is not None else None)
+    except CodecError:
+        got = None
+    assert got == want
