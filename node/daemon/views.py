@@ -139,10 +139,10 @@ def _card_masks(node: Node) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     flows, hw = node.card.flows, node.card.hw
     n = len(flows.owners)
     st = hw.state_v[:2 * n].reshape(-1, 2)
-    used = (flows.flags[:n] & FLOW_USED).astype(bool)
+    used = (flows.flags_v[:n] & FLOW_USED).astype(bool)
     ok = _IS_IN_HW[st].any(axis=1) & _IS_DONE[st].all(axis=1) & used
     flying = _IS_PENDING[st].any(axis=1) & _IS_FLYING[st].all(axis=1) & used & ~ok
-    return ok, flying, flows.cookie[:n]
+    return ok, flying, flows.cookie_v[:n]
 
 
 def _state_set(*states: int) -> np.ndarray:
@@ -258,7 +258,7 @@ def card_entries_json(node: Node) -> list[dict[str, Any]]:
     last = -1
     for slot in np.flatnonzero(hw.state_v[:n] != ABSENT).tolist():
         fid = slot >> 1
-        if not int(flows.flags[fid]) & FLOW_USED:
+        if not flows.flags[fid] & FLOW_USED:
             continue
         entry = flows.owners[fid]
         if fid != last:  # both directions of a flow share the tuple

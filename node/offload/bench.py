@@ -176,7 +176,7 @@ def bench_poll(timer: Timer, flows: int = 500_000, polls: int = 8) -> dict[str, 
         return took
 
     times = [one_poll() for _ in range(polls)]
-    card.flows.timeout[:] = now + 20.0  # every flow below 90 % of its timeout
+    card.flows.timeout_v[:] = now + 20.0  # every flow below 90 % of its timeout
     burst = one_poll()
     gc.unfreeze()
     card.counters.last_poll_s = times[-1]

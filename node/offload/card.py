@@ -57,11 +57,14 @@ from node.offload.outcomes import (
     PollResult,
     SwHit,
 )
-from node.offload.policy import Direction, flow_key, should_offload
+from node.offload.policy import BOTH, Direction, flow_key, should_offload
 from node.offload.work import Work
 from node.packet import IPPROTO_TCP, TCP_FIN, TCP_RST, Packet, Tcp
 
 _new_tuple = tuple.__new__
+_UNSUPPORTED, _NO_ENTRY, _FIN_RST, _TABLE_FULL = (
+    MissReason.UNSUPPORTED, MissReason.NO_ENTRY, MissReason.FIN_RST, MissReason.TABLE_FULL)
+_QUEUED_OR_IN = (IN_HW, PENDING)  # a direction whose hardware entry is there or queued
 SYNC_RETRY_FOR = 30.0  # seconds a replicated entry's card state is retried
 
 
@@ -118,21 +121,21 @@ class Card:
         c = self.counters
         key = flow_key(pkt)
         if key is None:
-            c.misses[MissReason.UNSUPPORTED] += 1
-            return MISS[MissReason.UNSUPPORTED]
+            c.misses[_UNSUPPORTED] += 1
+            return MISS[_UNSUPPORTED]
         zmap = self.flows.index.get(zone)
         slot = zmap.get(key, -1) if zmap is not None else -1
         if slot < 0:
-            c.misses[MissReason.NO_ENTRY] += 1
-            return MISS[MissReason.NO_ENTRY]
+            c.misses[_NO_ENTRY] += 1
+            return MISS[_NO_ENTRY]
         if _fin_or_rst(pkt):
             self.work.teardown(slot >> 1, now, "fin_rst")
-            c.misses[MissReason.FIN_RST] += 1
-            return MISS[MissReason.FIN_RST]
+            c.misses[_FIN_RST] += 1
+            return MISS[_FIN_RST]
         hw = self.hw
         st = hw.state[slot]
         if st != IN_HW and st != DYING:
-            reason = MissReason.TABLE_FULL if st == FULL else MissReason.NO_ENTRY
+            reason = _TABLE_FULL if st == FULL else _NO_ENTRY
             c.misses[reason] += 1
             return MISS[reason]
         length = pkt.length
@@ -172,8 +175,8 @@ class Card:
         c.hw_packets += int(hs.size)
         c.hw_bytes += int(hl.sum())
         full = int(np.count_nonzero(st == FULL))
-        c.misses[MissReason.TABLE_FULL] += full
-        c.misses[MissReason.NO_ENTRY] += int(slots.size - hs.size) - full
+        c.misses[_TABLE_FULL] += full
+        c.misses[_NO_ENTRY] += int(slots.size - hs.size) - full
         return hit
 
     def sw_lookup(self, pkt: Packet, zone: int, now: float) -> SwHit | None:
@@ -190,7 +193,7 @@ class Card:
         if code < 0:
             return None
         fid, direction = code >> 1, code & 1
-        flags = int(flows.flags[fid])
+        flags = flows.flags[fid]
         entry = flows.owners[fid]
         if flags & ft.NF_FLOW_TEARDOWN or entry.status & IPS_DYING:
             return None
@@ -234,13 +237,13 @@ class Card:
             return None
         if entry.status & IPS_OFFLOAD:
             fid = self.flows.fid_of(entry)
-            if fid >= 0 and not int(self.flows.flags[fid]) & ft.NF_FLOW_TEARDOWN:
+            if fid >= 0 and not self.flows.flags[fid] & ft.NF_FLOW_TEARDOWN:
                 self.flows.mark_ct_seen(fid, now)
                 self.work.refresh(fid, now, False)
             return None
         hw = entry.zone not in self.sw_only_zones
         fid = self.flows.add(entry, entry.orig.proto == IPPROTO_TCP,
-                             direction == Direction.BOTH, hw, now)
+                             direction == BOTH, hw, now)
         if fid < 0:
             return None
         self.hw.ensure(2 * self.flows.size)
@@ -282,7 +285,7 @@ class Card:
         fid = flows.fid_of(entry)
         if fid < 0:
             return
-        flags = int(flows.flags[fid])
+        flags = flows.flags[fid]
         if flags & ft.NF_FLOW_TEARDOWN:
             self._later(entry, now)  # re-added once freed, if still offloadable
             return
@@ -292,7 +295,7 @@ class Card:
             self.work.teardown(fid, now, "synced")
             return
         want = flags
-        if direction == Direction.BOTH:
+        if direction == BOTH:
             want |= ft.NF_FLOW_HW_BIDIRECTIONAL
         if entry.zone in self.sw_only_zones:
             flows.flags[fid] = want
@@ -314,15 +317,16 @@ class Card:
     def _in_card(self, fid: int, flags: int) -> bool:
         """Every direction `flags` offloads has its hardware entry (or its insert
         queued)."""
-        hw = self.hw
-        dirs = (0, 1) if flags & ft.NF_FLOW_HW_BIDIRECTIONAL else (0,)
-        return all(hw.state[2 * fid + d] in (IN_HW, PENDING) for d in dirs)
+        state = self.hw.state
+        if state[2 * fid] not in _QUEUED_OR_IN:
+            return False
+        return not flags & ft.NF_FLOW_HW_BIDIRECTIONAL or state[2 * fid + 1] in _QUEUED_OR_IN
 
     def _check_synced(self, entry: Entry, now: float) -> None:
         """After a synced add: an insert that failed (busy, full, fault) is retried."""
         fid = self.flows.fid_of(entry)
         if fid >= 0 and entry.zone not in self.sw_only_zones \
-                and not self._in_card(fid, int(self.flows.flags[fid])):
+                and not self._in_card(fid, self.flows.flags[fid]):
             self._later(entry, now)
         else:
             self._catch_up.pop(entry.id, None)
@@ -345,9 +349,9 @@ class Card:
         """A peer saw traffic on this connection at `lastused`: extend its flow
         timeout as a hardware stats job would (distributed aging)."""
         fid = self.flows.fid_of(entry)
-        if fid < 0 or int(self.flows.flags[fid]) & ft.NF_FLOW_TEARDOWN:
+        if fid < 0 or self.flows.flags[fid] & ft.NF_FLOW_TEARDOWN:
             return False
-        timeout = lastused + float(self.flows.period[fid])
+        timeout = lastused + self.flows.period[fid]
         if timeout > self.flows.timeout[fid]:
             self.flows.timeout[fid] = timeout
         return True
@@ -375,7 +379,7 @@ class Card:
             self.counters.polls += 1
             moved = self.hw.bulk_read(now, 2 * len(self.flows.owners))
             if moved.size:
-                active = self.flows.cookie[moved]
+                active = self.flows.cookie_v[moved]
             freed, stats_jobs = work.gc(now)
         result = PollResult(now, gc, tuple(work.completed), tuple(work.failed),
                             tuple(work.teardowns), freed, stats_jobs, active)
@@ -392,8 +396,8 @@ class Card:
             return None
         hw = self.hw
         s = (2 * fid, 2 * fid + 1)
-        return FlowInfo(ft.flag_names(int(self.flows.flags[fid])),
-                        float(self.flows.timeout[fid]),
+        return FlowInfo(ft.flag_names(self.flows.flags[fid]),
+                        self.flows.timeout[fid],
                         (HwState(hw.state[s[0]]), HwState(hw.state[s[1]])),
                         (hw.packets[s[0]], hw.packets[s[1]]),
                         (hw.bytes[s[0]], hw.bytes[s[1]]),

@@ -24,6 +24,8 @@ same way (slot = code), so a tuple's code is both its flow direction and its slo
 
 from __future__ import annotations
 
+from array import array
+
 import numpy as np
 
 from node.conntrack.entry import (
@@ -196,16 +198,41 @@ class FlowTables:
         self.ct = ct
         self.index: dict[int, dict[Tuple, int]] = {}
         self.owners: list[Entry] = []
-        self.flags = np.zeros(size, np.uint16)
-        self.timeout = np.zeros(size, np.float64)  # flow->timeout (absolute)
-        self.period = np.zeros(size, np.float32)  # flow_offload_get_timeout()
-        self.cookie = np.zeros(size, np.int64)  # the conntrack entry id
-        # When the GC must look at the entry's timeout (extend_ct_timeout()): 5 min
-        # before the hold set at add ends, or at once after conntrack saw a packet
-        # of the flow (mark_ct_seen()): nothing else lowers an offloaded entry's timeout.
-        self.ct_check_at = np.zeros(size, np.float64)
+        # Per flow id, each an array.array (read and written one flow at a time,
+        # per packet and per install) with a numpy view of the same memory under
+        # the name + "_v" (the poll's vectorised passes), as the card's HwTable.
+        self._alloc_columns(size, 0)
         self._free: list[int] = []
         self.count = 0
+
+    # Declared for type checkers; created by _alloc_columns().
+    flags: array[int]  # NF_FLOW_* bits
+    timeout: array[float]  # flow->timeout (absolute)
+    period: array[float]  # flow_offload_get_timeout() (float32)
+    cookie: array[int]  # the conntrack entry id
+    # When the GC must look at the entry's timeout (extend_ct_timeout()): 5 min
+    # before the hold set at add ends, or at once after conntrack saw a packet
+    # of the flow (mark_ct_seen()): nothing else lowers an offloaded entry's timeout.
+    ct_check_at: array[float]
+    flags_v: np.ndarray
+    timeout_v: np.ndarray
+    period_v: np.ndarray
+    cookie_v: np.ndarray
+    ct_check_at_v: np.ndarray
+
+    _COLUMNS = (("flags", "H", np.uint16), ("timeout", "d", np.float64),
+                ("period", "f", np.float32), ("cookie", "q", np.int64),
+                ("ct_check_at", "d", np.float64))
+
+    def _alloc_columns(self, size: int, keep: int) -> None:
+        """(Re)allocate every column for `size` flows, zero-filled, keeping the
+        first `keep` values."""
+        for name, code, dtype in self._COLUMNS:
+            new = array(code, bytes(size * array(code).itemsize))
+            if keep:
+                new[:keep] = getattr(self, name)[:keep]
+            setattr(self, name, new)
+            setattr(self, name + "_v", np.frombuffer(new, dtype))
 
     def __len__(self) -> int:
         return self.count
@@ -219,11 +246,7 @@ class FlowTables:
             return self._free.pop()
         fid = len(self.owners)
         if fid == len(self.flags):
-            for name in ("flags", "timeout", "period", "cookie", "ct_check_at"):
-                old = getattr(self, name)
-                new = np.zeros(2 * fid, old.dtype)
-                new[:fid] = old
-                setattr(self, name, new)
+            self._alloc_columns(2 * fid, fid)
         self.owners.append(VACANT)
         return fid
 
@@ -236,7 +259,8 @@ class FlowTables:
 
     def fid_of(self, entry: Entry) -> int:
         """The flow of a conntrack entry, or -1."""
-        code = self.code(entry.orig, entry.zone)
+        zmap = self.index.get(entry.zone)
+        code = -1 if zmap is None else zmap.get(entry.orig, -1)
         if code < 0 or self.owners[code >> 1] is not entry:
             return -1
         return code >> 1
@@ -284,22 +308,22 @@ class FlowTables:
     def refresh(self, fid: int, now: float, force: bool) -> bool:
         """flow_offload_refresh(): push the timeout to now + T when that moves it by
         more than a second (or `force`). True when the hardware add must be re-queued."""
-        timeout = now + float(self.period[fid])
+        timeout = now + self.period[fid]
         if not force and timeout - self.timeout[fid] <= 1.0:
             return False
         self.timeout[fid] = timeout
-        return not int(self.flags[fid]) & NF_FLOW_CLOSING
+        return not self.flags[fid] & NF_FLOW_CLOSING
 
     def teardown(self, fid: int, now: float) -> bool:
         """flow_offload_teardown(): clear IPS_OFFLOAD and, the first time, fix the
         conntrack entry up. True if the flow was not torn down before."""
         entry = self.owners[fid]
         entry.status = status_word(entry.status & ~IPS_OFFLOAD)
-        flags = int(self.flags[fid])
+        flags = self.flags[fid]
         if flags & NF_FLOW_TEARDOWN:
             return False
         self.flags[fid] = flags | NF_FLOW_TEARDOWN
-        fixup_ct(self.ct, entry, bool(self.timeout[fid] <= now), now)
+        fixup_ct(self.ct, entry, self.timeout[fid] <= now, now)
         return True
 
     def free(self, fid: int) -> Entry:

@@ -52,8 +52,10 @@ class InsertResult(IntEnum):
     BUSY = 3  # rate limit: no token within max_insert_wait
 
 
-INSERT_FAILURE_NAMES = {InsertResult.FAULT: "fault", InsertResult.FULL: "table_full",
-                        InsertResult.BUSY: "busy"}
+# The members again as module names: an enum member read through its class
+# costs a metaclass lookup (~0.2 us), and these are read on every insert.
+INSERT_OK, INSERT_FAULT, INSERT_FULL, INSERT_BUSY = InsertResult
+INSERT_FAILURE_NAMES = {INSERT_FAULT: "fault", INSERT_FULL: "table_full", INSERT_BUSY: "busy"}
 
 ABSENT, PENDING, IN_HW, DYING, DEAD, FAILED, FULL = (int(s) for s in HwState)
 
@@ -147,20 +149,25 @@ class HwTable:
                now: float) -> tuple[InsertResult, float]:
         """A new entry: (OK, when it takes effect) or (the failure, now)."""
         f = self.faults
-        if f.take_insert_fault():
+        if (f.fail_all or f.fail_next) and f.take_insert_fault():
             self.state[slot] = FAILED
-            return InsertResult.FAULT, now
+            return INSERT_FAULT, now
         if self.entries >= f.capacity:
             self.state[slot] = FULL
-            return InsertResult.FULL, now
+            return INSERT_FULL, now
         start = self._token(now)
         if start is None:
             self.state[slot] = FAILED
-            return InsertResult.BUSY, now
+            return INSERT_BUSY, now
         self.entries += 1
         self.state[slot] = PENDING
-        self.update(slot, ctinfo, mark, labels)
-        return InsertResult.OK, start + f.insert_latency
+        self.ctinfo[slot] = ctinfo  # update(), inline: this runs per installed direction
+        self.mark[slot] = mark
+        if labels:
+            self.labels[slot] = labels
+        else:
+            self.labels.pop(slot, None)
+        return INSERT_OK, start + f.insert_latency
 
     def update(self, slot: int, ctinfo: int, mark: int, labels: int) -> None:
         """Rewrite an entry's ct info in place (mlx5_tc_ct_entry_update_rules())."""

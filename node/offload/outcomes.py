@@ -85,9 +85,10 @@ class SwHit(NamedTuple):
     direction: int
 
 
-@dataclass(frozen=True, slots=True)
-class InsertDone:
-    """A hardware insert took effect: the direction now matches in hardware."""
+class InsertDone(NamedTuple):
+    """A hardware insert took effect: the direction now matches in hardware.
+    (Immutable, as the other outcomes; a NamedTuple because one is made per
+    direction of every install, a replicated one included.)"""
 
     entry: Entry
     direction: int

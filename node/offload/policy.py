@@ -40,6 +40,9 @@ class Direction(IntFlag):
     BOTH = 3
 
 
+BOTH, ORIGINAL_ONLY = Direction.BOTH, Direction.ORIGINAL  # (read per offer: no class lookup)
+
+
 def tcp_state(entry: Entry) -> int:
     """ct->proto.tcp.state (TcpState value; the tracker keeps a TcpConn in entry.proto)."""
     conn = entry.proto
@@ -61,17 +64,17 @@ def should_offload(entry: Entry, ctinfo: int) -> Direction | None:
     if proto == IPPROTO_TCP:
         if not established or not status & IPS_ASSURED or tcp_state(entry) != sES:
             return None
-        direction = Direction.BOTH
+        direction = BOTH
     elif proto == IPPROTO_UDP:
         if not status & IPS_CONFIRMED:
             return None
-        direction = Direction.BOTH if status & IPS_ASSURED else Direction.ORIGINAL
+        direction = BOTH if status & IPS_ASSURED else ORIGINAL_ONLY
     elif proto == IPPROTO_GRE:
         if not established or not status & IPS_ASSURED or status & IPS_NAT_MASK:
             return None
         if entry.orig.sport or entry.orig.dport:  # "No support for GRE v1"
             return None
-        direction = Direction.BOTH
+        direction = BOTH
     else:
         return None
     # nf_ct_ext_exist(ct, NF_CT_EXT_HELPER) || ct->status & IPS_SEQ_ADJUST

@@ -36,11 +36,13 @@ from node.offload.hwtable import (
     DYING,
     IN_HW,
     INSERT_FAILURE_NAMES,
+    INSERT_OK,
     PENDING,
     HwTable,
-    InsertResult,
 )
 from node.offload.outcomes import CardCounters, InsertDone, InsertFailed, Teardown
+
+_new = tuple.__new__  # builds a NamedTuple in C, without its Python __new__
 
 _ADD, _DEL = 0, 1
 STATS_FRACTION = 0.9  # nf_flow_offload_stats(): only when less than 90 % of T is left
@@ -86,8 +88,8 @@ class Work:
         if not flows.count:
             return 0, 0
         owners = flows.owners
-        flags = flows.flags[:n]
-        timeout = flows.timeout[:n]
+        flags = flows.flags_v[:n]
+        timeout = flows.timeout_v[:n]
         used = (flags & ft.FLOW_USED) != 0
         live = used & ((flags & ft.NF_FLOW_TEARDOWN) == 0)
         for fid in np.flatnonzero(live & (timeout <= now)).tolist():
@@ -100,10 +102,10 @@ class Work:
         for fid in np.flatnonzero(maybe).tolist():
             if owners[fid].status & both == both and not flows.flags[fid] & ft.NF_FLOW_TEARDOWN:
                 self.teardown(fid, now, "outdated")
-        flags = flows.flags[:n]
+        flags = flows.flags_v[:n]
         td = used & ((flags & ft.NF_FLOW_TEARDOWN) != 0)
         live = used & ~td
-        check_at = flows.ct_check_at
+        check_at = flows.ct_check_at_v
         # Any other writer of a held entry's timeout (a replica update ...) is seen
         # within HOLD_SCAN_SLICES polls: each poll reads a slice of the entries.
         lo = self._scan_slice * n // HOLD_SCAN_SLICES
@@ -121,7 +123,7 @@ class Work:
         to_del = td & hwf & ((flags & ft.NF_FLOW_HW_DYING) == 0)
         to_free = td & (~hwf | ((flags & ft.NF_FLOW_HW_DEAD) != 0))
         to_stat = live & hwf & ((flags & ft.NF_FLOW_HW_PENDING) == 0) \
-            & (timeout - now < STATS_FRACTION * flows.period[:n])
+            & (timeout - now < STATS_FRACTION * flows.period_v[:n])
         stats_jobs = self._stats(self._most_urgent(np.flatnonzero(to_stat)))
         for fid in np.flatnonzero(to_del).tolist():
             self.delete(fid, now)
@@ -140,7 +142,7 @@ class Work:
         budget = max(STATS_BUDGET_MIN, -(-self.flows.count // 3))
         if due.size <= budget:
             return due
-        urgent = np.argpartition(self.flows.timeout[due], budget)[:budget]
+        urgent = np.argpartition(self.flows.timeout_v[due], budget)[:budget]
         return np.sort(due[urgent])
 
     def _stats(self, fids: np.ndarray) -> int:
@@ -152,9 +154,10 @@ class Work:
         flows, hw = self.flows, self.hw
         s0 = 2 * fids
         s1 = s0 + 1
-        bidir = (flows.flags[fids] & ft.NF_FLOW_HW_BIDIRECTIONAL) != 0
+        bidir = (flows.flags_v[fids] & ft.NF_FLOW_HW_BIDIRECTIONAL) != 0
         lastused = np.maximum(hw.lastuse[s0], np.where(bidir, hw.lastuse[s1], 0.0))
-        flows.timeout[fids] = np.maximum(flows.timeout[fids], lastused + flows.period[fids])
+        timeout = flows.timeout_v
+        timeout[fids] = np.maximum(timeout[fids], lastused + flows.period_v[fids])
         acct = self.ct.sysctl.nf_conntrack_acct
         if not acct and hw.rep_packets is None:  # no accounting, and there never was
             self.counters.stats_jobs += int(fids.size)
@@ -190,7 +193,7 @@ class Work:
         """nf_flow_offload_add() + flow_offload_work_add(): REPLACE the original
         direction (and the reply one once bidirectional)."""
         flows, hw, c = self.flows, self.hw, self.counters
-        flags = int(flows.flags[fid]) | ft.NF_FLOW_HW  # (the zone may have gained hardware)
+        flags = flows.flags[fid] | ft.NF_FLOW_HW  # (the zone may have gained hardware)
         if flags & ft.NF_FLOW_HW_PENDING:
             return  # one job in flight per flow
         entry = flows.owners[fid]
@@ -211,7 +214,7 @@ class Work:
                 ok += 1
                 continue
             result, ready = hw.insert(slot, want, entry.mark, entry.labels, now)
-            if result == InsertResult.OK:
+            if result is INSERT_OK:
                 c.inserts += 1
                 ok += 1
                 due = max(due, ready)
@@ -228,7 +231,7 @@ class Work:
     def delete(self, fid: int, now: float) -> None:
         """nf_flow_offload_del() + flow_offload_work_del()."""
         flows, hw = self.flows, self.hw
-        flags = int(flows.flags[fid])
+        flags = flows.flags[fid]
         if flags & ft.NF_FLOW_HW_PENDING:
             return  # retried by the next GC
         entry = flows.owners[fid]
@@ -257,12 +260,12 @@ class Work:
     def _finish(self, kind: int, fid: int, at: float) -> None:
         flows, hw = self.flows, self.hw
         entry = flows.owners[fid]
-        flags = int(flows.flags[fid]) & ~ft.NF_FLOW_HW_PENDING
+        flags = flows.flags[fid] & ~ft.NF_FLOW_HW_PENDING
         for d in (0, 1):
             slot = 2 * fid + d
             if kind == _ADD and hw.state[slot] == PENDING:
                 hw.settle(slot)
-                self.completed.append(InsertDone(entry, d, at))
+                self.completed.append(_new(InsertDone, (entry, d, at)))
             elif kind == _DEL and hw.state[slot] == DYING:
                 hw.settle(slot)
         if kind == _ADD:
