@@ -50,7 +50,7 @@ from node.conntrack.tuple import tuple_of
 from node.offload import Card, Faults
 from node.packet import IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_SYN, Packet, Tcp, TcpOptions, Udp
 from syncbus import topics
-from syncbus.broker import MOSQUITTO, BrokerProcess, Mosquitto
+from syncbus.broker import MOSQUITTO, BrokerProcess, Mosquitto, stop_process
 from syncbus.bus import BusConfig, BusMessage, MqttBus
 from syncbus.core import SyncConfig, SyncCore
 from syncbus.outbox import Outbox
@@ -257,13 +257,7 @@ def _child(argv: list[str]) -> Iterator[subprocess.Popen[bytes]]:
     try:
         yield proc
     finally:  # stopped by its PID, whatever happened
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop_process(proc, 10)
 
 
 # ================================================================ the benchmark

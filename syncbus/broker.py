@@ -68,6 +68,23 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
     return _unused_port(host, socket.SOCK_DGRAM)
 
 
+def stop_process(proc: subprocess.Popen[Any] | None,
+                 timeout: float = STOP_TIMEOUT) -> int | None:
+    """Stop a child we started, by its PID only: SIGTERM (a clean shutdown),
+    SIGKILL when it has not exited within `timeout`. Returns its exit code
+    (None when there was no process)."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+    return proc.returncode
+
+
 def wait_listening(host: str, port: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -221,15 +238,7 @@ class Mosquitto:
     def stop(self) -> None:
         """Stop our process, by its PID only."""
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(STOP_TIMEOUT)
+        stop_process(proc)
 
     def kill(self) -> None:
         """kill -9 (a crash: no clean shutdown)."""
@@ -347,13 +356,7 @@ class BrokerProcess:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(STOP_TIMEOUT)
+        stop_process(proc)
 
     def restart(self) -> str:
         """Stop and start again on the same port (a broker restart fault)."""
@@ -363,7 +366,7 @@ class BrokerProcess:
 
 
 __all__ = ["MOSQUITTO", "BrokerError", "BrokerProcess", "Mosquitto", "embedded_broker",
-           "free_port", "main", "serve", "wait_listening"]
+           "free_port", "free_udp_port", "main", "serve", "stop_process", "wait_listening"]
 
 if __name__ == "__main__":
     raise SystemExit(main())

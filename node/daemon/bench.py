@@ -40,7 +40,14 @@ from pathlib import Path
 from typing import Any
 
 from node.packet import build, udp
-from syncbus.broker import MOSQUITTO, BrokerProcess, Mosquitto, free_port, free_udp_port
+from syncbus.broker import (
+    MOSQUITTO,
+    BrokerProcess,
+    Mosquitto,
+    free_port,
+    free_udp_port,
+    stop_process,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 FIREWALL = (Path(__file__).parent / "examples" / "firewall.tc").read_text()
@@ -128,14 +135,7 @@ class _Node:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc, 15)
 
 
 def _wait(cond: Callable[[], Any], timeout: float, what: str, nodes: list[_Node],

@@ -26,7 +26,14 @@ from typing import Any
 import pytest
 
 from node.packet import Packet, TcpOptions, build, tcp, udp
-from syncbus.broker import MOSQUITTO, BrokerProcess, Mosquitto, free_port, free_udp_port
+from syncbus.broker import (
+    MOSQUITTO,
+    BrokerProcess,
+    Mosquitto,
+    free_port,
+    free_udp_port,
+    stop_process,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 FIREWALL_TC = (REPO / "node" / "daemon" / "examples" / "firewall.tc").read_text()
@@ -163,16 +170,7 @@ class NodeProc:
         """SIGTERM (a clean shutdown), SIGKILL if that takes too long; returns the
         exit code."""
         proc, self.proc = self.proc, None
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(STOP_TIMEOUT)
-        return proc.returncode
+        return stop_process(proc, STOP_TIMEOUT)
 
     def kill9(self) -> None:
         proc, self.proc = self.proc, None

@@ -1,12 +1,17 @@
 """Ports picked for brokers, nodes and scenario sockets: never the same one
 twice in a process (the kernel can return one ephemeral port to two bind(0)
-calls in a row, and two nodes configured one after the other then collide)."""
+calls in a row, and two nodes configured one after the other then collide);
+and the one way children are stopped (by PID: SIGTERM, then SIGKILL)."""
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
+import sys
+import time
 
-from syncbus.broker import free_port, free_udp_port
+from syncbus.broker import free_port, free_udp_port, stop_process
 
 
 def test_ports_handed_out_are_distinct_and_bindable() -> None:
@@ -17,3 +22,25 @@ def test_ports_handed_out_are_distinct_and_bindable() -> None:
             socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
         u.bind(("127.0.0.1", udp[-1]))
         t.bind(("127.0.0.1", tcp[-1]))
+
+
+def test_stop_process_terminates_then_kills_what_ignores_sigterm() -> None:
+    polite = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    stubborn = subprocess.Popen([sys.executable, "-c", (
+        "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('ready', flush=True); time.sleep(60)")], stdout=subprocess.PIPE)
+    try:
+        assert stubborn.stdout is not None and stubborn.stdout.readline() == b"ready\n"
+        assert stop_process(polite) == -signal.SIGTERM
+        started = time.monotonic()
+        assert stop_process(stubborn, timeout=0.5) == -signal.SIGKILL
+        assert time.monotonic() - started < 5
+        assert stop_process(None) is None
+        assert stop_process(polite) == -signal.SIGTERM  # already gone: its code again
+    finally:
+        for p in (polite, stubborn):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        if stubborn.stdout is not None:
+            stubborn.stdout.close()
