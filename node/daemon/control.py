@@ -227,10 +227,7 @@ async def inject(d: Daemon, req: Request) -> Response:
 
 
 async def capture(d: Daemon, req: Request) -> Response:
-    cap = d.node.capture
-    packets = list(cap)
-    cap.clear()
-    return ok({"packets": packets})
+    return ok({"packets": d.node.take_capture()})
 
 
 async def events(d: Daemon, req: Request) -> Response:

@@ -126,7 +126,8 @@ class Node:
             "verdict_drop": 0, "verdict_stolen": 0}
         self.bad_packets: dict[str, int] = {}
         self.internal_errors = {"engine": 0, "publish": 0}  # bugs caught at a boundary
-        self.capture: deque[dict[str, Any]] = deque(maxlen=RING)
+        # packets sent: (seq, at, port, path, bytes), made JSON when read (capture_json)
+        self.capture: deque[tuple[int, float, str, str, bytes]] = deque(maxlen=RING)
         self.capture_seq = 0
         self.events: deque[tuple[int, CtEvent]] = deque(maxlen=RING)
         self.event_seq = 0
@@ -153,9 +154,13 @@ class Node:
             return self._bad("parse", f"bad packet: {exc}")
         except Exception as exc:  # the codec must not take the node down
             return self._bad("parse", f"bad packet: {type(exc).__name__}: {exc}")
-        return self.receive_packet(port, pkt, now)
+        return self.receive_packet(port, pkt, now, data)
 
-    def receive_packet(self, port: str, pkt: Packet, now: float) -> Received:
+    def receive_packet(self, port: str, pkt: Packet, now: float,
+                       raw: bytes | None = None) -> Received:
+        """`pkt` through the datapath. `raw`, its bytes as received: a packet that
+        leaves unchanged (the same object: no NAT, no rewrite) is sent as it came,
+        not rebuilt, as a forwarding device does (checksums and IP options included)."""
         if port not in self.ports:
             return self._bad("no_port", f"no port {port!r}")
         try:
@@ -176,16 +181,25 @@ class Node:
         sends = []
         for e in out.egress:
             if e.sent and e.direction == "egress":
-                try:
-                    raw = build(e.pkt)
-                except (PacketError, ValueError) as exc:
-                    self._bad("build", str(exc))
-                    continue
-                sends.append((e.port, raw, out.path))
+                if e.pkt is pkt and raw is not None and len(raw) == pkt.length:
+                    wire = raw
+                else:
+                    try:
+                        wire = build(e.pkt)
+                    except (PacketError, ValueError) as exc:
+                        self._bad("build", str(exc))
+                        continue
+                sends.append((e.port, wire, out.path))
                 self.capture_seq += 1
-                self.capture.append({"seq": self.capture_seq, "at": now, "port": e.port,
-                                     "path": out.path, "hex": raw.hex()})
+                self.capture.append((self.capture_seq, now, e.port, out.path, wire))
         return Received(out, sends, flow=None if entry is None else entry.id)
+
+    def take_capture(self) -> list[dict[str, Any]]:
+        """The packets sent since the last call, oldest first (GET /capture)."""
+        out = [{"seq": seq, "at": at, "port": port, "path": path, "hex": wire.hex()}
+               for seq, at, port, path, wire in self.capture]
+        self.capture.clear()
+        return out
 
     def _find(self, pkt: Packet, zone: int) -> Entry | None:
         try:
