@@ -158,6 +158,24 @@ def tcp_conn(info: TcpInfo) -> TcpConn:
     return c
 
 
+def write_injected_tcp(entry: Entry, info: TcpInfo) -> None:
+    """entry.proto = injected_tcp(info), into the entry's TcpConn when it has
+    one: a standby follows its active's updates without a new object per
+    update (each would outlive a young collection, and the old generation's
+    growth is what triggers the full collections that stop a node with a
+    large table for a large fraction of a second)."""
+    c = entry.proto
+    if type(c) is not TcpConn:
+        entry.proto = injected_tcp(info)
+        return
+    (c.state, c.td_end0, c.td_maxend0, c.td_maxwin0, c.td_maxack0, c.td_scale0, c.flags0,
+     c.td_end1, c.td_maxend1, c.td_maxwin1, c.td_maxack1, c.td_scale1, c.flags1,
+     c.last_dir, c.last_index, c.last_seq, c.last_ack, c.last_end, c.last_win, c.last_wscale,
+     c.last_flags, c.retrans) = info
+    c.flags0 |= IP_CT_TCP_FLAG_BE_LIBERAL
+    c.flags1 |= IP_CT_TCP_FLAG_BE_LIBERAL
+
+
 def injected_tcp(info: TcpInfo) -> TcpConn:
     """tcp_conn() for an entry the replica writes: BE_LIBERAL in both
     directions, as conntrackd forces on what it injects (ctd_force_tcp_be_liberal()).
@@ -234,7 +252,7 @@ def replace_state(entry: Entry, up: CtUpsert, ct: Conntrack, now: float) -> None
         entry.labels = up.labels
         entry.nat = nat
     if up.tcp is not None:
-        entry.proto = injected_tcp(up.tcp)
+        write_injected_tcp(entry, up.tcp)
     if up.helper is not None and up.helper != entry.helper:
         _set_helper(ct, entry, up.helper)
     if up.expects or entry.expect_count:
@@ -329,5 +347,6 @@ def _merge_dir(c: TcpConn, d: str, theirs: TcpDir) -> bool:
 
 
 __all__ = ["LOCAL_BITS", "TCP_RANK", "after_insert", "delete_of", "injected_tcp",
+           "write_injected_tcp",
            "merge_state", "merge_tcp", "nat_binding", "nat_info", "new_entry", "offload_state",
            "pack_entry", "replace_state", "tcp_conn", "tcp_info", "upsert_of"]

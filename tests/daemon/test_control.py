@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from node.daemon.gcwatch import YOUNG_THRESHOLD
 from node.packet import build, parse, tcp
 from tests.daemon.conftest import (
     REPO,
@@ -184,7 +185,8 @@ def test_metrics_parse_as_prometheus_text_with_the_documented_families(node: Nod
     assert gens == {"0", "1", "2"}
     gc = node.state()["gc"]
     assert set(gc) == {"collections", "pause_total_ms", "pause_max_ms", "last_full_ms",
-                       "unreachable"}
+                       "unreachable", "thresholds"}
+    assert gc["thresholds"][0] == YOUNG_THRESHOLD  # the node's policy is on
     assert sum(samples[("ctlab_gc_pause_seconds_count", (("generation", g),))]
                for g in gens) >= 1  # (starting a node allocates plenty)
 
