@@ -110,6 +110,27 @@ def test_an_update_replaces_the_state_of_the_same_writer() -> None:
     assert r.stats["updated"] == 1
 
 
+def test_an_update_rewrites_the_tcp_state_in_place_with_be_liberal() -> None:
+    """The standby's TcpConn is written, not replaced (no new object per update
+    to promote into the collector's old generation), to exactly the record's
+    state with BE_LIBERAL in both directions, as a fresh injected one."""
+    a = Origin()
+    e = open_tcp(a.ct, 1, NOW)
+    r, ct, _ = standby(card=False)
+    r.apply(a.env(a.up(e)), NOW)
+    mine = ct.find(e.orig)
+    assert mine is not None
+    conn = mine.proto
+    e.proto.state, e.proto.td_end0, e.proto.retrans = sFW, 123456, 2
+    record = a.up(e, NOW + 1)
+    r.apply(a.env(record), NOW + 1)
+    assert mine.proto is conn
+    assert record.tcp is not None
+    assert ctstate.tcp_info(conn) == ctstate.tcp_info(ctstate.injected_tcp(record.tcp))
+    liberal = IP_CT_TCP_FLAG_BE_LIBERAL
+    assert conn.flags0 & liberal and conn.flags1 & liberal and conn.td_end0 == 123456
+
+
 # ------------------------------------------------------------------ seqs
 def test_duplicates_and_replays_are_dropped_without_touching_state() -> None:
     a = Origin()
