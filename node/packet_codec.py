@@ -16,11 +16,9 @@ L4 headers are decoded in one of three modes:
 
 from __future__ import annotations
 
-import dataclasses
 import struct
-from collections.abc import Callable
-from typing import Any, TypeVar
 
+from node.frozen import fast_constructor
 from node.packet import (
     GRE_ACK,
     GRE_CSUM,
@@ -59,45 +57,12 @@ _MSS = struct.Struct("!BBH")
 _TS = struct.Struct("!BBII")
 
 _FULL, _FRAG, _QUOTE = 0, 1, 2
-_T = TypeVar("_T")
-
-
-def _fast_constructor(cls: type[_T]) -> Callable[..., _T]:
-    """A constructor for the frozen, slotted dataclass `cls`, with the signature of
-    its __init__ but 3-4x faster. A frozen __init__ stores every field through
-    object.__setattr__ (about 0.2 us each; a Packet has 22), so this one fills an
-    instance of a plain twin class with the same slot layout and then retypes it.
-    The result is an ordinary `cls` instance: equal, hashable, frozen."""
-    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
-    slots = tuple(f.name for f in fields)
-    assert slots == cls.__slots__  # type: ignore[attr-defined]
-    twin = type(f"_{cls.__name__}Twin", (), {"__slots__": slots})
-    env: dict[str, Any] = {"_MISSING": dataclasses.MISSING, "_new": object.__new__,
-                           "_twin": twin, "_cls": cls}
-    params, body = [], ["    obj = _new(_twin)"]
-    for f in fields:
-        if f.default is not dataclasses.MISSING:
-            env[f"_d_{f.name}"] = f.default
-            params.append(f"{f.name}=_d_{f.name}")
-        elif f.default_factory is not dataclasses.MISSING:
-            env[f"_f_{f.name}"] = f.default_factory
-            params.append(f"{f.name}=_MISSING")
-            body.append(f"    if {f.name} is _MISSING: {f.name} = _f_{f.name}()")
-        else:
-            params.append(f.name)
-        body.append(f"    obj.{f.name} = {f.name}")
-    body += ["    obj.__class__ = _cls", "    return obj"]
-    exec(f"def make({', '.join(params)}):\n" + "\n".join(body), env)
-    make: Callable[..., _T] = env["make"]
-    return make
-
-
-_Packet = _fast_constructor(Packet)
-_Tcp = _fast_constructor(Tcp)
-_TcpOptions = _fast_constructor(TcpOptions)
-_Udp = _fast_constructor(Udp)
-_Icmp = _fast_constructor(Icmp)
-_Gre = _fast_constructor(Gre)
+_Packet = fast_constructor(Packet)
+_Tcp = fast_constructor(Tcp)
+_TcpOptions = fast_constructor(TcpOptions)
+_Udp = fast_constructor(Udp)
+_Icmp = fast_constructor(Icmp)
+_Gre = fast_constructor(Gre)
 _Decoded = tuple[L4, bytes, bool, int | None]  # (l4, payload, l4_csum_ok, explicit l4_csum)
 
 

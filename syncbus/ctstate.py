@@ -347,6 +347,6 @@ def _merge_dir(c: TcpConn, d: str, theirs: TcpDir) -> bool:
 
 
 __all__ = ["LOCAL_BITS", "TCP_RANK", "after_insert", "delete_of", "injected_tcp",
-           "write_injected_tcp",
            "merge_state", "merge_tcp", "nat_binding", "nat_info", "new_entry", "offload_state",
-           "pack_entry", "replace_state", "tcp_conn", "tcp_info", "upsert_of"]
+           "pack_entry", "replace_state", "tcp_conn", "tcp_info", "upsert_of",
+           "write_injected_tcp"]

@@ -68,6 +68,7 @@ from node.conntrack.simple import (
 from node.conntrack.sysctl import DEFAULT, Sysctl
 from node.conntrack.tcp import TcpTracker
 from node.conntrack.tuple import Tuple, tuple_of
+from node.frozen import fast_constructor
 from node.packet import (
     IPPROTO_GRE,
     IPPROTO_ICMP,
@@ -470,7 +471,7 @@ class Conntrack:
             return  # (a dying entry: killed by its tracker, e.g. TCP's RST before a reply)
         entry.events = 0
         if self.emit_events:
-            self._events.append(CtEvent(event_type(bits), bits, self.view(entry, now), now))
+            self._events.append(_CtEvent(event_type(bits), bits, self.view(entry, now), now))
 
     def kill(self, entry: Entry, now: float, reason: str = "kill") -> None:
         """nf_ct_kill(): remove the entry now (DESTROY event if it was inserted;
@@ -493,7 +494,7 @@ class Conntrack:
             self.offload_gone.append(entry)
         self.expect.remove_master(entry)
         if self.emit_events:
-            self._events.append(CtEvent(event_type(IPCT_DESTROY), IPCT_DESTROY | entry.events,
+            self._events.append(_CtEvent(event_type(IPCT_DESTROY), IPCT_DESTROY | entry.events,
                                         self.view(entry, now), now, reason))
         entry.events = 0
 
@@ -596,7 +597,7 @@ class Conntrack:
         tracker = TRACKERS.get(entry.orig.proto, GENERIC)
         ext = entry.ext
         acct = ext.acct if ext is not None and ext.acct is not None else _NO_ACCT
-        return CtView(
+        return _CtView(
             id=entry.id, orig=entry.orig, reply=entry.reply, zone=entry.zone,
             status=entry.status, proto_state=tracker.state_name(entry),
             timeout=entry.expires_at - now, mark=entry.mark, labels=entry.labels,
@@ -609,6 +610,8 @@ class Conntrack:
 
 
 _NO_ACCT = (0, 0, 0, 0)
+_CtView = fast_constructor(CtView)  # one per event and per listed entry
+_CtEvent = fast_constructor(CtEvent)
 
 
 def _entries_of(zmap: dict[_Key, Entry]) -> Iterator[Entry]:
