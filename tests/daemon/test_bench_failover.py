@@ -10,10 +10,9 @@ from __future__ import annotations
 import pytest
 
 from node.conntrack import Conntrack
-from node.daemon import config
-from node.daemon.bench import FIREWALL, bench_failover, flow_packet
-from node.daemon.node import Node
+from node.daemon.bench import bench_failover, flow_packet
 from node.packet import parse
+from tests.daemon.helpers import memory_node
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(180)]
 
@@ -40,20 +39,12 @@ def test_flow_packets_are_distinct_udp_flows_in_the_benchmarking_range() -> None
     assert len(ct) == 5
 
 
-def _memory_node() -> Node:
-    """A node with the bench's firewall on in-memory ports, no card latency."""
-    cfg = config.parse({"node": "a", "cluster": "c", "tc": FIREWALL,
-                        "card": {"insert_latency": 0.0},
-                        "ports": {"inside": {"type": "memory"}, "outside": {"type": "memory"}}})
-    return Node(cfg, 1.0, 1)
-
-
 def test_promotion_count_is_of_the_table_at_that_moment_counted_in_steps() -> None:
     """installed/pending at once from the card, eligible later in steps, of the
     entries there were at the promotion (new and removed ones do not count)."""
     from node.daemon.views import OffloadCount, offload_json
 
-    node = _memory_node()
+    node = memory_node()
     for i in range(10):
         node.receive("inside", flow_packet(i), 1.0)
     node.poll(1.0)
@@ -76,7 +67,7 @@ def test_state_counts_a_big_table_without_a_pass_and_small_ones_at_once() -> Non
     card is counted at once and eligible comes from the last stepped count."""
     from node.daemon import views
 
-    node = _memory_node()
+    node = memory_node()
     queued: list[views.OffloadCount] = []
     tc = views.TableCount(node, queued.append)
     for i in range(40):

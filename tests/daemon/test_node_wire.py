@@ -4,20 +4,12 @@ they came, as a forwarding device does), rebuilt otherwise."""
 
 from __future__ import annotations
 
-from node.daemon import config
-from node.daemon.bench import FIREWALL, flow_packet
-from node.daemon.node import Node
-
-
-def _node() -> Node:
-    cfg = config.parse({"node": "a", "cluster": "c", "tc": FIREWALL,
-                        "card": {"insert_latency": 0.0},
-                        "ports": {"inside": {"type": "memory"}, "outside": {"type": "memory"}}})
-    return Node(cfg, 1.0, 1)
+from node.daemon.bench import flow_packet
+from tests.daemon.helpers import memory_node
 
 
 def test_an_unchanged_packet_leaves_as_the_bytes_it_came_in() -> None:
-    node = _node()
+    node = memory_node()
     raw = flow_packet(7)
     first = node.receive("inside", raw, 1.0)
     node.poll(1.0)  # the flow's hardware insert lands
@@ -36,7 +28,7 @@ def test_an_unchanged_packet_leaves_as_the_bytes_it_came_in() -> None:
 def test_bytes_beyond_the_ip_length_are_not_forwarded() -> None:
     """The kernel trims a packet to its IP total length on receive (ip_rcv):
     trailing bytes in the datagram do not leave with it."""
-    node = _node()
+    node = memory_node()
     raw = flow_packet(8)
     res = node.receive("inside", raw + b"\x00" * 6, 1.0)
     assert [(p, w) for p, w, _ in res.sends] == [("outside", raw)]
