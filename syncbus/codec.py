@@ -415,10 +415,8 @@ def pack_own_upsert(entry_id: int, orig: Tuple, reply: Tuple, zone: int, status:
         tail += tcp
     try:
         rec = _UPSERT[flags & _LAYOUT].pack(
-            flags, proto, zone, status, mark, entry_id,
-            int(timeout * 1000.0 + 0.5) if 0 < timeout < _MS_MAX_S else _ms(timeout),
-            int(period * 1000.0 + 0.5) if 0 < period < _MS_MAX_S else _ms(period),
-            int(age * 1000.0 + 0.5) if 0 < age < _MS_MAX_S else _ms(age), offload, *tail)
+            flags, proto, zone, status, mark, entry_id, _ms(timeout), _ms(period), _ms(age),
+            offload, *tail)
     except struct.error as exc:
         raise _fail(f"cannot encode item: {exc}") from None
     return _BIN8[len(rec)] + rec

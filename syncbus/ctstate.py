@@ -148,9 +148,8 @@ def delete_of(conn: ConnId, orig: Any, reply: Any, zone: int) -> CtDelete:
 
 
 # ---------------------------------------------------------------- record -> entry
-def tcp_conn(info: TcpInfo) -> TcpConn:
-    """A TcpConn equal to what TcpTracker.restore() builds from export()."""
-    c = TcpConn.__new__(TcpConn)
+def _fill(c: TcpConn, info: TcpInfo) -> TcpConn:
+    """Write the record's TCP state into `c`, every slot."""
     (c.state, c.td_end0, c.td_maxend0, c.td_maxwin0, c.td_maxack0, c.td_scale0, c.flags0,
      c.td_end1, c.td_maxend1, c.td_maxwin1, c.td_maxack1, c.td_scale1, c.flags1,
      c.last_dir, c.last_index, c.last_seq, c.last_ack, c.last_end, c.last_win, c.last_wscale,
@@ -158,22 +157,16 @@ def tcp_conn(info: TcpInfo) -> TcpConn:
     return c
 
 
-def write_injected_tcp(entry: Entry, info: TcpInfo) -> None:
-    """entry.proto = injected_tcp(info), into the entry's TcpConn when it has
-    one: a standby follows its active's updates without a new object per
-    update (each would outlive a young collection, and the old generation's
-    growth is what triggers the full collections that stop a node with a
-    large table for a large fraction of a second)."""
-    c = entry.proto
-    if type(c) is not TcpConn:
-        entry.proto = injected_tcp(info)
-        return
-    (c.state, c.td_end0, c.td_maxend0, c.td_maxwin0, c.td_maxack0, c.td_scale0, c.flags0,
-     c.td_end1, c.td_maxend1, c.td_maxwin1, c.td_maxack1, c.td_scale1, c.flags1,
-     c.last_dir, c.last_index, c.last_seq, c.last_ack, c.last_end, c.last_win, c.last_wscale,
-     c.last_flags, c.retrans) = info
+def _inject(c: TcpConn, info: TcpInfo) -> TcpConn:
+    _fill(c, info)
     c.flags0 |= IP_CT_TCP_FLAG_BE_LIBERAL
     c.flags1 |= IP_CT_TCP_FLAG_BE_LIBERAL
+    return c
+
+
+def tcp_conn(info: TcpInfo) -> TcpConn:
+    """A TcpConn equal to what TcpTracker.restore() builds from export()."""
+    return _fill(TcpConn.__new__(TcpConn), info)
 
 
 def injected_tcp(info: TcpInfo) -> TcpConn:
@@ -183,10 +176,20 @@ def injected_tcp(info: TcpInfo) -> TcpConn:
     are not per packet): data sent since is out of window here, and a standby that
     took over would drop it (connections that are never offloaded, like FTP's
     control connection, have no card to carry them; the card sets it as well)."""
-    c = tcp_conn(info)
-    c.flags0 |= IP_CT_TCP_FLAG_BE_LIBERAL
-    c.flags1 |= IP_CT_TCP_FLAG_BE_LIBERAL
-    return c
+    return _inject(TcpConn.__new__(TcpConn), info)
+
+
+def write_injected_tcp(entry: Entry, info: TcpInfo) -> None:
+    """entry.proto = injected_tcp(info), into the entry's TcpConn when it has
+    one: a standby follows its active's updates without a new object per
+    update (each would outlive a young collection, and the old generation's
+    growth is what triggers the full collections that stop a node with a
+    large table for a large fraction of a second)."""
+    c = entry.proto
+    if type(c) is TcpConn:
+        _inject(c, info)
+    else:
+        entry.proto = injected_tcp(info)
 
 
 def nat_binding(info: NatInfo | None) -> NatBinding | None:

@@ -126,7 +126,7 @@ class Node:
             "verdict_drop": 0, "verdict_stolen": 0}
         self.bad_packets: dict[str, int] = {}
         self.internal_errors = {"engine": 0, "publish": 0}  # bugs caught at a boundary
-        # packets sent: (seq, at, port, path, bytes), made JSON when read (capture_json)
+        # packets sent: (seq, at, port, path, bytes), made JSON when read (take_capture)
         self.capture: deque[tuple[int, float, str, str, bytes]] = deque(maxlen=RING)
         self.capture_seq = 0
         self.events: deque[tuple[int, CtEvent]] = deque(maxlen=RING)

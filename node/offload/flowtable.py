@@ -52,6 +52,7 @@ from node.conntrack.tcp_table import (
     sTW,
 )
 from node.conntrack.tuple import Tuple
+from node.offload.hwtable import buffer_column
 from node.offload.policy import tcp_state
 from node.packet import IPPROTO_TCP, IPPROTO_UDP
 
@@ -201,7 +202,7 @@ class FlowTables:
         # Per flow id, each an array.array (read and written one flow at a time,
         # per packet and per install) with a numpy view of the same memory under
         # the name + "_v" (the poll's vectorised passes), as the card's HwTable.
-        self._alloc_columns(size, 0)
+        self._alloc_columns(size)
         self._free: list[int] = []
         self.count = 0
 
@@ -224,15 +225,12 @@ class FlowTables:
                 ("period", "f", np.float32), ("cookie", "q", np.int64),
                 ("ct_check_at", "d", np.float64))
 
-    def _alloc_columns(self, size: int, keep: int) -> None:
-        """(Re)allocate every column for `size` flows, zero-filled, keeping the
-        first `keep` values."""
+    def _alloc_columns(self, size: int) -> None:
+        """(Re)allocate every column for `size` flows, keeping the current values."""
         for name, code, dtype in self._COLUMNS:
-            new = array(code, bytes(size * array(code).itemsize))
-            if keep:
-                new[:keep] = getattr(self, name)[:keep]
-            setattr(self, name, new)
-            setattr(self, name + "_v", np.frombuffer(new, dtype))
+            col, view = buffer_column(code, dtype, size, getattr(self, name, None))
+            setattr(self, name, col)
+            setattr(self, name + "_v", view)
 
     def __len__(self) -> int:
         return self.count
@@ -246,7 +244,7 @@ class FlowTables:
             return self._free.pop()
         fid = len(self.owners)
         if fid == len(self.flags):
-            self._alloc_columns(2 * fid, fid)
+            self._alloc_columns(2 * fid)
         self.owners.append(VACANT)
         return fid
 
@@ -259,8 +257,7 @@ class FlowTables:
 
     def fid_of(self, entry: Entry) -> int:
         """The flow of a conntrack entry, or -1."""
-        zmap = self.index.get(entry.zone)
-        code = -1 if zmap is None else zmap.get(entry.orig, -1)
+        code = self.code(entry.orig, entry.zone)
         if code < 0 or self.owners[code >> 1] is not entry:
             return -1
         return code >> 1

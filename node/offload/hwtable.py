@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from array import array
 from enum import IntEnum
+from typing import Any
 
 import numpy as np
 
@@ -60,6 +61,18 @@ INSERT_FAILURE_NAMES = {INSERT_FAULT: "fault", INSERT_FULL: "table_full", INSERT
 ABSENT, PENDING, IN_HW, DYING, DEAD, FAILED, FULL = (int(s) for s in HwState)
 
 
+def buffer_column(typecode: str, dtype: type, size: int,
+                  old: array[Any] | bytearray | None = None) -> tuple[Any, np.ndarray]:
+    """A zero-filled column of `size` items for scalar access (an array.array of
+    `typecode`, a bytearray for ""), starting with a copy of `old`, and a numpy
+    view of the same memory for the vectorised passes."""
+    new: Any = array(typecode, bytes(size * array(typecode).itemsize)) if typecode \
+        else bytearray(size)
+    if old is not None:
+        new[:len(old)] = old  # (the same kind of buffer: an array or a bytearray)
+    return new, np.frombuffer(new, dtype)
+
+
 class HwTable:
     """Hardware CT entries of one card (all zones), in slot-indexed arrays."""
 
@@ -77,12 +90,9 @@ class HwTable:
         old = self.size
 
         def buf(name: str, typecode: str, dtype: type) -> None:
-            new = array(typecode, bytes(size * array(typecode).itemsize)) if typecode \
-                else bytearray(size)
-            if old:
-                new[:old] = getattr(self, name)
-            setattr(self, name, new)
-            setattr(self, name + "_v", np.frombuffer(new, dtype))
+            col, view = buffer_column(typecode, dtype, size, getattr(self, name) if old else None)
+            setattr(self, name, col)
+            setattr(self, name + "_v", view)
 
         buf("state", "", np.uint8)
         buf("ctinfo", "", np.uint8)
@@ -149,7 +159,7 @@ class HwTable:
                now: float) -> tuple[InsertResult, float]:
         """A new entry: (OK, when it takes effect) or (the failure, now)."""
         f = self.faults
-        if (f.fail_all or f.fail_next) and f.take_insert_fault():
+        if f.take_insert_fault():
             self.state[slot] = FAILED
             return INSERT_FAULT, now
         if self.entries >= f.capacity:
@@ -161,12 +171,7 @@ class HwTable:
             return INSERT_BUSY, now
         self.entries += 1
         self.state[slot] = PENDING
-        self.ctinfo[slot] = ctinfo  # update(), inline: this runs per installed direction
-        self.mark[slot] = mark
-        if labels:
-            self.labels[slot] = labels
-        else:
-            self.labels.pop(slot, None)
+        self.update(slot, ctinfo, mark, labels)
         return INSERT_OK, start + f.insert_latency
 
     def update(self, slot: int, ctinfo: int, mark: int, labels: int) -> None:
