@@ -12,7 +12,7 @@ IPS_TEMPLATE never describe a live replicated entry.
 
 from __future__ import annotations
 
-from operator import attrgetter
+import struct
 from typing import Any
 
 from node.conntrack.entry import (
@@ -25,7 +25,7 @@ from node.conntrack.entry import (
 )
 from node.conntrack.nat import NatBinding, NatRange, register
 from node.conntrack.table import Conntrack
-from node.conntrack.tcp import TcpConn
+from node.conntrack.tcp import PACKED, PACKED_FIELDS, TcpConn, freeze, packed_values, thaw
 from node.conntrack.tcp_table import (
     IP_CT_TCP_FLAG_BE_LIBERAL,
     IP_CT_TCP_FLAG_CLOSE_INIT,
@@ -80,19 +80,25 @@ def offload_state(status: int) -> int:
 
 
 # TcpInfo's fields in its order, as TcpConn's flat slots (td_end0 is
-# seen[ORIGINAL].td_end): read with one C call per connection.
-TCP_FIELDS = ("state", "td_end0", "td_maxend0", "td_maxwin0", "td_maxack0", "td_scale0",
-              "flags0", "td_end1", "td_maxend1", "td_maxwin1", "td_maxack1", "td_scale1",
-              "flags1", "last_dir", "last_index", "last_seq", "last_ack", "last_end",
-              "last_win", "last_wscale", "last_flags", "retrans")
-tcp_values = attrgetter(*TCP_FIELDS)
+# seen[ORIGINAL].td_end), read with one C call per connection; a flow table's
+# connection has them packed in this order (node.conntrack.tcp.freeze()).
+TCP_FIELDS = PACKED_FIELDS
+tcp_values = packed_values
+_FLAGS0, _FLAGS1 = TCP_FIELDS.index("flags0"), TCP_FIELDS.index("flags1")
 
 
-def tcp_info(conn: TcpConn | None) -> TcpInfo:
-    """The record of a TcpConn. TcpConn keeps both directions' struct
-    ip_ct_tcp_state as flat slots suffixed with the direction (td_end0 is
-    seen[ORIGINAL].td_end), as TcpInfo does; they are read directly."""
-    return _new(TcpInfo, tcp_values(conn if conn is not None else TcpConn()))
+def tcp_block(proto: TcpConn | bytes | None) -> tuple[int, ...]:
+    """The TCP block's values (TCP_FIELDS) of a TCP entry's `entry.proto`."""
+    if proto.__class__ is bytes:
+        return PACKED.unpack(proto)
+    return tcp_values(proto if proto is not None else _NO_TCP)
+
+
+def tcp_info(conn: TcpConn | bytes | None) -> TcpInfo:
+    """The record of a TCP entry's state (`entry.proto`). TcpConn keeps both
+    directions' struct ip_ct_tcp_state as flat slots suffixed with the direction
+    (td_end0 is seen[ORIGINAL].td_end), as TcpInfo does; they are read directly."""
+    return _new(TcpInfo, tcp_block(conn))
 
 
 def nat_info(binding: Any) -> NatInfo | None:
@@ -135,7 +141,7 @@ def pack_entry(entry: Entry, conn: ConnId, now: float, origin: str, epoch: int) 
             or (ext.nat is not None and nat_info(ext.nat) is not None))):
         return codec.pack_item(upsert_of(entry, conn, now), origin, epoch)
     orig = entry.orig
-    tcp = tcp_values(entry.proto or _NO_TCP) if orig[1] == IPPROTO_TCP else None
+    tcp = tcp_block(entry.proto) if orig[1] == IPPROTO_TCP else None
     status = entry.status
     return codec.pack_own_upsert(
         conn.id, orig, entry.reply, entry.zone, status & ~DROP_BITS,
@@ -186,8 +192,16 @@ def write_injected_tcp(entry: Entry, info: TcpInfo) -> None:
     growth is what triggers the full collections that stop a node with a
     large table for a large fraction of a second)."""
     c = entry.proto
-    if type(c) is TcpConn:
+    if c.__class__ is TcpConn:
         _inject(c, info)
+    elif c.__class__ is bytes:  # packed: the card holds the connection (freeze())
+        values = list(info)
+        values[_FLAGS0] |= IP_CT_TCP_FLAG_BE_LIBERAL
+        values[_FLAGS1] |= IP_CT_TCP_FLAG_BE_LIBERAL
+        try:
+            entry.proto = PACKED.pack(*values)
+        except struct.error:  # (the codec's TCP block has the same widths)
+            entry.proto = injected_tcp(info)
     else:
         entry.proto = injected_tcp(info)
 
@@ -284,6 +298,11 @@ def merge_state(entry: Entry, up: CtUpsert, ct: Conntrack, now: float) -> bool:
         if entry.proto is None:
             entry.proto = injected_tcp(up.tcp)
             changed = True
+        elif entry.proto.__class__ is bytes:  # packed while a flow table holds it
+            conn = thaw(entry)
+            assert conn is not None
+            changed |= merge_tcp(conn, up.tcp)
+            freeze(entry)
         else:
             changed |= merge_tcp(entry.proto, up.tcp)
     if up.expects:  # another writer's expectations join this node's

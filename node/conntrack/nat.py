@@ -69,7 +69,7 @@ from node.conntrack.entry import (
 )
 from node.conntrack.l4proto import ACCEPT, DROP
 from node.conntrack.sctp import crc32c
-from node.conntrack.tcp import TcpConn
+from node.conntrack.tcp import TcpConn, conn_of
 from node.conntrack.tcp_table import sSS, sTW
 from node.conntrack.tuple import IPPROTO_DCCP, IPPROTO_SCTP, IPPROTO_UDPLITE, Tuple
 from node.frozen import replacer
@@ -397,7 +397,7 @@ def _taken_harder(ct: Conntrack, entry: Entry, t: Tuple, attempts_left: int,
     if other.orig == reply or other is entry:
         return True  # the clash is with its original direction
     flags = other.status
-    old = other.proto
+    old = conn_of(other)
     if not isinstance(old, TcpConn) or old.state < sTW \
             or flags & (IPS_FIXED_TIMEOUT | IPS_DYING) or not flags & IPS_SRC_NAT:
         return True  # nf_nat_may_kill()

@@ -8,7 +8,9 @@
 The state table and constants are in tcp_table.py. Per-connection state lives
 in `entry.proto` (a TcpConn, the kernel's struct ip_ct_tcp), both directions'
 struct ip_ct_tcp_state included, as flat slots; `TcpConn.seen[dir]` gives a
-TcpPeer view of one direction.
+TcpPeer view of one direction. While a flow table handles the connection's
+packets the state is packed into bytes (freeze(); thaw() to write, conn_of()
+and state_of() to read).
 
 Sequence arithmetic is the kernel's u32 arithmetic: every stored number is kept
 in [0, 2**32) and before()/after() compare modulo 2**32, written inline as
@@ -25,6 +27,9 @@ policies (timeouts come from the sysctls).
 
 from __future__ import annotations
 
+import contextlib
+import struct
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from node.conntrack.entry import (
@@ -228,6 +233,68 @@ class TcpConn:
         s0, s1 = self.seen
         return (f"<TcpConn {TCP_STATE_NAMES[self.state]} orig={s0.export()} "
                 f"reply={s1.export()} last_index={self.last_index} retrans={self.retrans}>")
+
+
+# ---------------------------------------------------------------- packed state
+# struct ip_ct_tcp as bytes: the state of a connection whose packets a flow table
+# handles. Nothing in software reads or writes its windows while the flow table
+# holds it (tcp_packet() runs again only after the teardown), so
+# FlowTables.add() packs it (freeze()) and the first writer after that unpacks it
+# again (thaw()). 91 bytes, not tracked by the cyclic GC, instead of a 208-byte
+# TcpConn and an int object for each of its u32 fields that is beyond CPython's
+# small ints (up to twelve, 28-32 bytes each). The order is TcpInfo's (the
+# replication record's), the widths the kernel's: u8 state, per direction u32
+# td_end, td_maxend, td_maxwin, td_maxack and u8 td_scale, flags, then u8
+# last_dir, last_index, u32 last_seq, last_ack, last_end, last_win and u8
+# last_wscale, last_flags, retrans.
+PACKED_FIELDS = ("state", "td_end0", "td_maxend0", "td_maxwin0", "td_maxack0", "td_scale0",
+                 "flags0", "td_end1", "td_maxend1", "td_maxwin1", "td_maxack1", "td_scale1",
+                 "flags1", "last_dir", "last_index", "last_seq", "last_ack", "last_end",
+                 "last_win", "last_wscale", "last_flags", "retrans")
+PACKED = struct.Struct("!B" + "IIIIBB" * 2 + "BBIIIIBBB")
+packed_values = attrgetter(*PACKED_FIELDS)
+_PACKED_SLOTS = tuple(getattr(TcpConn, name) for name in PACKED_FIELDS)  # slot descriptors
+
+
+def unpacked(packed: bytes) -> TcpConn:
+    """The TcpConn that freeze() packed into `packed`."""
+    conn = TcpConn.__new__(TcpConn)
+    for slot, value in zip(_PACKED_SLOTS, PACKED.unpack(packed), strict=True):
+        slot.__set__(conn, value)
+    return conn
+
+
+def freeze(entry: Entry) -> None:
+    """Pack the entry's TcpConn (a flow table takes over its packets). A state
+    that does not fit the kernel's field widths (only a restore() from foreign
+    data could make one) stays unpacked."""
+    conn = entry.proto
+    if conn.__class__ is TcpConn:
+        with contextlib.suppress(struct.error):
+            entry.proto = PACKED.pack(*packed_values(conn))
+
+
+def thaw(entry: Entry) -> TcpConn | None:
+    """The entry's TcpConn, to write to: unpacked and put back first if freeze()
+    packed it."""
+    conn = entry.proto
+    if conn.__class__ is bytes:
+        conn = entry.proto = unpacked(conn)
+    return conn
+
+
+def conn_of(entry: Entry) -> TcpConn | None:
+    """The entry's TCP state, to read: a packed one is unpacked into a copy."""
+    conn = entry.proto
+    return unpacked(conn) if conn.__class__ is bytes else conn
+
+
+def state_of(entry: Entry) -> int:
+    """ct->proto.tcp.state; sNO for an entry without TCP state."""
+    conn = entry.proto
+    if conn is None:
+        return sNO
+    return conn[0] if conn.__class__ is bytes else conn.state
 
 
 # ---------------------------------------------------------------- options
@@ -499,7 +566,7 @@ def tcp_in_window(conn: TcpConn, direction: int, index: int, th: Tcp, paylen: in
     if index == ACK_SET:
         if conn.last_seq == seq and conn.last_end == end and conn.last_ack == ack \
                 and conn.last_dir == direction and conn.last_win == win_raw:
-            conn.retrans += 1
+            conn.retrans = conn.retrans + 1 & 0xFF  # u8 retrans, as the kernel's
         else:
             conn.last_dir = direction
             conn.last_seq = seq
@@ -563,8 +630,8 @@ class TcpTracker:
         paylen = len(pkt.payload)
         conn: TcpConn | None = entry.proto
         status = entry.status
-        if index == ACK_SET and conn is not None and conn.state == sES \
-                and status & IPS_CONFIRMED:
+        if index == ACK_SET and conn.__class__ is TcpConn and conn.state == sES \
+                and status & IPS_CONFIRMED:  # (not packed by a flow table: see freeze())
             # The steady state, inline: an ACK without SYN, FIN or RST on an
             # ESTABLISHED connection. TCP_CONNTRACKS keeps ESTABLISHED and the
             # switch has no case for it; tcp_in_window()'s established path is
@@ -649,7 +716,7 @@ class TcpTracker:
                 # Count retransmissions of the same ACK segment.
                 if conn.last_seq == seq and conn.last_end == end and conn.last_ack == ack \
                         and conn.last_dir == direction and conn.last_win == win_raw:
-                    retrans = conn.retrans = conn.retrans + 1
+                    retrans = conn.retrans = conn.retrans + 1 & 0xFF  # (u8)
                 else:
                     conn.last_seq = seq
                     conn.last_ack = ack
@@ -693,7 +760,7 @@ class TcpTracker:
         answers the steady state itself, the same way): tcp_new() for a new entry,
         the state table and its special cases, tcp_in_window(), the timeout."""
         sysctl = ct.sysctl
-        conn: TcpConn | None = entry.proto
+        conn = thaw(entry)
         if not status & IPS_CONFIRMED:
             conn = _tcp_new(index, th, paylen, sysctl)
             if conn is None:
@@ -800,13 +867,12 @@ class TcpTracker:
 
     # ------------------------------------------------------------ reporting
     def state_name(self, entry: Entry) -> str | None:
-        conn = entry.proto
-        return TCP_STATE_NAMES[conn.state] if conn is not None else "NONE"
+        return TCP_STATE_NAMES[state_of(entry)] if entry.proto is not None else "NONE"
 
     def export(self, entry: Entry) -> dict[str, Any] | None:
         """ctnetlink's CTA_PROTOINFO_TCP (state, wscale, flags per direction) plus
         everything else in struct ip_ct_tcp, so that restore() rebuilds it exactly."""
-        conn: TcpConn | None = entry.proto
+        conn = conn_of(entry)
         if conn is None:
             conn = TcpConn()
         return {
@@ -867,13 +933,12 @@ class TcpTracker:
     def can_early_drop(self, entry: Entry) -> bool:
         """tcp_can_early_drop(): a closing connection may be evicted even if
         assured (the GC's early drop when the table is nearly full)."""
-        conn = entry.proto
-        return conn is not None and conn.state in _CLOSING
+        return entry.proto is not None and state_of(entry) in _CLOSING
 
     def set_be_liberal(self, entry: Entry) -> None:
         """nf_ct_set_tcp_be_liberal(): stop window checks in both directions
         (done when a connection is offloaded to a flow table)."""
-        conn = entry.proto
+        conn = thaw(entry)
         if conn is not None:
             conn.flags0 |= IP_CT_TCP_FLAG_BE_LIBERAL
             conn.flags1 |= IP_CT_TCP_FLAG_BE_LIBERAL
@@ -881,7 +946,7 @@ class TcpTracker:
     def set_closing(self, ct: Conntrack, entry: Entry, now: float) -> None:
         """nf_conntrack_tcp_set_closing(): force CLOSE with its timeout (a flow
         table saw FIN/RST on an offloaded connection)."""
-        conn = entry.proto
+        conn = thaw(entry)
         if conn is None or not entry.status & IPS_CONFIRMED:
             return
         old_state = conn.state

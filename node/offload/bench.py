@@ -16,12 +16,14 @@ They take the timer (e.g. time.perf_counter) as an argument and return figures;
                   for its stats job
   bytes_per_conn  memory of a tracked + offloaded TCP connection: conntrack entry
                   (after a real handshake), flow table entry and hardware entries,
-                  measured with tracemalloc over `n` connections
+                  measured with tracemalloc over `n` connections; _card is what
+                  node/offload allocated, _sw the rest
 """
 
 from __future__ import annotations
 
 import gc
+import os
 import statistics
 import tracemalloc
 from collections.abc import Callable
@@ -185,40 +187,34 @@ def bench_poll(timer: Timer, flows: int = 500_000, polls: int = 8) -> dict[str, 
             "poll_counters": 2 * flows}
 
 
+_THIS_FILE = os.path.abspath(__file__)
+
+
 def bench_bytes_per_conn(n: int = 50_000) -> dict[str, Any]:
-    """tracemalloc over n handshaken, offloaded connections; the conntrack part is
-    measured the same way without the card."""
-
-    def measure(with_card: bool) -> float:
-        gc.collect()
-        tracemalloc.start()
-        ct = Conntrack(Sysctl(nf_conntrack_max=2 * n), events=False)
-        card = _card(ct, 2 * n)
-        base = tracemalloc.get_traced_memory()[0]
-        if with_card:
-            open_offloaded(ct, card, n, NOW)
-            card.poll(NOW)  # drains the per-poll results, as the daemon's 1 s poll does
-        else:
-            _handshakes_only(ct, n)
-        gc.collect()
-        used = tracemalloc.get_traced_memory()[0] - base
-        tracemalloc.stop()
-        assert len(ct) == n and card.hw.entries == (2 * n if with_card else 0)
-        return used / n
-
-    total = measure(True)
-    ct_only = measure(False)
-    return {"bytes_per_conn": round(total), "bytes_per_conn_ct": round(ct_only),
-            "bytes_per_conn_offload": round(total - ct_only)}
-
-
-def _handshakes_only(ct: Conntrack, n: int) -> None:
-    opts = TcpOptions(mss=1460, wscale=7, sackok=True)
-    for i in range(n):
-        c, s, cp = _ends(i)
-        ct.commit(_seg(c, s, cp, 443, TCP_SYN, 1000, 0, options=opts), NOW)
-        ct.commit(_seg(s, c, 443, cp, TCP_SYN | TCP_ACK, 5000, 1001, options=opts), NOW)
-        ct.commit(_seg(c, s, cp, 443, TCP_ACK, 1001, 5001), NOW)
+    """tracemalloc over n handshaken, offloaded connections, split by where the
+    memory was allocated: the card's modules (flow table index and columns,
+    hardware entries) and the rest (the software entry: conntrack's entry,
+    tuples, table index and timers, and the TCP state the flow table packed)."""
+    gc.collect()
+    tracemalloc.start()
+    ct = Conntrack(Sysctl(nf_conntrack_max=2 * n), events=False)
+    card = _card(ct, 2 * n)
+    before = tracemalloc.take_snapshot()
+    open_offloaded(ct, card, n, NOW)
+    card.poll(NOW)  # drains the per-poll results, as the daemon's 1 s poll does
+    gc.collect()
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    assert len(ct) == n and card.hw.entries == 2 * n
+    total = card_part = 0
+    card_dir = os.path.dirname(_THIS_FILE) + os.sep
+    for stat in after.compare_to(before, "filename"):
+        total += stat.size_diff
+        where = stat.traceback[0].filename
+        if where.startswith(card_dir) and where != _THIS_FILE:  # (this file: the addresses)
+            card_part += stat.size_diff
+    return {"bytes_per_conn": round(total / n), "bytes_per_conn_card": round(card_part / n),
+            "bytes_per_conn_sw": round((total - card_part) / n), "bytes_per_conn_n": n}
 
 
 def bench_datapath_offload(timer: Timer, seconds: float = 1.0,

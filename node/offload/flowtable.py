@@ -37,6 +37,7 @@ from node.conntrack.entry import (
 )
 from node.conntrack.sysctl import Sysctl
 from node.conntrack.table import Conntrack
+from node.conntrack.tcp import freeze, thaw
 from node.conntrack.tcp_table import (
     IP_CT_TCP_FLAG_BE_LIBERAL,
     IP_CT_TCP_FLAG_CLOSE_INIT,
@@ -101,7 +102,7 @@ def tcp_timeout(sysctl: Sysctl, state: int) -> float:
 
 def set_be_liberal(entry: Entry) -> None:
     """tcf_ct_flow_table_add(): stop TCP window checks in both directions."""
-    conn = entry.proto
+    conn = thaw(entry)
     if conn is not None:  # seen[0].flags and seen[1].flags (TcpConn's flat slots)
         conn.flags0 |= IP_CT_TCP_FLAG_BE_LIBERAL
         conn.flags1 |= IP_CT_TCP_FLAG_BE_LIBERAL
@@ -114,7 +115,7 @@ def fixup_tcp(entry: Entry, state: int) -> None:
 
     Written against node.conntrack.tcp's TcpConn (`state`, and seen[dir].td_maxwin
     and seen[dir].flags as the flat slots td_maxwin0/1, flags0/1)."""
-    conn = entry.proto
+    conn = thaw(entry)
     if conn is None:
         return
     conn.state = state
@@ -274,6 +275,7 @@ class FlowTables:
         entry.status = status_word(entry.status | IPS_OFFLOAD)
         if tcp:
             set_be_liberal(entry)
+            freeze(entry)  # its packets bypass tcp_packet() until the teardown
         fid = self._alloc()
         zmap[entry.orig] = 2 * fid
         zmap[entry.reply] = 2 * fid + 1

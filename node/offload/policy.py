@@ -25,7 +25,8 @@ from node.conntrack.entry import (
     IPS_SRC_NAT,
     Entry,
 )
-from node.conntrack.tcp_table import sES, sNO
+from node.conntrack.tcp import state_of
+from node.conntrack.tcp_table import sES
 from node.conntrack.tuple import Tuple, tuple_of
 from node.packet import IPPROTO_GRE, IPPROTO_TCP, IPPROTO_UDP, Gre, Packet, Tcp, Udp
 
@@ -45,8 +46,7 @@ BOTH, ORIGINAL_ONLY = Direction.BOTH, Direction.ORIGINAL  # (read per offer: no 
 
 def tcp_state(entry: Entry) -> int:
     """ct->proto.tcp.state (TcpState value; the tracker keeps a TcpConn in entry.proto)."""
-    conn = entry.proto
-    return int(conn.state) if conn is not None else sNO
+    return int(state_of(entry))
 
 
 def should_offload(entry: Entry, ctinfo: int) -> Direction | None:

@@ -26,7 +26,7 @@ from node.conntrack.entry import (
     IPS_SEQ_ADJUST,
     Entry,
 )
-from node.conntrack.tcp import TcpTracker
+from node.conntrack.tcp import TcpTracker, conn_of
 from node.conntrack.tcp_table import (
     IP_CT_TCP_FLAG_BE_LIBERAL,
     IP_CT_TCP_FLAG_MAXACK_SET,
@@ -158,7 +158,9 @@ def test_tcp_enters_the_flow_table_on_the_handshakes_last_ack_both_ways() -> Non
     lab.send(conn.a2b("A"))
     assert entry.status & IPS_OFFLOAD and entry.status & IPS_HW_OFFLOAD
     assert state(lab.card, entry) == (HwState.IN_HW, HwState.IN_HW)
-    assert all(peer.flags & IP_CT_TCP_FLAG_BE_LIBERAL for peer in entry.proto.seen)
+    tcp = conn_of(entry)
+    assert tcp is not None and all(peer.flags & IP_CT_TCP_FLAG_BE_LIBERAL for peer in tcp.seen)
+    assert type(entry.proto) is bytes  # packed while the flow table holds it (tcp.freeze())
     assert entry.expires_at - lab.now == 86400  # held a day while offloaded
     assert conn.data(4) == ["hw"] * 4
 

@@ -27,7 +27,7 @@ from node.conntrack.entry import (
     Entry,
 )
 from node.conntrack.table import CtResult
-from node.conntrack.tcp import TcpConn, TcpTracker
+from node.conntrack.tcp import PACKED, TcpConn, TcpTracker, conn_of, freeze, state_of, thaw
 from node.conntrack.tcp_table import (
     FLAG_INDEX,
     FLAG_MASK,
@@ -1207,3 +1207,65 @@ def test_the_established_fast_path_does_what_the_general_path_does(seed: int) ->
         if lab.state != "ESTABLISHED":
             break
     assert fast > 20 and general > 5  # both paths were compared
+
+
+# ================================================================ packed state
+@pytest.mark.parametrize("seed", range(6))
+def test_a_packed_connection_is_the_same_connection(seed: int) -> None:
+    """freeze() (a flow table takes the connection over) packs struct ip_ct_tcp
+    into the kernel's field widths; every reader sees the same state, and the next
+    packet through conntrack (after the flow table let go) unpacks it and is
+    tracked exactly as on a twin that was never packed."""
+    rng = random.Random(seed)
+    lab = Lab()
+    lab.handshake(isn_a=rng.randrange(1 << 32), isn_b=rng.randrange(1 << 32))
+    entry = lab.entry
+    assert entry is not None
+    for _ in range(rng.randrange(1, 20)):  # move the windows and the last_* fields
+        lab.send(_random_ack(rng, lab.conn, rng.randrange(2)))
+    conn: TcpConn = entry.proto
+    slots = [getattr(conn, name) for name in _CONN_SLOTS]
+    exported = TRACKER.export(entry)
+    freeze(entry)
+    assert type(entry.proto) is bytes and len(entry.proto) == PACKED.size == 58
+    assert state_of(entry) == conn.state and TRACKER.export(entry) == exported
+    assert TRACKER.state_name(entry) == "ESTABLISHED"
+    copy_ = conn_of(entry)
+    assert copy_ is not None and copy_ is not conn
+    assert [getattr(copy_, name) for name in _CONN_SLOTS] == slots
+    assert type(entry.proto) is bytes  # reading does not unpack
+
+    twin = copy.copy(entry)
+    twin.proto = conn
+    direction = rng.randrange(2)
+    pkt = _random_ack(rng, conn, direction)
+    verdicts = [TRACKER.packet(Conntrack(lab.ct.sysctl), e, pkt, direction, 0, lab.now)
+                for e in (entry, twin)]
+    assert verdicts[0] == verdicts[1]
+    assert type(entry.proto) is TcpConn  # written: unpacked for good
+    assert [getattr(entry.proto, name) for name in _CONN_SLOTS] \
+        == [getattr(twin.proto, name) for name in _CONN_SLOTS]
+
+
+def test_a_state_beyond_the_kernels_widths_stays_unpacked() -> None:
+    lab = Lab()
+    lab.handshake()
+    entry = lab.entry
+    assert entry is not None
+    entry.proto.td_scale0 = 300  # (only a restore() of foreign data could do this)
+    freeze(entry)
+    assert type(entry.proto) is TcpConn and thaw(entry) is entry.proto
+
+
+def test_the_retransmission_counter_is_the_kernels_u8() -> None:
+    """struct ip_ct_tcp's retrans is a u8 that tcp_in_window() increments: the
+    300th copy of the same ACK leaves it at 300 mod 256 (and the state packable)."""
+    lab = Lab()
+    lab.handshake()
+    for _ in range(300):
+        lab.a("A", 1001, 5001, win=502)
+    assert lab.conn.retrans == 300 % 256
+    entry = lab.entry
+    assert entry is not None
+    freeze(entry)
+    assert type(entry.proto) is bytes

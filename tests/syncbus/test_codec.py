@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from node.conntrack import Conntrack
 from node.conntrack.table import TRACKERS
+from node.conntrack.tcp import PACKED, freeze
 from node.conntrack.tcp_table import IP_CT_TCP_FLAG_BE_LIBERAL
 from node.conntrack.tuple import Tuple
 from syncbus import codec, ctstate
@@ -428,6 +429,21 @@ def test_the_send_paths_fast_lane_gives_the_same_bytes() -> None:
 
 def test_the_tcp_block_reads_the_slots_in_the_records_order() -> None:
     assert TcpInfo._fields == ctstate.TCP_FIELDS
+
+
+def test_a_packed_connection_publishes_the_same_bytes() -> None:
+    """The state a flow table packed (tcp.freeze()) has the wire's TCP block
+    layout, and the records of a packed and an unpacked entry are the same."""
+    assert PACKED.format == "!" + codec.TCP_BLOCK
+    ct = Conntrack()
+    for v6 in (False, True):
+        e = open_tcp(ct, 1 + v6, 10.0, v6=v6)
+        conn = ConnId("a", 7, 5)
+        before = ctstate.pack_entry(e, conn, 12.5, "a", 7), ctstate.upsert_of(e, conn, 12.5)
+        freeze(e)
+        assert type(e.proto) is bytes
+        assert (ctstate.pack_entry(e, conn, 12.5, "a", 7), ctstate.upsert_of(e, conn, 12.5)) \
+            == before
 
 
 _addrs = st.sampled_from([b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02", bytes(range(16)),

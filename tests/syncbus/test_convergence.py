@@ -14,6 +14,7 @@ import pytest
 from node.conntrack import Conntrack
 from node.conntrack.entry import IPS_ASSURED, IPS_OFFLOAD, IPS_SEEN_REPLY
 from node.conntrack.nat import NatRange, act_nat
+from node.conntrack.tcp import conn_of
 from node.conntrack.tcp_table import IP_CT_TCP_FLAG_CLOSE_INIT, sCW, sES, sFW, sLA, sSR, sSS
 from node.conntrack.tuple import tuple_of
 from node.offload import Card, Faults, HwHit
@@ -70,7 +71,8 @@ def held(net: Net) -> Iterator[list[tuple[Any, str]]]:
 
 def state(m: Member, pkt: Packet) -> tuple[int, int, int] | None:
     e = m.ct.find(tuple_of(pkt))
-    return None if e is None else (e.proto.state, e.proto.flags0 & CI, e.proto.flags1 & CI)
+    c = None if e is None else conn_of(e)  # (packed while the card holds the flow)
+    return None if c is None else (c.state, c.flags0 & CI, c.flags1 & CI)
 
 
 # ------------------------------------------------------------------ the TCP join

@@ -131,6 +131,23 @@ def test_an_update_rewrites_the_tcp_state_in_place_with_be_liberal() -> None:
     assert conn.flags0 & liberal and conn.flags1 & liberal and conn.td_end0 == 123456
 
 
+def test_a_preinstalled_connection_stays_packed_through_its_updates() -> None:
+    """The card holds a pre-installed connection, so its TCP state is packed
+    (tcp.freeze()); the active's updates replace the packed state with the
+    record's, BE_LIBERAL included, without unpacking it."""
+    a = Origin()
+    e = open_tcp(a.ct, 1, NOW)
+    r, ct, _ = standby()
+    r.apply(a.env(a.up(e)), NOW)
+    mine = ct.find(e.orig)
+    assert mine is not None and mine.status & IPS_OFFLOAD and type(mine.proto) is bytes
+    e.proto.td_end0, e.proto.retrans = 123456, 2  # (still ESTABLISHED: a FIN would tear down)
+    record = a.up(e, NOW + 1)
+    r.apply(a.env(record), NOW + 1)
+    assert type(mine.proto) is bytes and record.tcp is not None
+    assert ctstate.tcp_info(mine.proto) == ctstate.tcp_info(ctstate.injected_tcp(record.tcp))
+
+
 # ------------------------------------------------------------------ seqs
 def test_duplicates_and_replays_are_dropped_without_touching_state() -> None:
     a = Origin()
