@@ -67,7 +67,7 @@ from node.conntrack.simple import (
 )
 from node.conntrack.sysctl import DEFAULT, Sysctl
 from node.conntrack.tcp import TcpTracker
-from node.conntrack.tuple import Tuple, tuple_of
+from node.conntrack.tuple import Tuple, interned, tuple_of
 from node.frozen import fast_constructor
 from node.packet import (
     IPPROTO_GRE,
@@ -279,7 +279,7 @@ class Conntrack:
                 self.stats["expired"] += 1
                 entry = None
             if entry is None:
-                created = self._init_conntrack(_new_tuple(Tuple, t), zone, now, template)
+                created = self._init_conntrack(interned(t), zone, now, template)
                 if isinstance(created, CtResult):
                     return created
                 entry, direction = created, ORIGINAL

@@ -83,6 +83,27 @@ class Tuple(NamedTuple):
         return " ".join(f"{k}={v}" for k, v in d.items() if k != "proto")
 
 
+# One int object for each 16-bit value (ports, ICMP ids and type/code), as
+# CPython keeps one for each small int. A packet's ports are objects of their
+# own (28 bytes each beyond 256); the tuples an entry keeps share these instead:
+# 56 bytes less per connection, for 2.4 MB per process.
+_U16 = tuple(range(1 << 16))
+
+
+def interned(t: tuple[int, int, bytes, bytes, int, int]) -> Tuple:
+    """`t` (a Tuple or a plain tuple of its fields) as a Tuple whose ports are
+    the shared int objects: for the tuples a conntrack entry keeps."""
+    family, proto, src, dst, sport, dport = t
+    if sport.__class__ is int and 0 <= sport <= 0xFFFF:
+        sport = _U16[sport]
+    if dport.__class__ is int and 0 <= dport <= 0xFFFF:
+        dport = _U16[dport]
+    return _new_tuple(Tuple, (family, proto, src, dst, sport, dport))
+
+
+_new_tuple = tuple.__new__
+
+
 def tuple_of(pkt: Packet) -> Tuple:
     """The tuple of a packet as it travels (nf_ct_get_tuple)."""
     proto = pkt.proto

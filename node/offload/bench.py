@@ -39,6 +39,7 @@ from node.conntrack.tuple import Tuple, tuple_of
 from node.offload.card import Card
 from node.offload.faults import Faults
 from node.packet import IPPROTO_TCP, TCP_ACK, TCP_SYN, Packet, Tcp, TcpOptions
+from node.packet_codec import build, parse
 
 Timer = Callable[[], float]
 PAYLOAD = b"x" * 64
@@ -79,6 +80,24 @@ def open_offloaded(ct: Conntrack, card: Card, n: int, now: float) -> list[Packet
             card.offer(res.entry, res.ctinfo, now)
         data.append(_seg(c, s, cp, 443, TCP_ACK, 1001, 5001, PAYLOAD))
     return data
+
+
+def _open_from_the_wire(ct: Conntrack, card: Card, n: int) -> float:
+    """open_offloaded() as a node meets it: every packet parsed from its bytes
+    (its addresses and ports are objects of its own, as a node's are) at a time
+    of its own (1 us apart). Returns the time after the last one."""
+    opts = TcpOptions(mss=1460, wscale=7, sackok=True)
+    now = NOW
+    for i in range(n):
+        c, s, cp = _ends(i)
+        for pkt in (_seg(c, s, cp, 443, TCP_SYN, 1000, 0, options=opts),
+                    _seg(s, c, 443, cp, TCP_SYN | TCP_ACK, 5000, 1001, options=opts),
+                    _seg(c, s, cp, 443, TCP_ACK, 1001, 5001)):
+            now += 1e-6
+            res = ct.commit(parse(build(pkt)), now)
+        if res.entry is not None:
+            card.offer(res.entry, res.ctinfo, now)
+    return now
 
 
 def bench_hw_pps(timer: Timer, seconds: float = 1.0, flows: int = 10_000,
@@ -200,8 +219,8 @@ def bench_bytes_per_conn(n: int = 50_000) -> dict[str, Any]:
     ct = Conntrack(Sysctl(nf_conntrack_max=2 * n), events=False)
     card = _card(ct, 2 * n)
     before = tracemalloc.take_snapshot()
-    open_offloaded(ct, card, n, NOW)
-    card.poll(NOW)  # drains the per-poll results, as the daemon's 1 s poll does
+    now = _open_from_the_wire(ct, card, n)
+    card.poll(now)  # drains the per-poll results, as the daemon's 1 s poll does
     gc.collect()
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()

@@ -123,8 +123,7 @@ class Card:
         if key is None:
             c.misses[_UNSUPPORTED] += 1
             return MISS[_UNSUPPORTED]
-        zmap = self.flows.index.get(zone)
-        slot = zmap.get(key, -1) if zmap is not None else -1
+        slot = self.flows.code(key, zone)
         if slot < 0:
             c.misses[_NO_ENTRY] += 1
             return MISS[_NO_ENTRY]
@@ -150,10 +149,18 @@ class Card:
 
     def resolve(self, tuples: Sequence[Tuple], zone: int) -> np.ndarray:
         """Batch path, step 1: the hardware slot of each tuple (-1: none)."""
-        zmap = self.flows.index.get(zone)
-        if not zmap:
+        omap = self.flows.orig_index.get(zone)
+        if not omap:
             return np.full(len(tuples), -1, np.int64)
-        return np.fromiter(map(zmap.get, tuples, repeat(-1)), np.int64, len(tuples))
+        codes = np.fromiter(map(omap.get, tuples, repeat(-1)), np.int64, len(tuples))
+        miss = np.flatnonzero(codes < 0)
+        codes[codes >= 0] <<= 1
+        if miss.size:  # reply tuples (or none)
+            rmap = self.flows.reply_index[zone]
+            fids = np.fromiter(map(rmap.get, map(tuples.__getitem__, miss.tolist()), repeat(-1)),
+                               np.int64, miss.size)
+            codes[miss] = np.where(fids >= 0, fids << 1 | 1, -1)
+        return codes
 
     def hit_batch(self, slots: np.ndarray, lengths: np.ndarray, now: float) -> np.ndarray:
         """Batch path, step 2: count hits for packets already resolved to slots

@@ -17,9 +17,10 @@ because they interleave with the card.
 
 Storage: a flow is a flow id (`fid`) into a struct of numpy arrays (flags, timeout,
 offload timeout, cookie, ct_check_at) plus `owners[fid]`, its conntrack entry, so
-that the 1 s garbage collection of a million flows is vectorized. Each zone's table is a dict
-from tuple to "code" = 2 * fid + direction; the card numbers its hardware entries the
-same way (slot = code), so a tuple's code is both its flow direction and its slot.
+that the 1 s garbage collection of a million flows is vectorized. Each zone's table is
+two dicts, original tuples and reply tuples, to the flow id: one int object for both
+directions. A tuple's "code" is 2 * fid + direction; the card numbers its hardware
+entries the same way (slot = code), so a code is both a flow direction and a slot.
 """
 
 from __future__ import annotations
@@ -198,7 +199,10 @@ class FlowTables:
 
     def __init__(self, ct: Conntrack, size: int = 1024) -> None:
         self.ct = ct
-        self.index: dict[int, dict[Tuple, int]] = {}
+        # zone -> tuple -> fid, for the original and the reply tuples (the same
+        # int object in both: one dict of codes would hold two per flow).
+        self.orig_index: dict[int, dict[Tuple, int]] = {}
+        self.reply_index: dict[int, dict[Tuple, int]] = {}
         self.owners: list[Entry] = []
         # Per flow id, each an array.array (read and written one flow at a time,
         # per packet and per install) with a numpy view of the same memory under
@@ -251,17 +255,22 @@ class FlowTables:
 
     def code(self, t: Tuple, zone: int) -> int:
         """The tuple's 2 * fid + direction in this zone's table, or -1."""
-        zmap = self.index.get(zone)
-        if zmap is None:
+        omap = self.orig_index.get(zone)
+        if omap is None:
             return -1
-        return zmap.get(t, -1)
+        fid = omap.get(t)
+        if fid is not None:
+            return fid << 1
+        fid = self.reply_index[zone].get(t)  # (made with omap)
+        return -1 if fid is None else fid << 1 | 1
 
     def fid_of(self, entry: Entry) -> int:
         """The flow of a conntrack entry, or -1."""
-        code = self.code(entry.orig, entry.zone)
-        if code < 0 or self.owners[code >> 1] is not entry:
+        omap = self.orig_index.get(entry.zone)
+        fid = omap.get(entry.orig) if omap is not None else None
+        if fid is None or self.owners[fid] is not entry:
             return -1
-        return code >> 1
+        return fid
 
     def add(self, entry: Entry, tcp: bool, bidirectional: bool, hw: bool, now: float) -> int:
         """tcf_ct_flow_table_add() + flow_offload_add(): the new flow id, or -1 if the
@@ -269,16 +278,17 @@ class FlowTables:
         torn down: rhashtable_insert_fast() -EEXIST)."""
         if entry.status & IPS_OFFLOAD:
             return -1
-        zmap = self.index.setdefault(entry.zone, {})
-        if entry.orig in zmap or entry.reply in zmap:
+        omap = self.orig_index.setdefault(entry.zone, {})
+        rmap = self.reply_index.setdefault(entry.zone, {})
+        orig, reply = entry.orig, entry.reply
+        if orig in omap or orig in rmap or reply in omap or reply in rmap:
             return -1
         entry.status = status_word(entry.status | IPS_OFFLOAD)
         if tcp:
             set_be_liberal(entry)
             freeze(entry)  # its packets bypass tcp_packet() until the teardown
         fid = self._alloc()
-        zmap[entry.orig] = 2 * fid
-        zmap[entry.reply] = 2 * fid + 1
+        omap[orig] = rmap[reply] = fid
         flags = FLOW_USED
         if bidirectional:
             flags |= NF_FLOW_HW_BIDIRECTIONAL
@@ -328,12 +338,10 @@ class FlowTables:
     def free(self, fid: int) -> Entry:
         """flow_offload_del(): remove both tuples and release the flow id."""
         entry = self.owners[fid]
-        zmap = self.index.get(entry.zone)
-        if zmap is not None:
-            for t in (entry.orig, entry.reply):
-                code = zmap.get(t, -1)
-                if code >= 0 and code >> 1 == fid:
-                    del zmap[t]
+        for index, t in ((self.orig_index, entry.orig), (self.reply_index, entry.reply)):
+            zmap = index.get(entry.zone)
+            if zmap is not None and zmap.get(t) == fid:
+                del zmap[t]
         self.owners[fid] = VACANT
         self.flags[fid] = 0
         self._free.append(fid)

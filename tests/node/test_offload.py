@@ -711,11 +711,14 @@ def _check_invariants(lab: Lab) -> None:
     assert hw.entries <= max(card.faults.capacity, hw.entries)
     used = [fid for fid in range(len(flows.owners)) if flows.flags[fid] & FLOW_USED]
     assert len(used) == flows.count == len(card.flows)
-    assert sum(len(z) for z in flows.index.values()) == 2 * flows.count
+    assert sum(len(z) for z in flows.orig_index.values()) == flows.count
+    assert sum(len(z) for z in flows.reply_index.values()) == flows.count
     for fid in used:
         entry = flows.owners[fid]
-        assert flows.index[entry.zone][entry.orig] == 2 * fid
-        assert flows.index[entry.zone][entry.reply] == 2 * fid + 1
+        assert flows.orig_index[entry.zone][entry.orig] == fid
+        assert flows.reply_index[entry.zone][entry.reply] == fid
+        assert flows.code(entry.orig, entry.zone) == 2 * fid
+        assert flows.code(entry.reply, entry.zone) == 2 * fid + 1
         if not flows.flags[fid] & NF_FLOW_TEARDOWN:
             assert entry.status & IPS_OFFLOAD
     for entry in lab.ct.entries():
