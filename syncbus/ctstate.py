@@ -40,6 +40,7 @@ from node.conntrack.tcp_table import (
     sSS,
     sTW,
 )
+from node.conntrack.tuple import interned
 from syncbus import codec
 from syncbus.expectstate import apply_expects, expect_infos
 from syncbus.messages import (
@@ -223,7 +224,7 @@ def new_entry(up: CtUpsert, ct: Conntrack, now: float) -> Entry:
     """A fresh Entry holding `up`'s state, ready for Conntrack.insert_synced().
     Raises ValueError for a NAT range the engine refuses (nothing is changed)."""
     nat = nat_binding(up.nat)
-    entry = Entry(up.orig, up.reply, up.zone, now - up.age, 0)
+    entry = Entry(interned(up.orig), interned(up.reply), up.zone, now - up.age, 0)
     entry.status = up.status & ~(LOCAL_BITS | DROP_BITS)
     entry.expires_at = now + up.timeout
     entry.timeout = up.period

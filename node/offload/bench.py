@@ -16,8 +16,9 @@ They take the timer (e.g. time.perf_counter) as an argument and return figures;
                   for its stats job
   bytes_per_conn  memory of a tracked + offloaded TCP connection: conntrack entry
                   (after a real handshake), flow table entry and hardware entries,
-                  measured with tracemalloc over `n` connections; _card is what
-                  node/offload allocated, _sw the rest
+                  measured with tracemalloc over `n` connections whose packets
+                  are parsed from their bytes at times of their own (as a node
+                  meets them); _card is what node/offload allocated, _sw the rest
 """
 
 from __future__ import annotations
@@ -82,10 +83,11 @@ def open_offloaded(ct: Conntrack, card: Card, n: int, now: float) -> list[Packet
     return data
 
 
-def _open_from_the_wire(ct: Conntrack, card: Card, n: int) -> float:
+def open_from_the_wire(ct: Conntrack, card: Card | None, n: int) -> float:
     """open_offloaded() as a node meets it: every packet parsed from its bytes
     (its addresses and ports are objects of its own, as a node's are) at a time
-    of its own (1 us apart). Returns the time after the last one."""
+    of its own (1 us apart); without a card, tracked only. Returns the time of
+    the last packet."""
     opts = TcpOptions(mss=1460, wscale=7, sackok=True)
     now = NOW
     for i in range(n):
@@ -95,7 +97,7 @@ def _open_from_the_wire(ct: Conntrack, card: Card, n: int) -> float:
                     _seg(c, s, cp, 443, TCP_ACK, 1001, 5001)):
             now += 1e-6
             res = ct.commit(parse(build(pkt)), now)
-        if res.entry is not None:
+        if card is not None and res.entry is not None:
             card.offer(res.entry, res.ctinfo, now)
     return now
 
@@ -219,7 +221,7 @@ def bench_bytes_per_conn(n: int = 50_000) -> dict[str, Any]:
     ct = Conntrack(Sysctl(nf_conntrack_max=2 * n), events=False)
     card = _card(ct, 2 * n)
     before = tracemalloc.take_snapshot()
-    now = _open_from_the_wire(ct, card, n)
+    now = open_from_the_wire(ct, card, n)
     card.poll(now)  # drains the per-poll results, as the daemon's 1 s poll does
     gc.collect()
     after = tracemalloc.take_snapshot()

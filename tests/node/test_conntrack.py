@@ -402,3 +402,19 @@ def test_kernel_defaults() -> None:
             s.nf_conntrack_generic_timeout, s.nf_conntrack_gre_timeout,
             s.nf_conntrack_gre_timeout_stream) == (432000, 30, 120, 30, 600, 30, 180)
 
+
+
+def test_an_entrys_tuples_share_one_int_object_per_port_value() -> None:
+    """A parsed packet's ports are int objects of its own; the tuples an entry
+    keeps use one shared object per 16-bit value instead (tuple.interned())."""
+    ct = Conntrack()
+    entries = []
+    for i in range(2):
+        sport, dport = int("40000"), int("5353")  # fresh objects, as a parser makes
+        pkt = udp(bytes((198, 18, 0, 1 + i)), bytes((198, 19, 0, 1)), sport, dport)
+        res = ct.commit(pkt, 1000.0)
+        assert res.entry is not None and res.entry.orig == (4, 17, pkt.src, pkt.dst, 40000, 5353)
+        entries.append(res.entry)
+    a, b = entries
+    assert a.orig.sport is b.orig.sport and a.orig.dport is b.orig.dport
+    assert a.reply.dport is a.orig.sport and a.reply.sport is a.orig.dport
