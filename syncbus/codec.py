@@ -55,7 +55,7 @@ from typing import Any
 
 import msgpack
 
-from node.conntrack.tuple import Tuple
+from node.conntrack.tuple import PORT_INTS, Tuple
 from syncbus.errors import CodecError
 from syncbus.messages import (
     OFFLOAD_HW,
@@ -617,6 +617,7 @@ def _record(rec: bytes, origin: str, epoch: int, ident: tuple[str, int] | None,
     proto = f[1]
     i = 4 if kind == K_DELETE else 10
     src, dst, sport, dport = f[i:i + 4]
+    sport, dport = PORT_INTS[sport], PORT_INTS[dport]  # (shared: see tuple.interned())
     orig = _new(Tuple, (fam, proto, src, dst, sport, dport))
     i += 4
     if flags & F_REPLY_INV:
@@ -628,7 +629,8 @@ def _record(rec: bytes, origin: str, epoch: int, ident: tuple[str, int] | None,
         else:
             reply = _new(Tuple, (fam, proto, dst, src, dport, sport))
     else:
-        reply = _new(Tuple, (fam, proto, *f[i:i + 4]))
+        rsrc, rdst, rsport, rdport = f[i:i + 4]
+        reply = _new(Tuple, (fam, proto, rsrc, rdst, PORT_INTS[rsport], PORT_INTS[rdport]))
         i += 4
     if kind == K_DELETE:
         return _new(CtDelete, (_new(ConnId, (creator, cepoch, f[3])), orig, reply, f[2]))

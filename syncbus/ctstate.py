@@ -25,7 +25,15 @@ from node.conntrack.entry import (
 )
 from node.conntrack.nat import NatBinding, NatRange, register
 from node.conntrack.table import Conntrack
-from node.conntrack.tcp import PACKED, PACKED_FIELDS, TcpConn, freeze, packed_values, thaw
+from node.conntrack.tcp import (
+    PACKED,
+    PACKED_FIELDS,
+    TcpConn,
+    freeze,
+    packed_state,
+    packed_values,
+    thaw,
+)
 from node.conntrack.tcp_table import (
     IP_CT_TCP_FLAG_BE_LIBERAL,
     IP_CT_TCP_FLAG_CLOSE_INIT,
@@ -40,7 +48,6 @@ from node.conntrack.tcp_table import (
     sSS,
     sTW,
 )
-from node.conntrack.tuple import interned
 from syncbus import codec
 from syncbus.expectstate import apply_expects, expect_infos
 from syncbus.messages import (
@@ -85,13 +92,12 @@ def offload_state(status: int) -> int:
 # connection has them packed in this order (node.conntrack.tcp.freeze()).
 TCP_FIELDS = PACKED_FIELDS
 tcp_values = packed_values
-_FLAGS0, _FLAGS1 = TCP_FIELDS.index("flags0"), TCP_FIELDS.index("flags1")
 
 
 def tcp_block(proto: TcpConn | bytes | None) -> tuple[int, ...]:
     """The TCP block's values (TCP_FIELDS) of a TCP entry's `entry.proto`."""
     if proto.__class__ is bytes:
-        return PACKED.unpack(proto)
+        return packed_state(proto)
     return tcp_values(proto if proto is not None else _NO_TCP)
 
 
@@ -195,12 +201,9 @@ def write_injected_tcp(entry: Entry, info: TcpInfo) -> None:
     c = entry.proto
     if c.__class__ is TcpConn:
         _inject(c, info)
-    elif c.__class__ is bytes:  # packed: the card holds the connection (freeze())
-        values = list(info)
-        values[_FLAGS0] |= IP_CT_TCP_FLAG_BE_LIBERAL
-        values[_FLAGS1] |= IP_CT_TCP_FLAG_BE_LIBERAL
+    elif c.__class__ is bytes:  # packed: the card holds it (tcp.freeze(); liberal when read)
         try:
-            entry.proto = PACKED.pack(*values)
+            entry.proto = PACKED.pack(*info)
         except struct.error:  # (the codec's TCP block has the same widths)
             entry.proto = injected_tcp(info)
     else:
@@ -224,7 +227,7 @@ def new_entry(up: CtUpsert, ct: Conntrack, now: float) -> Entry:
     """A fresh Entry holding `up`'s state, ready for Conntrack.insert_synced().
     Raises ValueError for a NAT range the engine refuses (nothing is changed)."""
     nat = nat_binding(up.nat)
-    entry = Entry(interned(up.orig), interned(up.reply), up.zone, now - up.age, 0)
+    entry = Entry(up.orig, up.reply, up.zone, now - up.age, 0)  # (ports: see codec)
     entry.status = up.status & ~(LOCAL_BITS | DROP_BITS)
     entry.expires_at = now + up.timeout
     entry.timeout = up.period

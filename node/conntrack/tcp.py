@@ -246,7 +246,10 @@ class TcpConn:
 # replication record's), the widths the kernel's: u8 state, per direction u32
 # td_end, td_maxend, td_maxwin, td_maxack and u8 td_scale, flags, then u8
 # last_dir, last_index, u32 last_seq, last_ack, last_end, last_win and u8
-# last_wscale, last_flags, retrans.
+# last_wscale, last_flags, retrans. A packed state is BE_LIBERAL in both
+# directions, as tcf_ct_flow_table_add() makes every connection it offloads: a
+# writer may leave the two bits out (a replica stores the active's record as it
+# came), the readers here put them in.
 PACKED_FIELDS = ("state", "td_end0", "td_maxend0", "td_maxwin0", "td_maxack0", "td_scale0",
                  "flags0", "td_end1", "td_maxend1", "td_maxwin1", "td_maxack1", "td_scale1",
                  "flags1", "last_dir", "last_index", "last_seq", "last_ack", "last_end",
@@ -254,12 +257,24 @@ PACKED_FIELDS = ("state", "td_end0", "td_maxend0", "td_maxwin0", "td_maxack0", "
 PACKED = struct.Struct("!B" + "IIIIBB" * 2 + "BBIIIIBBB")
 packed_values = attrgetter(*PACKED_FIELDS)
 _PACKED_SLOTS = tuple(getattr(TcpConn, name) for name in PACKED_FIELDS)  # slot descriptors
+_FLAGS0, _FLAGS1 = PACKED_FIELDS.index("flags0"), PACKED_FIELDS.index("flags1")
+
+
+def packed_state(packed: bytes) -> tuple[int, ...]:
+    """The values (PACKED_FIELDS) of a packed state, BE_LIBERAL included."""
+    values = PACKED.unpack(packed)
+    if values[_FLAGS0] & values[_FLAGS1] & IP_CT_TCP_FLAG_BE_LIBERAL:
+        return values
+    out = list(values)
+    out[_FLAGS0] |= IP_CT_TCP_FLAG_BE_LIBERAL
+    out[_FLAGS1] |= IP_CT_TCP_FLAG_BE_LIBERAL
+    return tuple(out)
 
 
 def unpacked(packed: bytes) -> TcpConn:
     """The TcpConn that freeze() packed into `packed`."""
     conn = TcpConn.__new__(TcpConn)
-    for slot, value in zip(_PACKED_SLOTS, PACKED.unpack(packed), strict=True):
+    for slot, value in zip(_PACKED_SLOTS, packed_state(packed), strict=True):
         slot.__set__(conn, value)
     return conn
 

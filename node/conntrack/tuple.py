@@ -87,7 +87,7 @@ class Tuple(NamedTuple):
 # CPython keeps one for each small int. A packet's ports are objects of their
 # own (28 bytes each beyond 256); the tuples an entry keeps share these instead:
 # 56 bytes less per connection, for 2.4 MB per process.
-_U16 = tuple(range(1 << 16))
+PORT_INTS = tuple(range(1 << 16))
 
 
 def interned(t: tuple[int, int, bytes, bytes, int, int]) -> Tuple:
@@ -95,9 +95,9 @@ def interned(t: tuple[int, int, bytes, bytes, int, int]) -> Tuple:
     the shared int objects: for the tuples a conntrack entry keeps."""
     family, proto, src, dst, sport, dport = t
     if sport.__class__ is int and 0 <= sport <= 0xFFFF:
-        sport = _U16[sport]
+        sport = PORT_INTS[sport]
     if dport.__class__ is int and 0 <= dport <= 0xFFFF:
-        dport = _U16[dport]
+        dport = PORT_INTS[dport]
     return _new_tuple(Tuple, (family, proto, src, dst, sport, dport))
 
 

@@ -27,7 +27,16 @@ from node.conntrack.entry import (
     Entry,
 )
 from node.conntrack.table import CtResult
-from node.conntrack.tcp import PACKED, TcpConn, TcpTracker, conn_of, freeze, state_of, thaw
+from node.conntrack.tcp import (
+    PACKED,
+    PACKED_FIELDS,
+    TcpConn,
+    TcpTracker,
+    conn_of,
+    freeze,
+    state_of,
+    thaw,
+)
 from node.conntrack.tcp_table import (
     FLAG_INDEX,
     FLAG_MASK,
@@ -1223,6 +1232,7 @@ def test_a_packed_connection_is_the_same_connection(seed: int) -> None:
     assert entry is not None
     for _ in range(rng.randrange(1, 20)):  # move the windows and the last_* fields
         lab.send(_random_ack(rng, lab.conn, rng.randrange(2)))
+    TRACKER.set_be_liberal(entry)  # as tcf_ct_flow_table_add() does before freeze()
     conn: TcpConn = entry.proto
     slots = [getattr(conn, name) for name in _CONN_SLOTS]
     exported = TRACKER.export(entry)
@@ -1245,6 +1255,20 @@ def test_a_packed_connection_is_the_same_connection(seed: int) -> None:
     assert type(entry.proto) is TcpConn  # written: unpacked for good
     assert [getattr(entry.proto, name) for name in _CONN_SLOTS] \
         == [getattr(twin.proto, name) for name in _CONN_SLOTS]
+
+
+def test_a_packed_state_reads_be_liberal_in_both_directions() -> None:
+    """Every connection a flow table holds is BE_LIBERAL (tcf_ct_flow_table_add());
+    a writer of packed state may leave the bits out (a replica stores the
+    active's record as it came), the readers put them in."""
+    lab = Lab()
+    lab.handshake()
+    entry = lab.entry
+    assert entry is not None and not lab.conn.flags0 & IP_CT_TCP_FLAG_BE_LIBERAL
+    entry.proto = PACKED.pack(*(getattr(lab.conn, name) for name in PACKED_FIELDS))
+    for conn in (conn_of(entry), thaw(entry)):
+        assert conn is not None
+        assert conn.flags0 & conn.flags1 & IP_CT_TCP_FLAG_BE_LIBERAL
 
 
 def test_a_state_beyond_the_kernels_widths_stays_unpacked() -> None:

@@ -19,7 +19,7 @@ from node.conntrack import Conntrack
 from node.conntrack.table import TRACKERS
 from node.conntrack.tcp import PACKED, freeze
 from node.conntrack.tcp_table import IP_CT_TCP_FLAG_BE_LIBERAL
-from node.conntrack.tuple import Tuple
+from node.conntrack.tuple import PORT_INTS, Tuple
 from syncbus import codec, ctstate
 from syncbus.errors import CodecError
 from syncbus.messages import (
@@ -431,6 +431,20 @@ def test_the_tcp_block_reads_the_slots_in_the_records_order() -> None:
     assert TcpInfo._fields == ctstate.TCP_FIELDS
 
 
+def test_decoded_tuples_carry_the_shared_port_objects() -> None:
+    """A replica's new entry keeps the decoded tuples: their ports are the
+    shared int objects that conntrack's own entries use (tuple.interned())."""
+    ct = Conntrack()
+    entries = [open_tcp(ct, 1, 10.0), open_tcp(ct, 2, 10.0, v6=True), open_snat(ct, 4, 10.0)]
+    ups = [ctstate.upsert_of(e, ConnId("a", 7, e.id), 11.0) for e in entries]
+    got = codec.decode(codec.encode(env(CtBatch(tuple(ups))), KEY), KEY)
+    assert isinstance(got.body, CtBatch)
+    for up in got.body.items:
+        assert isinstance(up, CtUpsert)
+        for t in (up.orig, up.reply):
+            assert t.sport is PORT_INTS[t.sport] and t.dport is PORT_INTS[t.dport]
+
+
 def test_a_packed_connection_publishes_the_same_bytes() -> None:
     """The state a flow table packed (tcp.freeze()) has the wire's TCP block
     layout, and the records of a packed and an unpacked entry are the same."""
@@ -439,6 +453,7 @@ def test_a_packed_connection_publishes_the_same_bytes() -> None:
     for v6 in (False, True):
         e = open_tcp(ct, 1 + v6, 10.0, v6=v6)
         conn = ConnId("a", 7, 5)
+        TRACKERS[6].set_be_liberal(e)  # as tcf_ct_flow_table_add() does before freeze()
         before = ctstate.pack_entry(e, conn, 12.5, "a", 7), ctstate.upsert_of(e, conn, 12.5)
         freeze(e)
         assert type(e.proto) is bytes
