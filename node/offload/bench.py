@@ -67,18 +67,27 @@ def _card(ct: Conntrack, capacity: int) -> Card:
                            insert_rate=1e12, insert_burst=1e12))
 
 
+_SYN_OPTIONS = TcpOptions(mss=1460, wscale=7, sackok=True)
+
+
+def _handshake(i: int) -> tuple[Packet, Packet, Packet]:
+    """Connection i's SYN, SYN/ACK and ACK (client to server port 443)."""
+    c, s, cp = _ends(i)
+    return (_seg(c, s, cp, 443, TCP_SYN, 1000, 0, options=_SYN_OPTIONS),
+            _seg(s, c, 443, cp, TCP_SYN | TCP_ACK, 5000, 1001, options=_SYN_OPTIONS),
+            _seg(c, s, cp, 443, TCP_ACK, 1001, 5001))
+
+
 def open_offloaded(ct: Conntrack, card: Card, n: int, now: float) -> list[Packet]:
     """n TCP connections: 3-way handshake through conntrack (ct commit), offered
     to the card on the last ACK. Returns one established data packet per flow."""
-    opts = TcpOptions(mss=1460, wscale=7, sackok=True)
     data = []
     for i in range(n):
-        c, s, cp = _ends(i)
-        ct.commit(_seg(c, s, cp, 443, TCP_SYN, 1000, 0, options=opts), now)
-        ct.commit(_seg(s, c, 443, cp, TCP_SYN | TCP_ACK, 5000, 1001, options=opts), now)
-        res = ct.commit(_seg(c, s, cp, 443, TCP_ACK, 1001, 5001), now)
+        for pkt in _handshake(i):
+            res = ct.commit(pkt, now)
         if res.entry is not None:
             card.offer(res.entry, res.ctinfo, now)
+        c, s, cp = _ends(i)
         data.append(_seg(c, s, cp, 443, TCP_ACK, 1001, 5001, PAYLOAD))
     return data
 
@@ -88,13 +97,9 @@ def open_from_the_wire(ct: Conntrack, card: Card | None, n: int) -> float:
     (its addresses and ports are objects of its own, as a node's are) at a time
     of its own (1 us apart); without a card, tracked only. Returns the time of
     the last packet."""
-    opts = TcpOptions(mss=1460, wscale=7, sackok=True)
     now = NOW
     for i in range(n):
-        c, s, cp = _ends(i)
-        for pkt in (_seg(c, s, cp, 443, TCP_SYN, 1000, 0, options=opts),
-                    _seg(s, c, 443, cp, TCP_SYN | TCP_ACK, 5000, 1001, options=opts),
-                    _seg(c, s, cp, 443, TCP_ACK, 1001, 5001)):
+        for pkt in _handshake(i):
             now += 1e-6
             res = ct.commit(parse(build(pkt)), now)
         if card is not None and res.entry is not None:
