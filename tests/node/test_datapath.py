@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pytest
 
 from node.conntrack.entry import IPS_ASSURED, IPS_SRC_NAT
-from node.datapath import Datapath, Outcome, bench_firewall, bench_sw_pps
+from node.datapath import REPLAY_PASSES, Datapath, Outcome, bench_firewall, bench_sw_pps
 from node.packet import Packet, icmp_echo, icmp_error, ip_str, tcp, udp
 from node.tc.cli import run_batch_text
 from node.tc.parse import Options
@@ -315,7 +315,9 @@ def test_bench_firewall_stream_stays_established_when_replayed() -> None:
 
 
 def test_bench_sw_pps_with_a_fake_clock() -> None:
-    ticks = iter(range(100))
-    got = bench_sw_pps(lambda: float(next(ticks)), seconds=2.0, flows=2)
-    assert got["sw_flows"] == 2 and got["sw_packets"] == 2 * 16 * 2 * 2
-    assert got["sw_pps"] == round(got["sw_packets"] / 2.0)
+    # Rounds timed 1, 2 and 4 ticks long: the fastest and the median round.
+    ticks = iter([0.0, 0.0, 1.0, 1.0, 3.0, 3.0, 7.0])
+    got = bench_sw_pps(lambda: next(ticks), seconds=7.0, flows=2)
+    per_round = 2 * 16 * 2 * REPLAY_PASSES  # flows x segments x directions x passes
+    assert got["sw_flows"] == 2 and got["sw_packets"] == 3 * per_round
+    assert got["sw_pps"] == per_round and got["sw_pps_median"] == per_round / 2
