@@ -192,6 +192,21 @@ def injected_tcp(info: TcpInfo) -> TcpConn:
     return _inject(TcpConn.__new__(TcpConn), info)
 
 
+def packed_tcp(info: TcpInfo) -> bytes | TcpConn:
+    """A replica's TCP state as it stores it: the record packed as it came
+    (node.conntrack.tcp.PACKED, the TCP block's layout), which reads as
+    injected_tcp(info) (a packed state is BE_LIBERAL in both directions). The
+    first packet or merge that writes it unpacks it (tcp.thaw()); until then a
+    standby's connection costs 91 bytes of TCP state, and its card install
+    (tcf_ct_flow_table_add(): BE_LIBERAL, then packed) has nothing to do. A
+    record that does not fit the kernel's widths (the codec checks them, so
+    only a caller building its own) gets a TcpConn."""
+    try:
+        return PACKED.pack(*info)
+    except struct.error:
+        return injected_tcp(info)
+
+
 def write_injected_tcp(entry: Entry, info: TcpInfo) -> None:
     """entry.proto = injected_tcp(info), into the entry's TcpConn when it has
     one: a standby follows its active's updates without a new object per
@@ -201,11 +216,8 @@ def write_injected_tcp(entry: Entry, info: TcpInfo) -> None:
     c = entry.proto
     if c.__class__ is TcpConn:
         _inject(c, info)
-    elif c.__class__ is bytes:  # packed: the card holds it (tcp.freeze(); liberal when read)
-        try:
-            entry.proto = PACKED.pack(*info)
-        except struct.error:  # (the codec's TCP block has the same widths)
-            entry.proto = injected_tcp(info)
+    elif c.__class__ is bytes:  # packed (packed_tcp(), tcp.freeze()): liberal when read
+        entry.proto = packed_tcp(info)
     else:
         entry.proto = injected_tcp(info)
 
@@ -235,7 +247,7 @@ def new_entry(up: CtUpsert, ct: Conntrack, now: float) -> Entry:
     entry.labels = up.labels
     entry.nat = nat
     if up.tcp is not None:
-        entry.proto = injected_tcp(up.tcp)
+        entry.proto = packed_tcp(up.tcp)
     if up.master is not None:
         entry.master = ct.find(up.master, up.zone)
     if up.helper is not None:
@@ -374,5 +386,5 @@ def _merge_dir(c: TcpConn, d: str, theirs: TcpDir) -> bool:
 
 __all__ = ["LOCAL_BITS", "TCP_RANK", "after_insert", "delete_of", "injected_tcp",
            "merge_state", "merge_tcp", "nat_binding", "nat_info", "new_entry", "offload_state",
-           "pack_entry", "replace_state", "tcp_conn", "tcp_info", "upsert_of",
+           "pack_entry", "packed_tcp", "replace_state", "tcp_conn", "tcp_info", "upsert_of",
            "write_injected_tcp"]

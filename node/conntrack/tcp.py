@@ -237,16 +237,17 @@ class TcpConn:
 
 # ---------------------------------------------------------------- packed state
 # struct ip_ct_tcp as bytes: the state of a connection whose packets a flow table
-# handles. Nothing in software reads or writes its windows while the flow table
-# holds it (tcp_packet() runs again only after the teardown), so
-# FlowTables.add() packs it (freeze()) and the first writer after that unpacks it
-# again (thaw()). 91 bytes, not tracked by the cyclic GC, instead of a 208-byte
-# TcpConn and an int object for each of its u32 fields that is beyond CPython's
-# small ints (up to twelve, 28-32 bytes each). The order is TcpInfo's (the
-# replication record's), the widths the kernel's: u8 state, per direction u32
-# td_end, td_maxend, td_maxwin, td_maxack and u8 td_scale, flags, then u8
-# last_dir, last_index, u32 last_seq, last_ack, last_end, last_win and u8
-# last_wscale, last_flags, retrans. A packed state is BE_LIBERAL in both
+# handles, or that a replica holds for its active. Nothing in software reads or
+# writes its windows while the flow table holds it (tcp_packet() runs again only
+# after the teardown), so FlowTables.add() packs it (freeze()); a replica stores
+# the record's TCP block packed as it came (syncbus.ctstate.new_entry()); the
+# first writer after that unpacks it again (thaw()). 91 bytes, not tracked by
+# the cyclic GC, instead of a 208-byte TcpConn and an int object for each of
+# its u32 fields that is beyond CPython's small ints (up to twelve, 28-32 bytes
+# each). The order is TcpInfo's (the replication record's), the widths the
+# kernel's: u8 state, per direction u32 td_end, td_maxend, td_maxwin, td_maxack
+# and u8 td_scale, flags, then u8 last_dir, last_index, u32 last_seq, last_ack,
+# last_end, last_win and u8 last_wscale, last_flags, retrans. A packed state is BE_LIBERAL in both
 # directions, as tcf_ct_flow_table_add() makes every connection it offloads: a
 # writer may leave the two bits out (a replica stores the active's record as it
 # came), the readers here put them in.
@@ -302,6 +303,15 @@ def conn_of(entry: Entry) -> TcpConn | None:
     """The entry's TCP state, to read: a packed one is unpacked into a copy."""
     conn = entry.proto
     return unpacked(conn) if conn.__class__ is bytes else conn
+
+
+def set_be_liberal(entry: Entry) -> None:
+    """nf_ct_set_tcp_be_liberal(): seen[0].flags and seen[1].flags get
+    BE_LIBERAL. A packed state has it by definition: left packed."""
+    conn = entry.proto
+    if conn is not None and conn.__class__ is not bytes:
+        conn.flags0 |= IP_CT_TCP_FLAG_BE_LIBERAL
+        conn.flags1 |= IP_CT_TCP_FLAG_BE_LIBERAL
 
 
 def state_of(entry: Entry) -> int:
@@ -953,10 +963,7 @@ class TcpTracker:
     def set_be_liberal(self, entry: Entry) -> None:
         """nf_ct_set_tcp_be_liberal(): stop window checks in both directions
         (done when a connection is offloaded to a flow table)."""
-        conn = thaw(entry)
-        if conn is not None:
-            conn.flags0 |= IP_CT_TCP_FLAG_BE_LIBERAL
-            conn.flags1 |= IP_CT_TCP_FLAG_BE_LIBERAL
+        set_be_liberal(entry)
 
     def set_closing(self, ct: Conntrack, entry: Entry, now: float) -> None:
         """nf_conntrack_tcp_set_closing(): force CLOSE with its timeout (a flow

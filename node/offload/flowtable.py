@@ -38,9 +38,8 @@ from node.conntrack.entry import (
 )
 from node.conntrack.sysctl import Sysctl
 from node.conntrack.table import Conntrack
-from node.conntrack.tcp import freeze, thaw
+from node.conntrack.tcp import freeze, set_be_liberal, thaw
 from node.conntrack.tcp_table import (
-    IP_CT_TCP_FLAG_BE_LIBERAL,
     IP_CT_TCP_FLAG_CLOSE_INIT,
     IP_CT_TCP_FLAG_MAXACK_SET,
     SYN_SENT2_TIMEOUT,
@@ -99,14 +98,6 @@ def tcp_timeout(sysctl: Sysctl, state: int) -> float:
         return float(SYN_SENT2_TIMEOUT)
     name = TIMEOUT_SYSCTLS[state] if 0 <= state < len(TIMEOUT_SYSCTLS) else None
     return float(getattr(sysctl, name)) if name else 0.0
-
-
-def set_be_liberal(entry: Entry) -> None:
-    """tcf_ct_flow_table_add(): stop TCP window checks in both directions."""
-    conn = thaw(entry)
-    if conn is not None:  # seen[0].flags and seen[1].flags (TcpConn's flat slots)
-        conn.flags0 |= IP_CT_TCP_FLAG_BE_LIBERAL
-        conn.flags1 |= IP_CT_TCP_FLAG_BE_LIBERAL
 
 
 def fixup_tcp(entry: Entry, state: int) -> None:

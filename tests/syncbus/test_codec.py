@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from node.conntrack import Conntrack
 from node.conntrack.table import TRACKERS
-from node.conntrack.tcp import PACKED, freeze
+from node.conntrack.tcp import PACKED, freeze, thaw
 from node.conntrack.tcp_table import IP_CT_TCP_FLAG_BE_LIBERAL
 from node.conntrack.tuple import PORT_INTS, Tuple
 from syncbus import codec, ctstate
@@ -130,9 +130,11 @@ def test_engine_entries_round_trip_through_the_wire() -> None:
             if up.tcp is not None:  # the wire is exact; the injected entry is liberal
                 assert ctstate.tcp_info(ctstate.tcp_conn(up.tcp)) == ctstate.tcp_info(e.proto)
                 liberal = IP_CT_TCP_FLAG_BE_LIBERAL
-                assert rebuilt.proto.flags0 & rebuilt.proto.flags1 & liberal
-                rebuilt.proto.flags0 ^= liberal & ~e.proto.flags0
-                rebuilt.proto.flags1 ^= liberal & ~e.proto.flags1
+                assert type(rebuilt.proto) is bytes  # stored packed, as it came
+                conn = thaw(rebuilt)
+                assert conn is not None and conn.flags0 & conn.flags1 & liberal
+                conn.flags0 ^= liberal & ~e.proto.flags0
+                conn.flags1 ^= liberal & ~e.proto.flags1
             assert tracker.export(rebuilt) == tracker.export(e)
         assert (rebuilt.orig, rebuilt.reply, rebuilt.status, rebuilt.mark) == \
             (e.orig, e.reply, e.status, e.mark)

@@ -8,6 +8,7 @@ import pytest
 from node.conntrack import Conntrack
 from node.conntrack.entry import IPS_HW_OFFLOAD, IPS_OFFLOAD
 from node.conntrack.events import DESTROY
+from node.conntrack.tcp import state_of, thaw
 from node.conntrack.tcp_table import IP_CT_TCP_FLAG_BE_LIBERAL, sES, sFW, sSS
 from node.offload import Card, Faults
 from syncbus import ctstate
@@ -105,27 +106,46 @@ def test_an_update_replaces_the_state_of_the_same_writer() -> None:
     a.ct.refresh(e, 120.0, NOW + 1)
     r.apply(a.env(a.up(e, NOW + 1)), NOW + 1)
     mine = ct.find(e.orig)
-    assert mine.proto.state == sFW and mine.mark == 5  # type: ignore[union-attr]
+    assert mine is not None and state_of(mine) == sFW and mine.mark == 5
     assert mine.expires_at == pytest.approx(NOW + 121)  # type: ignore[union-attr]
     assert r.stats["updated"] == 1
 
 
+def test_a_replica_stores_the_tcp_state_packed_as_it_came() -> None:
+    """Without a card too, a new replicated connection's TCP state is the
+    record's block packed (91 bytes, no TcpConn); it reads as the injected state
+    (BE_LIBERAL both ways), and the first writer unpacks it to exactly that."""
+    a = Origin()
+    e = open_tcp(a.ct, 1, NOW)
+    r, ct, _ = standby(card=False)
+    record = a.up(e)
+    r.apply(a.env(record), NOW)
+    mine = ct.find(e.orig)
+    assert mine is not None and type(mine.proto) is bytes and record.tcp is not None
+    injected = ctstate.tcp_info(ctstate.injected_tcp(record.tcp))
+    assert ctstate.tcp_info(mine.proto) == injected and state_of(mine) == sES
+    conn = thaw(mine)
+    assert conn is mine.proto and ctstate.tcp_info(conn) == injected
+
+
 def test_an_update_rewrites_the_tcp_state_in_place_with_be_liberal() -> None:
-    """The standby's TcpConn is written, not replaced (no new object per update
-    to promote into the collector's old generation), to exactly the record's
-    state with BE_LIBERAL in both directions, as a fresh injected one."""
+    """A standby's TcpConn (unpacked by a packet or a merge) is written, not
+    replaced (no new object per update to promote into the collector's old
+    generation), to exactly the record's state with BE_LIBERAL in both
+    directions, as a fresh injected one."""
     a = Origin()
     e = open_tcp(a.ct, 1, NOW)
     r, ct, _ = standby(card=False)
     r.apply(a.env(a.up(e)), NOW)
     mine = ct.find(e.orig)
     assert mine is not None
-    conn = mine.proto
+    conn = thaw(mine)  # as the first packet that writes it does
     e.proto.state, e.proto.td_end0, e.proto.retrans = sFW, 123456, 2
     record = a.up(e, NOW + 1)
     r.apply(a.env(record), NOW + 1)
     assert mine.proto is conn
     assert record.tcp is not None
+    assert conn is not None
     assert ctstate.tcp_info(conn) == ctstate.tcp_info(ctstate.injected_tcp(record.tcp))
     liberal = IP_CT_TCP_FLAG_BE_LIBERAL
     assert conn.flags0 & liberal and conn.flags1 & liberal and conn.td_end0 == 123456
@@ -341,7 +361,7 @@ def test_two_writers_merge_instead_of_overwriting() -> None:
     advanced = a.up(e)._replace(tcp=a.up(e).tcp._replace(state=sFW))  # type: ignore[union-attr]
     r.apply(b.env(advanced), NOW + 1)  # c adopted it: same identity, another writer
     r.apply(a.env(a.up(e)), NOW + 2)  # a's stale view
-    assert ct.find(e.orig).proto.state == sFW  # type: ignore[union-attr]
+    assert state_of(ct.find(e.orig)) == sFW  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------ snapshots
