@@ -247,10 +247,10 @@ class TcpConn:
 # each). The order is TcpInfo's (the replication record's), the widths the
 # kernel's: u8 state, per direction u32 td_end, td_maxend, td_maxwin, td_maxack
 # and u8 td_scale, flags, then u8 last_dir, last_index, u32 last_seq, last_ack,
-# last_end, last_win and u8 last_wscale, last_flags, retrans. A packed state is BE_LIBERAL in both
-# directions, as tcf_ct_flow_table_add() makes every connection it offloads: a
-# writer may leave the two bits out (a replica stores the active's record as it
-# came), the readers here put them in.
+# last_end, last_win and u8 last_wscale, last_flags, retrans. A packed state is
+# BE_LIBERAL in both directions, as tcf_ct_flow_table_add() makes every
+# connection it offloads: a writer may leave the two bits out (a replica stores
+# the active's record as it came), the readers here put them in.
 PACKED_FIELDS = ("state", "td_end0", "td_maxend0", "td_maxwin0", "td_maxack0", "td_scale0",
                  "flags0", "td_end1", "td_maxend1", "td_maxwin1", "td_maxack1", "td_scale1",
                  "flags1", "last_dir", "last_index", "last_seq", "last_ack", "last_end",
