@@ -388,10 +388,10 @@ REPLAY_PASSES = 8  # passes over the stream per timed round (~0.1 s of software 
 
 
 def _replay(dp: Datapath, stream: list[tuple[str, Packet]], timer: Callable[[], float],
-            seconds: float, want_path: str) -> tuple[int, float, list[float]]:
+            seconds: float, want_path: str) -> tuple[int, list[float]]:
     """Replay `stream` for `seconds` (GC paused, virtual time 1 ms per pass) in
     rounds of REPLAY_PASSES passes, each round timed apart; every packet must be
-    forwarded on `want_path`. (packets, elapsed, each round's packets/s)."""
+    forwarded on `want_path`. (packets, each round's packets/s)."""
     receive = dp.receive
     now = 1000.0
     done = 0
@@ -411,15 +411,14 @@ def _replay(dp: Datapath, stream: list[tuple[str, Packet]], timer: Callable[[], 
             done += per_round
             if ended > began:
                 rates.append(per_round / (ended - began))
-            elapsed = ended - start
-            if elapsed >= seconds and rates:
+            if ended - start >= seconds and rates:
                 break
     finally:
         gc.enable()
     took = dp.paths[want_path] - before
     if took != done:
         raise RuntimeError(f"{done - took} of {done} packets left the {want_path} path")
-    return done, elapsed, rates
+    return done, rates
 
 
 def bench_sw_pps(timer: Callable[[], float], seconds: float = 1.0,
@@ -432,7 +431,7 @@ def bench_sw_pps(timer: Callable[[], float], seconds: float = 1.0,
     nothing else disturbs the core, as timeit reports the minimum) and
     sw_pps_median the median round (what a shared machine gave)."""
     dp, stream = bench_firewall(flows)
-    done, _, rates = _replay(dp, stream, timer, seconds, SW)
+    done, rates = _replay(dp, stream, timer, seconds, SW)
     forwarded = sum(dp.receive(port, pkt, 1000.0).forwarded for port, pkt in stream)
     if forwarded != len(stream):
         raise RuntimeError(f"{len(stream) - forwarded} of {len(stream)} packets not forwarded")
@@ -446,7 +445,7 @@ def bench_fastpath_pps(timer: Callable[[], float], seconds: float = 1.0,
     established flows are answered by act_ct's software flow table (conntrack
     skipped), as the kernel's software path does for offloaded flows."""
     dp, stream = bench_firewall(flows, card=True, skip_hw=True)
-    _, _, rates = _replay(dp, stream, timer, seconds, SW_FASTPATH)
+    _, rates = _replay(dp, stream, timer, seconds, SW_FASTPATH)
     return {"sw_fastpath_pps": round(max(rates)),
             "sw_fastpath_pps_median": round(statistics.median(rates))}
 
@@ -456,7 +455,7 @@ def bench_hw_path_pps(timer: Callable[[], float], seconds: float = 1.0,
     """hw_path_pps: the same traffic handled by the card, one packet at a time
     through Datapath.receive (both chains run in the card, a CT table hit each)."""
     dp, stream = bench_firewall(flows, card=True)
-    _, _, rates = _replay(dp, stream, timer, seconds, HW)
+    _, rates = _replay(dp, stream, timer, seconds, HW)
     return {"hw_path_pps": round(max(rates)),
             "hw_path_pps_median": round(statistics.median(rates))}
 
