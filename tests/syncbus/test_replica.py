@@ -8,7 +8,7 @@ import pytest
 from node.conntrack import Conntrack
 from node.conntrack.entry import IPS_HW_OFFLOAD, IPS_OFFLOAD
 from node.conntrack.events import DESTROY
-from node.conntrack.tcp import state_of, thaw
+from node.conntrack.tcp import TcpConn, state_of, thaw
 from node.conntrack.tcp_table import IP_CT_TCP_FLAG_BE_LIBERAL, sES, sFW, sSS
 from node.offload import Card, Faults
 from syncbus import ctstate
@@ -126,6 +126,21 @@ def test_a_replica_stores_the_tcp_state_packed_as_it_came() -> None:
     assert ctstate.tcp_info(mine.proto) == injected and state_of(mine) == sES
     conn = thaw(mine)
     assert conn is mine.proto and ctstate.tcp_info(conn) == injected
+
+
+def test_a_record_beyond_the_kernels_widths_is_kept_unpacked() -> None:
+    """packed_tcp() for a state the packed layout cannot hold (the codec refuses
+    such a record; a caller building its own may not): the injected TcpConn,
+    the same state, nothing lost to a wrapped field."""
+    a = Origin()
+    record = a.up(open_tcp(a.ct, 1, NOW))
+    assert record.tcp is not None
+    wide = record.tcp._replace(td_end0=1 << 32, retrans=300)
+    got = ctstate.packed_tcp(wide)
+    assert type(got) is TcpConn
+    assert ctstate.tcp_info(got) == ctstate.tcp_info(ctstate.injected_tcp(wide))
+    assert got.td_end0 == 1 << 32 and got.retrans == 300
+    assert type(ctstate.packed_tcp(record.tcp)) is bytes
 
 
 def test_an_update_rewrites_the_tcp_state_in_place_with_be_liberal() -> None:
