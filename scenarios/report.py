@@ -11,8 +11,10 @@ report.json holds the fields of DESIGN.md §5 (scenario, seed, backend,
 verdict, invariants, faults, metrics) and, beside them, git_revision,
 duration, schedule (the planned fault steps: with the seed they replay the
 run) and series (metric -> node -> [[time, value], ...]: the samples the
-page plots). Each fault entry is {at, kind, target, applied} as it fired,
-with heal_at and healed for its heal. render_html() reads only that dict, so
+page plots); the runner adds traffic, nodes, expect and phases (wall seconds
+spent in setup, run, final, quiesce, check, teardown and report). Each fault
+entry is {at, kind, target, applied} as it fired, with heal_at and healed for
+its heal. render_html() reads only that dict, so
 a page can be redrawn from any report.json.
 """
 
@@ -528,6 +530,8 @@ def render_html(report: Mapping[str, Any]) -> str:
     rev = report.get("git_revision") or "unknown"
     meta = [("seed", report.get("seed")), ("backend", report.get("backend")),
             ("duration", _fmt(report.get("duration"), " s")),
+            ("phases", " · ".join(f"{k} {_fmt(float(v), ' s')}"
+                                  for k, v in (report.get("phases") or {}).items()) or "—"),
             ("faults", len(report.get("faults", []))),
             ("revision", str(rev)[:12])]
     head = ('<dl class="meta">' + "".join(f"<div><dt>{_e(k)}</dt><dd>{_e(v)}</dd></div>"

@@ -148,11 +148,20 @@ class Runner:
         self.switch: Switch | None = None
         self.progress = Progress(scenario.name, scenario.duration, enabled=options.progress)
         self.phase = "setup"
+        self.phase_times: dict[str, float] = {}  # wall seconds spent in each phase
+        self._phase_at = time.monotonic()
         self.down: set[str] = set()  # nodes a fault took out (the switch avoids them)
         self.cards: dict[str, Any] = {}  # each node's card statistics at the end
 
     def now(self) -> float:
         return time.monotonic() - self.t0
+
+    def _enter(self, phase: str) -> None:
+        """The run moves on to `phase`; the one it leaves gets its wall time."""
+        at = time.monotonic()
+        self.phase_times[self.phase] = round(
+            self.phase_times.get(self.phase, 0.0) + at - self._phase_at, 3)
+        self.phase, self._phase_at = phase, at
 
     # ================================================================ config
     def node_config(self, name: str) -> dict[str, Any]:
@@ -191,11 +200,13 @@ class Runner:
                 await self.backend.setup(plan)
                 await self._setup()
                 self.t0 = time.monotonic()
-                self.phase = "run"
+                self._enter("run")
                 await self._main()
                 snapshots = await self._finish()
+                self._enter("teardown")
         finally:
             self.progress.close()
+        self._enter("report")
         return self._report(snapshots, time.monotonic() - started)
 
     async def _setup(self) -> None:
@@ -264,7 +275,7 @@ class Runner:
                 bar = tg.create_task(self._progress(), name="progress")
                 await self._nemesis()
                 # final phase: the workload closes every flow
-                self.phase = "final"
+                self._enter("final")
                 live = sum(n for k, n in self.gen.counts().items()
                            if k in ("opening", "established", "closing"))
                 self.gen.close_all(self.now())
@@ -648,7 +659,7 @@ class Runner:
         return out
 
     async def _finish(self) -> list[Snapshot]:
-        self.phase = "quiesce"
+        self._enter("quiesce")
         deadline = time.monotonic() + self.opt.quiesce
         snaps: list[Snapshot] = []
         while True:
@@ -658,7 +669,7 @@ class Runner:
             if same or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.5)
-        self.phase = "check"
+        self._enter("check")
         await self._states()  # the final word of each node, for the report
         for name in self.nodes:
             with contextlib.suppress(control.ControlError):
@@ -712,6 +723,8 @@ class Runner:
                               "by_node": {n: {"hw": c.hw, "sw": c.sw}
                                           for n, c in sw.stats.by_node.items()}}}
         rep["nodes"] = self._node_reports()
+        self._enter("done")
+        rep["phases"] = dict(self.phase_times)  # wall seconds per phase, setup to report
         rep["expect"] = {"verdict": self.sc.expect.verdict,
                          "failing": list(self.sc.expect.failing)}
         # Chaos: a random schedule need not exercise every invariant (no failover

@@ -261,3 +261,11 @@ def test_the_page_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert background == 0xFFFFFF
     assert share / (width * height) < 0.9, "the page is (nearly) blank"
     assert len(colours) > 50  # text, badges, plots: many colours
+
+
+def test_the_page_gives_each_phase_its_wall_time() -> None:
+    r = sample_report()
+    r["phases"] = {"setup": 2.04, "run": 22.0, "final": 1.37}
+    page = report.render_html(r)
+    assert "setup 2.0 s · run 22.0 s · final 1.4 s" in page
+    assert "<dt>phases</dt><dd>—</dd>" in report.render_html(sample_report())

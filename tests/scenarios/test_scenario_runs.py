@@ -63,6 +63,11 @@ def test_failover_basic(backend: str, tmp_path: Path) -> None:
     assert 0 < m["failover_ms"] < 1000
     if backend == "local":
         assert rep["duration"] < 60, rep["duration"]
+    # the wall time of each phase, in order: the run phase is the scenario's 22 s
+    phases = rep["phases"]
+    assert list(phases) == ["setup", "run", "final", "quiesce", "check", "teardown", "report"]
+    assert 22.0 <= phases["run"] < 23.0, phases
+    assert abs(sum(phases.values()) - phases["report"] - rep["duration"]) < 0.5, phases
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
