@@ -241,7 +241,7 @@ async def events(d: Daemon, req: Request) -> Response:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait), d.events:
                 await d.events.wait_for(lambda: node.event_seq > since)
-    got = [(seq, ev) for seq, ev in node.events if seq > since]
+    got = node.events_since(since)
     if req.arg("format") == "text":
         return text("".join(views.event_text(ev) + "\n" for _, ev in got))
     if req.arg("brief", "0") not in ("0", "", "false"):

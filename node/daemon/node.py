@@ -17,6 +17,7 @@ import io
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 from node.conntrack.entry import Entry
@@ -244,6 +245,18 @@ class Node:
         """Compared before and after a packet: whether it changed a connection
         (an event) or a master's expectations (what replication publishes)."""
         return self.ct.pending_events, self.ct.expect.changes
+
+    def events_since(self, since: int) -> list[tuple[int, CtEvent]]:
+        """The ring's events after seq `since`, oldest first. Seqs are consecutive,
+        so they are the newest event_seq - since records: taken from the ring's
+        end, at a cost of what is returned, not of the ring (a watcher polling
+        /events would otherwise scan all RING records per request)."""
+        n = min(self.event_seq - since, len(self.events))
+        if n <= 0:
+            return []
+        got = list(islice(reversed(self.events), n))
+        got.reverse()
+        return got
 
     def take_ct_events(self) -> list[CtEvent]:
         """The engine's events since the last call (kept for /events too)."""
