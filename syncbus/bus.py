@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import random
 import socket
@@ -175,6 +176,7 @@ class MqttBus:
                       "holds": 0}
 
     async def __aenter__(self) -> MqttBus:
+        SocketRaceFilter.install(asyncio.get_running_loop())
         self._stack = contextlib.AsyncExitStack()
         tg = await self._stack.enter_async_context(asyncio.TaskGroup())
         tg.create_task(self._run(), name=f"mqtt-{self.cfg.client_id}")
@@ -393,6 +395,44 @@ class _Stop(Exception):
     """The bus is closing, or its link is held (internal)."""
 
 
+class SocketRaceFilter:
+    """The loop's exception handler, less one race of aiomqtt's: it registers
+    paho's socket with the loop through call_soon_threadsafe(add_reader or
+    add_writer, fd), and when a dropped link (a cut, a broker gone) makes paho
+    close the socket first, the scheduled call meets a closed descriptor. The
+    loop would log that as an unhandled error with a traceback; nothing is lost
+    (the session is over, the bus reconnects), so it becomes one log line.
+    Every other error goes to the handler that was there before."""
+
+    def __init__(self, previous: Any) -> None:
+        self.previous = previous
+        self.ignored = 0
+
+    @classmethod
+    def install(cls, loop: asyncio.AbstractEventLoop) -> SocketRaceFilter:
+        """Once per loop (a second bus on the same loop finds it there)."""
+        current = loop.get_exception_handler()
+        if isinstance(current, cls):
+            return current
+        handler = cls(current)
+        loop.set_exception_handler(handler)
+        return handler
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        name = getattr(getattr(context.get("handle"), "_callback", None), "__name__", "")
+        closed = (isinstance(exc, OSError) and exc.errno == errno.EBADF) or \
+            (isinstance(exc, ValueError) and str(exc).startswith("Invalid file descriptor"))
+        if closed and name in ("add_reader", "add_writer"):
+            self.ignored += 1
+            log.info("mqtt: the socket closed before its %s ran (a dropped link): ignored", name)
+            return
+        if self.previous is not None:
+            self.previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+
 def _nodelay(client: aiomqtt.Client) -> None:
     """TCP_NODELAY on the broker connection. paho leaves Nagle on: a small
     publish then waits for the ACK of the one before it, which the broker may
@@ -609,4 +649,4 @@ class LocalBus:
 
 
 __all__ = ["Bus", "BusConfig", "BusEvent", "BusMessage", "Connected", "Disconnected",
-           "LocalBroker", "LocalBus", "MqttBus", "Tls", "Will", "topic_matches"]
+           "LocalBroker", "LocalBus", "MqttBus", "SocketRaceFilter", "Tls", "Will", "topic_matches"]

@@ -183,3 +183,36 @@ async def test_a_later_subscription_works_and_survives_a_reconnect(brokered: Bro
             except TimeoutError:
                 continue
         assert m.payload == b"2"
+
+
+def test_a_socket_closed_before_its_writer_is_registered_is_one_log_line(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """aiomqtt's race on a dropped link: add_writer(fd) scheduled, the socket
+    closed before it runs. The filter turns it into an info line; any other
+    error still reaches the loop's handler (here: a recorder set before)."""
+    import socket
+
+    from syncbus.bus import SocketRaceFilter
+
+    async def main() -> tuple[SocketRaceFilter, list[dict[str, object]]]:
+        loop = asyncio.get_running_loop()
+        seen: list[dict[str, object]] = []
+        loop.set_exception_handler(lambda lp, ctx: seen.append(ctx))
+        guard = SocketRaceFilter.install(loop)
+        assert SocketRaceFilter.install(loop) is guard  # once per loop
+        sock = socket.socket()
+        fd = sock.fileno()
+        loop.call_soon(loop.add_writer, fd, lambda: None)
+        sock.close()  # before the scheduled registration runs
+        loop.call_soon(loop.add_reader, -1, lambda: None)  # paho's fileno() after close
+        loop.call_soon(int, "not a number")  # a real bug: not ours to hide
+        await asyncio.sleep(0.01)
+        return guard, seen
+
+    with caplog.at_level("INFO", logger="syncbus.bus"):
+        guard, seen = asyncio.run(main())
+    assert guard.ignored == 2
+    assert [type(ctx["exception"]) for ctx in seen] == [ValueError]
+    assert "invalid literal" in str(seen[0]["exception"])
+    assert sum("the socket closed before its add_writer ran" in r.getMessage()
+               for r in caplog.records) == 1
