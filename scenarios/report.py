@@ -530,7 +530,7 @@ def render_html(report: Mapping[str, Any]) -> str:
     rev = report.get("git_revision") or "unknown"
     meta = [("seed", report.get("seed")), ("backend", report.get("backend")),
             ("duration", _fmt(report.get("duration"), " s")),
-            ("phases", " · ".join(f"{k} {_fmt(float(v), ' s')}"
+            ("phases", " · ".join(f"{k} {_fmt(v, ' s')}"
                                   for k, v in (report.get("phases") or {}).items()) or "—"),
             ("faults", len(report.get("faults", []))),
             ("revision", str(rev)[:12])]

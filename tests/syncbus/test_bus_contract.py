@@ -4,10 +4,18 @@ broker and MqttBus on a real Mosquitto (a unique topic tree per test)."""
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import pytest
 
-from syncbus.bus import BusConfig, Connected, Disconnected, MqttBus, topic_matches
+from syncbus.bus import (
+    BusConfig,
+    Connected,
+    Disconnected,
+    MqttBus,
+    SocketRaceFilter,
+    topic_matches,
+)
 from syncbus.errors import BusError
 from tests.syncbus.conftest import Brokered, messages, next_event
 
@@ -190,10 +198,6 @@ def test_a_socket_closed_before_its_writer_is_registered_is_one_log_line(
     """aiomqtt's race on a dropped link: add_writer(fd) scheduled, the socket
     closed before it runs. The filter turns it into an info line; any other
     error still reaches the loop's handler (here: a recorder set before)."""
-    import socket
-
-    from syncbus.bus import SocketRaceFilter
-
     async def main() -> tuple[SocketRaceFilter, list[dict[str, object]]]:
         loop = asyncio.get_running_loop()
         seen: list[dict[str, object]] = []
