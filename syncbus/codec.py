@@ -66,6 +66,7 @@ from syncbus.messages import (
     CtAck,
     CtBatch,
     CtDelete,
+    CtFrame,
     CtUpsert,
     Envelope,
     ExpectInfo,
@@ -139,6 +140,26 @@ _TUPLE = {0: struct.Struct("!B" + "B" + _T4), F_V6: struct.Struct("!B" + "B" + _
 _TOUCH = {0: struct.Struct("!" + TOUCH_HDR + _T4), F_V6: struct.Struct("!" + TOUCH_HDR + _T6)}
 _EXPECT = {0: struct.Struct("!" + EXPECT_HDR + _T4), F_V6: struct.Struct("!" + EXPECT_HDR + _T6)}
 _UPSERT_FIXED = struct.calcsize("!" + UPSERT_HDR)
+
+# The plain upsert (receive fast lane, CtFrame): F_OWN, any layout. The byte
+# offsets of the fields its check reads, from the layouts above.
+_PLAIN_SIZE = {K_UPSERT | F_OWN | f: st.size for f, st in _UPSERT.items()}
+_UPSERT_HEAD = {0: struct.Struct("!" + UPSERT_HDR + _T4),
+                F_V6: struct.Struct("!" + UPSERT_HDR + _T6)}
+_AT_OFFLOAD = _UPSERT_FIXED - 1
+TCP_BLOCK_BYTES = struct.calcsize("!" + TCP_BLOCK)
+
+
+def _at(n: int) -> int:
+    """The byte offset of the TCP block's field n (0: state)."""
+    return struct.calcsize("!" + TCP_BLOCK[:n])
+
+
+# (offset from the block's end, largest value): state, td_scale of each
+# direction, last_dir, last_index, last_wscale (what _tcp() checks)
+_TCP_LIMITS = tuple((TCP_BLOCK_BYTES - _at(i), hi) for i, hi in (
+    (0, TCP_MAX_STATE), (5, TCP_MAX_WSCALE), (11, TCP_MAX_WSCALE), (13, 1),
+    (14, TCP_MAX_INDEX), (19, TCP_MAX_WSCALE)))
 
 _packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 _new = tuple.__new__  # builds a NamedTuple in C, without its Python __new__
@@ -512,8 +533,11 @@ def encode_packed(cluster: str, origin: str, epoch: int, seq: int, sent_at: floa
 
 
 # ================================================================ decode
-def decode(data: bytes, key: bytes | None = None) -> Envelope:
-    """The envelope in `data`; CodecError for anything malformed or unauthentic."""
+def decode(data: bytes, key: bytes | None = None, *, lazy: bool = False) -> Envelope:
+    """The envelope in `data`; CodecError for anything malformed or unauthentic.
+    With lazy=True a CtBatch comes as a CtFrame: its plain upserts stay wire
+    records, checked here as completely as decoding them would (the same frames
+    are refused), and are read later by plain_upsert()."""
     payload = _unframe(data, key)
     try:
         obj = msgpack.unpackb(payload, use_list=False, raw=False, strict_map_key=True,
@@ -527,7 +551,7 @@ def decode(data: bytes, key: bytes | None = None) -> Envelope:
     if type(sent_at) is not float or not math.isfinite(sent_at):
         raise _fail("sent_at must be a finite float")
     _check_header(cluster, origin, epoch, seq, sent_at)
-    decoder = _BODY.get(typ) if type(typ) is int else None
+    decoder = (_LAZY if lazy else _BODY).get(typ) if type(typ) is int else None
     if decoder is None:
         raise _fail(f"unknown message type {typ!r}")
     return Envelope(PROTOCOL_VERSION, cluster, origin, epoch, seq, sent_at,
@@ -553,6 +577,71 @@ def _items(body: object, origin: str, epoch: int) -> tuple[Item, ...]:
     return tuple(out)
 
 
+def _frame_records(body: object, origin: str, epoch: int) -> CtFrame:
+    if type(body) is not tuple:
+        raise _fail("items must be an array")
+    _check_count(len(body), MAX_ITEMS, "items")
+    out: list[bytes | Item] = []
+    keep = out.append
+    sizes = _PLAIN_SIZE
+    for it in body:
+        if type(it) is bytes:
+            if it and sizes.get(it[0]) == len(it) and _plain_ok(it):
+                keep(it)
+            else:  # anything else is decoded now (or refused, with the reason)
+                keep(_record(it, origin, epoch, None))
+        else:
+            keep(_extended(it, origin, epoch))
+    return CtFrame(tuple(out))
+
+
+def _plain_ok(rec: bytes) -> bool:
+    """A plain upsert record of the right size that _record() would accept,
+    and not ICMP (whose omitted reply tuple needs a check of its own)."""
+    proto = rec[1]
+    if proto == 1 or proto == 58 or bool(rec[0] & F_TCP) != (proto == 6) \
+            or rec[_AT_OFFLOAD] > OFFLOAD_HW:
+        return False
+    if proto == 6:
+        end = len(rec)
+        for back, hi in _TCP_LIMITS:
+            if rec[end - back] > hi:
+                return False
+    return True
+
+
+def record_item(rec: bytes, origin: str, epoch: int) -> Item:
+    """The CtUpsert of a CtFrame's plain record."""
+    return _record(rec, origin, epoch, None)
+
+
+PlainUpsert = tuple[int, Tuple, int, int, int, float, float, float, bytes | None]
+
+
+def plain_upsert(rec: bytes) -> PlainUpsert:
+    """A CtFrame's plain record, read without building its CtUpsert: (zone,
+    orig, status, mark, id, timeout, period, age, TCP block). The TCP block is
+    the record's own bytes, in node.conntrack.tcp.PACKED's layout, or None."""
+    flags = rec[0]
+    v6 = flags & F_V6
+    (_, proto, zone, status, mark, ident, timeout, period, age, _, src, dst, sport,
+     dport) = _UPSERT_HEAD[v6].unpack_from(rec)
+    orig = _new(Tuple, (6 if v6 else 4, proto, src, dst, PORT_INTS[sport], PORT_INTS[dport]))
+    return (zone, orig, status, mark, ident, timeout / 1000.0, period / 1000.0, age / 1000.0,
+            rec[-TCP_BLOCK_BYTES:] if flags & F_TCP else None)
+
+
+def plain_reply(rec: bytes, orig: Tuple) -> Tuple:
+    """The reply tuple of a CtFrame's plain record whose original is `orig`."""
+    fam, proto, src, dst, sport, dport = orig
+    if rec[0] & F_REPLY_INV:
+        return _new(Tuple, (fam, proto, dst, src, dport, sport))
+    v6 = rec[0] & F_V6
+    rsrc, rdst, rsport, rdport = _REPLY[v6].unpack_from(rec, _UPSERT_HEAD[v6].size)
+    return _new(Tuple, (fam, proto, rsrc, rdst, PORT_INTS[rsport], PORT_INTS[rdport]))
+
+
+_REPLY = {0: struct.Struct("!" + _T4), F_V6: struct.Struct("!" + _T6)}
 _ABSENT = object()
 
 
@@ -795,7 +884,9 @@ _BODY: dict[int, Callable[[object, str, int], Body]] = {
     T_CT: _ct, T_TOUCH: _touches, T_HB: _heartbeat, T_RESYNC: _resync,
     T_SNAP_START: _snap_start, T_SNAP_CHUNK: _snap_chunk, T_SNAP_END: _snap_end, T_ACK: _ack,
 }
+_LAZY = {**_BODY, T_CT: _frame_records}
 
-__all__ = ["MAX_EXPECTS", "MAX_ITEMS", "MAX_MESSAGE_BYTES", "MAX_TOUCHES", "check_key",
-           "decode", "encode", "encode_packed", "item_object", "item_record", "pack_item",
-           "pack_own_upsert", "packed_overhead"]
+__all__ = ["MAX_EXPECTS", "MAX_ITEMS", "MAX_MESSAGE_BYTES", "MAX_TOUCHES", "TCP_BLOCK_BYTES",
+           "PlainUpsert", "check_key", "decode", "encode", "encode_packed", "item_object",
+           "item_record", "pack_item", "pack_own_upsert", "packed_overhead", "plain_reply",
+           "plain_upsert", "record_item"]

@@ -77,6 +77,7 @@ from syncbus.messages import (
     CtAck,
     CtBatch,
     CtDelete,
+    CtFrame,
     Envelope,
     Heartbeat,
     ResyncRequest,
@@ -144,12 +145,12 @@ class SyncConfig:
 _OWN_ECHOES = frozenset({topics.CT, topics.TOUCH, topics.ACK})
 
 _BODY_FOR_KIND: dict[str, tuple[type, ...]] = {
-    topics.CT: (CtBatch,),
+    topics.CT: (CtBatch, CtFrame),
     topics.TOUCH: (TouchDigest,),
     topics.HB: (Heartbeat,),
     topics.ACK: (CtAck,),
     topics.RESYNC_REQ: (ResyncRequest,),
-    topics.RESYNC_RESP: (CtBatch, SnapshotStart, SnapshotChunk, SnapshotEnd),
+    topics.RESYNC_RESP: (CtBatch, CtFrame, SnapshotStart, SnapshotChunk, SnapshotEnd),
 }
 
 
@@ -215,7 +216,7 @@ class SyncCore:
             self.stats["echoes"] += 1
             return []  # our own ct/touch/ack frames, back through the wildcard: not decoded
         try:
-            env = codec.decode(payload, self.cfg.key)
+            env = codec.decode(payload, self.cfg.key, lazy=True)
         except CodecError as exc:
             return self._bad(type(exc).__name__, exc)
         if where.cluster != self.cfg.cluster or env.cluster != self.cfg.cluster:
@@ -264,7 +265,7 @@ class SyncCore:
             elif isinstance(action, SnapshotComplete):
                 self._on_election(self.election.snapshot_complete(action.origin, now), now,
                                   out)
-        if self.deferrals is not None and isinstance(env.body, CtBatch):
+        if self.deferrals is not None and isinstance(env.body, CtBatch | CtFrame):
             out += self._ack(env.origin, env.epoch, now)
         return out
 

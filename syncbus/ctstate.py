@@ -48,6 +48,7 @@ from node.conntrack.tcp_table import (
     sSS,
     sTW,
 )
+from node.conntrack.tuple import Tuple
 from syncbus import codec
 from syncbus.expectstate import apply_expects, expect_infos
 from syncbus.messages import (
@@ -255,6 +256,19 @@ def new_entry(up: CtUpsert, ct: Conntrack, now: float) -> Entry:
     return entry
 
 
+def new_plain(orig: Tuple, reply: Tuple, zone: int, now: float, status: int, timeout: float,
+              period: float, age: float, mark: int, tcp: bytes | None) -> Entry:
+    """new_entry() for a plain record's fields (codec.plain_upsert())."""
+    entry = Entry(orig, reply, zone, now - age, 0)
+    entry.status = status & ~(LOCAL_BITS | DROP_BITS)
+    entry.expires_at = now + timeout
+    entry.timeout = period
+    entry.mark = mark
+    if tcp is not None:
+        entry.proto = tcp  # packed_tcp() of the record's block: the block itself
+    return entry
+
+
 def after_insert(ct: Conntrack, entry: Entry, up: CtUpsert | None = None,
                  now: float = 0.0) -> None:
     """What the engine needs once a synced entry is in the table (built from
@@ -290,6 +304,27 @@ def replace_state(entry: Entry, up: CtUpsert, ct: Conntrack, now: float) -> None
         _set_helper(ct, entry, up.helper)
     if up.expects or entry.expect_count:
         apply_expects(ct, entry, up.expects, now, True)  # the writer's whole set
+
+
+def replace_plain(entry: Entry, ct: Conntrack, now: float, status: int, timeout: float,
+                  period: float, mark: int, tcp: bytes | None) -> None:
+    """replace_state() for a plain record's fields (codec.plain_upsert(): no
+    labels, helper, NAT ranges or expectations, and the entry has no
+    expectations): the same writes, with the TCP block as its packed bytes."""
+    entry.status = (status & ~(LOCAL_BITS | DROP_BITS)) | (entry.status & LOCAL_BITS)
+    ct.refresh(entry, timeout, now)
+    entry.timeout = period
+    entry.mark = mark
+    if entry.ext is not None:  # the record's labels (none); its NAT binding stays
+        entry.labels = 0
+    if tcp is not None:
+        c = entry.proto
+        if c.__class__ is bytes:  # packed: the record's block is the packed state
+            entry.proto = tcp
+        elif c.__class__ is TcpConn:
+            _inject(c, PACKED.unpack(tcp))  # type: ignore[arg-type]
+        else:
+            entry.proto = injected_tcp(PACKED.unpack(tcp))  # type: ignore[arg-type]
 
 
 def _set_timeout(ct: Conntrack, entry: Entry, up: CtUpsert, now: float) -> None:
@@ -385,6 +420,6 @@ def _merge_dir(c: TcpConn, d: str, theirs: TcpDir) -> bool:
 
 
 __all__ = ["LOCAL_BITS", "TCP_RANK", "after_insert", "delete_of", "injected_tcp",
-           "merge_state", "merge_tcp", "nat_binding", "nat_info", "new_entry", "offload_state",
-           "pack_entry", "packed_tcp", "replace_state", "tcp_conn", "tcp_info", "upsert_of",
-           "write_injected_tcp"]
+           "merge_state", "merge_tcp", "nat_binding", "nat_info", "new_entry", "new_plain",
+           "offload_state", "pack_entry", "packed_tcp", "replace_plain", "replace_state",
+           "tcp_conn", "tcp_info", "upsert_of", "write_injected_tcp"]

@@ -8,6 +8,9 @@ and is the only place that validates what comes off the wire.
                   sent_at (the origin's clock), body
   CtBatch         coalesced connection states: CtUpsert | CtDelete items (an
                   upsert carries its connection's expectations: ExpectInfo)
+  CtFrame         a CtBatch as a receiver takes it (codec.decode(lazy=True)):
+                  its plain upserts still as their validated wire records, the
+                  rest as Items (the replica's fast lane reads the records)
   TouchDigest     distributed aging: connections seen this poll cycle, "seconds ago"
   Heartbeat       membership and roles (retained; the MQTT will says "offline")
   ResyncRequest   "send me what I missed from seq N" or "send me everything"
@@ -206,6 +209,16 @@ class CtBatch:
 
 
 @dataclass(frozen=True, slots=True)
+class CtFrame:
+    """A CtBatch whose plain upserts (the origin's own connection, no labels,
+    helper, master, NAT ranges or expectations; not ICMP) are kept as the
+    codec validated them: bytes, read with codec.plain_upsert() or turned into
+    their CtUpsert with codec.record_item(). Every other item is decoded."""
+
+    records: tuple[bytes | Item, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class TouchDigest:
     touches: tuple[Touch, ...]
 
@@ -268,8 +281,8 @@ class SnapshotEnd:
     items: int
 
 
-Body = (CtBatch | TouchDigest | Heartbeat | ResyncRequest | SnapshotStart | SnapshotChunk
-        | SnapshotEnd | CtAck)
+Body = (CtBatch | CtFrame | TouchDigest | Heartbeat | ResyncRequest | SnapshotStart
+        | SnapshotChunk | SnapshotEnd | CtAck)
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +298,7 @@ class Envelope:
 
 __all__ = ["OFFLOAD_HW", "OFFLOAD_NONE", "OFFLOAD_SW", "PROTOCOL_VERSION", "ROLES",
            "ROLE_ACTIVE", "ROLE_JOINING", "ROLE_OFFLINE", "ROLE_STANDBY", "Body", "ConnId",
-           "ConnKey", "CtAck", "CtBatch", "CtDelete", "CtUpsert", "Envelope", "ExpectInfo",
-           "Heartbeat", "Item", "NatInfo", "NatRangeInfo", "ResyncRequest", "SnapshotChunk",
-           "SnapshotEnd", "SnapshotStart", "TcpDir", "TcpInfo", "Touch", "TouchDigest"]
+           "ConnKey", "CtAck", "CtBatch", "CtDelete", "CtFrame", "CtUpsert", "Envelope",
+           "ExpectInfo", "Heartbeat", "Item", "NatInfo", "NatRangeInfo", "ResyncRequest",
+           "SnapshotChunk", "SnapshotEnd", "SnapshotStart", "TcpDir", "TcpInfo", "Touch",
+           "TouchDigest"]

@@ -41,12 +41,13 @@ from typing import NamedTuple, Protocol
 
 from node.conntrack.entry import Entry
 from node.conntrack.table import Conntrack
-from syncbus import ctstate
+from syncbus import codec, ctstate
 from syncbus.messages import (
     ConnId,
     ConnKey,
     CtBatch,
     CtDelete,
+    CtFrame,
     CtUpsert,
     Envelope,
     Heartbeat,
@@ -200,8 +201,10 @@ class Replica:
             self.stats["own"] += 1
             return []
         body = env.body
+        if isinstance(body, CtFrame):
+            return self._ct(env, body.records, now)
         if isinstance(body, CtBatch):
-            return self._ct(env, body, now)
+            return self._ct(env, body.items, now)
         if isinstance(body, Heartbeat):
             return self._heartbeat(env, body, now)
         if isinstance(body, SnapshotStart | SnapshotChunk | SnapshotEnd):
@@ -259,7 +262,7 @@ class Replica:
             st = self.streams[origin] = _Stream(epoch)
         return self._ask(origin, st, now, True)
 
-    def _ct(self, env: Envelope, body: CtBatch, now: float) -> list[Action]:
+    def _ct(self, env: Envelope, items: tuple[bytes | Item, ...], now: float) -> list[Action]:
         st = self._stream(env)
         if st is None:
             return []
@@ -292,7 +295,7 @@ class Replica:
                 self.stats["gaps"] += 1
                 out.append(self._ask(env.origin, st, now, False))
         self.sync_lag.append(now - env.sent_at)
-        self._items(body.items, env.origin, env.epoch, seq, now, env.sent_at)
+        self._items(items, env.origin, env.epoch, seq, now, env.sent_at)
         return out
 
     def _heartbeat(self, env: Envelope, hb: Heartbeat, now: float) -> list[Action]:
@@ -378,11 +381,13 @@ class Replica:
                 self._remove(entry, now)
 
     # ------------------------------------------------------------ items
-    def _items(self, items: Iterable[Item], origin: str, epoch: int, seq: int, now: float,
-               sent_at: float | None) -> None:
+    def _items(self, items: Iterable[bytes | Item], origin: str, epoch: int, seq: int,
+               now: float, sent_at: float | None) -> None:
         for item in items:
             try:
-                if type(item) is CtUpsert:
+                if type(item) is bytes:
+                    self._plain(item, origin, epoch, seq, now, sent_at)
+                elif type(item) is CtUpsert:
                     self._upsert(item, origin, epoch, seq, now, sent_at)
                 else:
                     self._delete(item, now)  # type: ignore[arg-type]
@@ -437,10 +442,16 @@ class Replica:
                 ctstate.merge_state(entry, up, ct, now)
                 m.origin, m.epoch, m.seq = origin, epoch, seq
                 self.stats["merged"] += 1
+        self._written(entry, key, now, sent_at, up.age)
+
+    def _written(self, entry: Entry, key: ConnKey, now: float, sent_at: float | None,
+                 age: float) -> None:
+        """After a record wrote `entry`: another member's newer touch keeps it,
+        and the card follows."""
         seen = self.last_seen.get(key) if self.last_seen else None
         if seen is not None and seen + entry.timeout > entry.expires_at:
             period = entry.timeout
-            ct.refresh(entry, seen + period - now, now)
+            self.ct.refresh(entry, seen + period - now, now)
             entry.timeout = period
         card = self.card
         # Also for an entry already in the card: the card follows its new state
@@ -448,7 +459,48 @@ class Replica:
         if card is not None and card.install_synced(entry, now):
             self.stats["installed"] += 1
             if sent_at is not None:
-                self.install_latency.append(now - (sent_at - up.age))
+                self.install_latency.append(now - (sent_at - age))
+
+    def _plain(self, rec: bytes, origin: str, epoch: int, seq: int, now: float,
+               sent_at: float | None) -> None:
+        """A plain upsert record (CtFrame). The usual one, the next state of a
+        connection this replica follows from the same writer, is applied from
+        the record's fields, as _upsert() would apply its CtUpsert; anything
+        else (a tombstone, another writer, an adopted entry, an entry with
+        extensions: labels, helper, NAT, expectations) is decoded and goes
+        through _upsert(). A new connection is built from the fields too."""
+        zone, orig, status, mark, ident, timeout, period, age, tcp = codec.plain_upsert(rec)
+        ct = self.ct
+        key = (zone, orig)
+        entry = ct.find(orig, zone)
+        if self._tombs and key in self._tombs:
+            pass  # (_upsert() decides)
+        elif entry is None:
+            entry = ctstate.new_plain(orig, codec.plain_reply(rec, orig), zone, now, status,
+                                      timeout, period, age, mark, tcp)
+            if not ct.insert_synced(entry, now):
+                self.stats["clashes"] += 1
+                return
+            ctstate.after_insert(ct, entry)
+            self.meta[entry.id] = Meta(_new(ConnId, (origin, epoch, ident)), origin, epoch, seq)
+            self.stats["created"] += 1
+            self._written(entry, key, now, sent_at, age)
+            return
+        elif entry.ext is None:
+            m = self.meta.get(entry.id)
+            if m is not None and m.origin == origin and m.epoch == epoch and not m.adopted \
+                    and m.conn[2] == ident and m.conn[0] == origin and m.conn[1] == epoch:
+                if seq < m.seq:
+                    self.stats["stale"] += 1
+                    return
+                ctstate.replace_plain(entry, ct, now, status, timeout, period, mark, tcp)
+                m.seq = seq
+                self.stats["updated"] += 1
+                self._written(entry, key, now, sent_at, age)
+                return
+        up = codec.record_item(rec, origin, epoch)
+        assert type(up) is CtUpsert
+        self._upsert(up, origin, epoch, seq, now, sent_at)
 
     def _delete(self, d: CtDelete, now: float) -> None:
         key = (d.zone, d.orig)

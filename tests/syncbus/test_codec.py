@@ -7,6 +7,7 @@ anything else."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hmac
 import struct
 
@@ -28,6 +29,7 @@ from syncbus.messages import (
     CtAck,
     CtBatch,
     CtDelete,
+    CtFrame,
     CtUpsert,
     Envelope,
     ExpectInfo,
@@ -327,8 +329,84 @@ FRAMES = [codec.encode(env(b), k) for k in (None, KEY) for b in (
 
 
 def _decodes_or_codec_error(data: bytes, key: bytes | None) -> None:
+    """decode() returns or raises CodecError; decode(lazy=True) refuses exactly
+    the same frames, and its CtFrame holds the same items."""
+    full = lazy = None
     with contextlib.suppress(CodecError):
-        codec.decode(data, key)
+        full = codec.decode(data, key)
+    with contextlib.suppress(CodecError):
+        lazy = codec.decode(data, key, lazy=True)
+    assert (full is None) == (lazy is None)
+    if full is not None and lazy is not None:
+        if isinstance(full.body, CtBatch):
+            assert isinstance(lazy.body, CtFrame)
+            assert _expanded(lazy) == full.body.items
+            assert lazy == dataclasses.replace(full, body=lazy.body)
+        else:
+            assert lazy == full
+
+
+def _expanded(env: Envelope) -> tuple[object, ...]:
+    """A CtFrame's items, each plain record also checked against plain_upsert()
+    and plain_reply()."""
+    assert isinstance(env.body, CtFrame)
+    out: list[object] = []
+    for rec in env.body.records:
+        if type(rec) is not bytes:
+            out.append(rec)
+            continue
+        item = codec.record_item(rec, env.origin, env.epoch)
+        assert isinstance(item, CtUpsert) and item.conn[:2] == (env.origin, env.epoch)
+        assert not item.labels and item.helper is None and item.nat is None \
+            and item.master is None and not item.expects and item.orig.proto not in (1, 58)
+        zone, orig, status, mark, ident, timeout, period, age, tcp = codec.plain_upsert(rec)
+        assert (zone, orig, status, mark, ident, timeout, period, age) == (
+            item.zone, item.orig, item.status, item.mark, item.conn.id, item.timeout,
+            item.period, item.age)
+        assert codec.plain_reply(rec, orig) == item.reply
+        assert tcp == (PACKED.pack(*item.tcp) if item.tcp is not None else None)
+        out.append(item)
+    return tuple(out)
+
+
+def test_the_lazy_decoder_keeps_plain_upserts_as_records() -> None:
+    """Own upserts without extensions stay bytes (v4 and v6, TCP and not,
+    reply tuple inverse or rewritten); deletes, ICMP, other creators and
+    anything with an extension are decoded."""
+    icmp = Tuple(4, 1, b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02", 8, 0x1234)
+    plain = [upsert(), upsert(orig=V6, reply=V6.invert(), tcp=None),
+             upsert(reply=V4._replace(src=V4.dst, dst=b"\xc6\x12\x00\x09", sport=80,
+                                      dport=61000))]
+    decoded = [ITEMS[1], ITEMS[4], ITEMS[8], ITEMS[9], ITEMS[10],
+               upsert(orig=icmp, reply=icmp.invert(), tcp=None)]
+    e = env(CtBatch(tuple(plain + decoded)))
+    lazy = codec.decode(codec.encode(e, KEY), KEY, lazy=True)
+    assert isinstance(lazy.body, CtFrame)
+    assert [type(r) is bytes for r in lazy.body.records] == [True] * 3 + [False] * 6
+    assert _expanded(lazy) == e.body.items  # type: ignore[attr-defined]
+
+
+def test_each_checked_byte_of_a_plain_record_is_checked_lazily_too() -> None:
+    """Every byte the fast check reads, at its largest accepted value and one
+    above: both decoders accept the first and refuse the second."""
+    good = codec.item_record(upsert(), "a", 7)[0]
+    hdr = struct.calcsize("!" + codec.UPSERT_HDR)
+    tcp_off = hdr + 12
+    limits = [(hdr - 1, OFFLOAD_HW), (tcp_off, 9), (tcp_off + 17, 14), (tcp_off + 35, 14),
+              (tcp_off + 37, 1), (tcp_off + 38, 5), (tcp_off + 55, 14)]
+    for at, hi in limits:
+        ok, bad = bytearray(good), bytearray(good)
+        ok[at], bad[at] = hi, hi + 1
+        lazy = codec.decode(_raw(1, [bytes(ok)]), lazy=True)
+        assert [type(r) for r in lazy.body.records] == [bytes]  # type: ignore[attr-defined]
+        with pytest.raises(CodecError):
+            codec.decode(_raw(1, [bytes(bad)]), lazy=True)
+        for rec in (ok, bad):
+            _decodes_or_codec_error(_raw(1, [bytes(rec)]), None)
+    for rec in (good[:-1], good + b"\x00", bytes([good[0] | 0x40]) + good[1:],
+                bytes([good[0] & ~codec.F_TCP]) + good[1:]):  # size, flags, TCP block
+        with pytest.raises(CodecError):
+            codec.decode(_raw(1, [rec]), lazy=True)
 
 
 @settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
