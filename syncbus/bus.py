@@ -171,12 +171,13 @@ class MqttBus:
         self._released = asyncio.Event()  # clear: held (a cut link), no reconnecting
         self._released.set()
         self.subscriptions: list[str] = list(cfg.subscriptions)
+        self._races: SocketRaceFilter | None = None
         self.stats = {"connects": 0, "disconnects": 0, "published": 0, "received": 0,
                       "dropped_offline": 0, "dropped_on_disconnect": 0, "publish_errors": 0,
                       "holds": 0}
 
     async def __aenter__(self) -> MqttBus:
-        SocketRaceFilter.install(asyncio.get_running_loop())
+        self._races = SocketRaceFilter.install(asyncio.get_running_loop())
         self._stack = contextlib.AsyncExitStack()
         tg = await self._stack.enter_async_context(asyncio.TaskGroup())
         tg.create_task(self._run(), name=f"mqtt-{self.cfg.client_id}")
@@ -356,6 +357,8 @@ class MqttBus:
                 "broker": f"{self.host}:{self.port}", "last_error": self.last_error,
                 "link": "up" if self._released.is_set() else "cut",
                 "pending_in": self._events.qsize(), "pending_out": self._outq.qsize(),
+                # this loop's (SocketRaceFilter is one per loop, a node has one bus)
+                "socket_races": self._races.ignored if self._races is not None else 0,
                 **self.stats}
 
     def abort_connection(self) -> None:
@@ -535,6 +538,7 @@ class LocalBus:
         self._released = asyncio.Event()  # clear: held (a cut link)
         self._released.set()
         self.subscriptions: list[str] = list(cfg.subscriptions)
+        self._races: SocketRaceFilter | None = None
         self.stats = {"connects": 0, "disconnects": 0, "published": 0, "received": 0,
                       "dropped_offline": 0, "holds": 0}
 

@@ -403,6 +403,9 @@ def metrics_text(node: Node, now: float, bus: dict[str, Any],
             sum(1 for p in el.peers.values() if p.alive))
     m.gauge("ctlab_bus_connected", "Connected to the broker", int(bool(bus.get("connected"))))
     m.counter("ctlab_bus_connects_total", "Broker (re)connections", bus.get("connects", 0))
+    m.counter("ctlab_bus_socket_races_total",
+              "Socket registrations that met a socket already closed by a dropped link "
+              "(aiomqtt's race; ignored)", bus.get("socket_races", 0))
     m.histogram("ctlab_card_poll_seconds", "Card poll (bulk read + GC) duration",
                 node.poll_seconds)
     for gen, pauses in node.gc.pauses.items():

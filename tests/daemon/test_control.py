@@ -170,8 +170,10 @@ def test_metrics_parse_as_prometheus_text_with_the_documented_families(node: Nod
                          ("ctlab_sync_bad_messages_total", "counter"),
                          ("ctlab_sync_install_latency_seconds", "histogram"),
                          ("ctlab_gc_pause_seconds", "histogram"),
+                         ("ctlab_bus_socket_races_total", "counter"),
                          ("ctlab_role", "gauge")]:
         assert types.get(family) == kind, family
+    assert samples[("ctlab_bus_socket_races_total", ())] == 0  # (no dropped link here)
     assert samples[("ctlab_role", (("role", "active"),))] == 1
     assert {dict(lb)["path"] for name, lb in samples if name == "ctlab_packets_total"} \
         == {"hw", "sw", "sw-fastpath"}
