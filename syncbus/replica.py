@@ -159,7 +159,7 @@ class Replica:
             "messages", "items", "created", "updated", "merged", "deleted", "stale",
             "tombstoned", "duplicates", "fenced", "gaps", "resync_requests", "clashes",
             "bad_items", "installed", "delete_unknown", "snapshots", "snapshot_errors",
-            "own", "ignored"), 0)
+            "own", "ignored", "fast"), 0)  # fast: records applied from their fields
 
     # ------------------------------------------------------------ identity
     def identity(self, entry: Entry) -> ConnId:
@@ -484,6 +484,7 @@ class Replica:
             ctstate.after_insert(ct, entry)
             self.meta[entry.id] = Meta(_new(ConnId, (origin, epoch, ident)), origin, epoch, seq)
             self.stats["created"] += 1
+            self.stats["fast"] += 1
             self._written(entry, key, now, sent_at, age)
             return
         elif entry.ext is None:
@@ -496,6 +497,7 @@ class Replica:
                 ctstate.replace_plain(entry, ct, now, status, timeout, period, mark, tcp)
                 m.seq = seq
                 self.stats["updated"] += 1
+                self.stats["fast"] += 1
                 self._written(entry, key, now, sent_at, age)
                 return
         up = codec.record_item(rec, origin, epoch)

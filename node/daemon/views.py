@@ -370,6 +370,9 @@ def metrics_text(node: Node, now: float, bus: dict[str, Any],
               core.outbox.stats["items"])
     m.counter("ctlab_sync_events_applied_total", "Connection records applied from peers",
               core.replica.stats["items"])
+    m.counter("ctlab_sync_fast_lane_total",
+              "Records applied from their wire fields (no per-record objects)",
+              core.replica.stats["fast"])
     m.counter("ctlab_sync_frames_published_total", "ct frames published",
               core.outbox.stats["frames"])
     m.counter("ctlab_sync_bad_messages_total", "Frames dropped: malformed, forged, misplaced",

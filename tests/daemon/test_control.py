@@ -171,6 +171,7 @@ def test_metrics_parse_as_prometheus_text_with_the_documented_families(node: Nod
                          ("ctlab_sync_install_latency_seconds", "histogram"),
                          ("ctlab_gc_pause_seconds", "histogram"),
                          ("ctlab_bus_socket_races_total", "counter"),
+                         ("ctlab_sync_fast_lane_total", "counter"),
                          ("ctlab_role", "gauge")]:
         assert types.get(family) == kind, family
     assert samples[("ctlab_bus_socket_races_total", ())] == 0  # (no dropped link here)

@@ -42,6 +42,15 @@ def test_a_create_on_the_active_is_installed_in_the_standbys_card() -> None:
     assert mine is not None and mine.status & IPS_HW_OFFLOAD
     assert b.core.replica.stats["installed"] == 1
     assert b.core.outbox.ct_seq == 0  # b republished nothing
+    assert b.core.replica.stats["fast"] == 1  # a plain record: built from its fields
+    e.mark = 7
+    a.ct.refresh(e, 300.0, net.now)
+    a.core.outbox.upsert(e, net.now)
+    net.send(a.core.outbox.flush(net.now))
+    assert mine.mark == 7 and b.core.replica.stats["fast"] == 2  # the update too
+    open_snat(a.ct, 2, net.now)  # NAT ranges: the extended form, decoded
+    net.local("a")
+    assert b.core.replica.stats["created"] == 2 and b.core.replica.stats["fast"] == 2
 
 
 def test_after_the_active_dies_the_standby_forwards_its_flows_in_hardware() -> None:

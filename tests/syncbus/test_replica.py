@@ -501,7 +501,8 @@ def _everything(r: Replica, ct: Conntrack, card: Card, now: float) -> object:
     meta = sorted((eid, m.conn, m.aliases, m.origin, m.epoch, m.seq, m.adopted)
                   for eid, m in r.meta.items())
     flows = sorted((e.id, str(card.inspect(e))) for e in ct.entries())
-    return entries, meta, r.stats, list(r.install_latency), card.stats, flows, \
+    stats = {k: v for k, v in r.stats.items() if k != "fast"}  # (which lane it took)
+    return entries, meta, stats, list(r.install_latency), card.stats, flows, \
         sorted(r._tombs.items(), key=repr), [(s, st.next_seq) for s, st in r.streams.items()], \
         r.tick(now)
 
@@ -576,3 +577,6 @@ def test_the_fast_lane_leaves_exactly_what_the_item_path_leaves(
         built[0].apply(env, now)
         wired[0].apply(codec.decode(codec.encode(env, KEY), KEY, lazy=True), now)
     assert _everything(*built, now) == _everything(*wired, now)
+    assert built[0].stats["fast"] == 0  # (CtBatch: every item through _upsert())
+    if any(op == "open" for op, _, _ in ops):  # a first create is always a plain record
+        assert wired[0].stats["fast"] >= 1
