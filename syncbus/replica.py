@@ -473,24 +473,24 @@ class Replica:
         ct = self.ct
         key = (zone, orig)
         entry = ct.find(orig, zone)
-        if self._tombs and key in self._tombs:
-            pass  # (_upsert() decides)
-        elif entry is None:
-            entry = ctstate.new_plain(orig, codec.plain_reply(rec, orig), zone, now, status,
-                                      timeout, period, age, mark, tcp)
-            if not ct.insert_synced(entry, now):
-                self.stats["clashes"] += 1
+        if not (self._tombs and key in self._tombs):  # (a tombstone: _upsert() decides)
+            if entry is None:  # a new connection
+                entry = ctstate.new_plain(orig, codec.plain_reply(rec, orig), zone, now, status,
+                                          timeout, period, age, mark, tcp)
+                if not ct.insert_synced(entry, now):
+                    self.stats["clashes"] += 1
+                    return
+                ctstate.after_insert(ct, entry)
+                self.meta[entry.id] = Meta(_new(ConnId, (origin, epoch, ident)), origin, epoch,
+                                           seq)
+                self.stats["created"] += 1
+                self.stats["fast"] += 1
+                self._written(entry, key, now, sent_at, age)
                 return
-            ctstate.after_insert(ct, entry)
-            self.meta[entry.id] = Meta(_new(ConnId, (origin, epoch, ident)), origin, epoch, seq)
-            self.stats["created"] += 1
-            self.stats["fast"] += 1
-            self._written(entry, key, now, sent_at, age)
-            return
-        elif entry.ext is None:
-            m = self.meta.get(entry.id)
+            m = self.meta.get(entry.id) if entry.ext is None else None
             if m is not None and m.origin == origin and m.epoch == epoch and not m.adopted \
                     and m.conn[2] == ident and m.conn[0] == origin and m.conn[1] == epoch:
+                # the next state from the writer it follows (_upsert()'s replace case)
                 if seq < m.seq:
                     self.stats["stale"] += 1
                     return
