@@ -146,6 +146,7 @@ _UPSERT_FIXED = struct.calcsize("!" + UPSERT_HDR)
 _PLAIN_SIZE = {K_UPSERT | F_OWN | f: st.size for f, st in _UPSERT.items()}
 _UPSERT_HEAD = {0: struct.Struct("!" + UPSERT_HDR + _T4),
                 F_V6: struct.Struct("!" + UPSERT_HDR + _T6)}
+_REPLY = {0: struct.Struct("!" + _T4), F_V6: struct.Struct("!" + _T6)}  # after the head
 _AT_OFFLOAD = _UPSERT_FIXED - 1
 TCP_BLOCK_BYTES = struct.calcsize("!" + TCP_BLOCK)
 
@@ -641,7 +642,6 @@ def plain_reply(rec: bytes, orig: Tuple) -> Tuple:
     return _new(Tuple, (fam, proto, rsrc, rdst, PORT_INTS[rsport], PORT_INTS[rdport]))
 
 
-_REPLY = {0: struct.Struct("!" + _T4), F_V6: struct.Struct("!" + _T6)}
 _ABSENT = object()
 
 
