@@ -73,8 +73,16 @@ TCP_MAX_WSCALE = 14  # include/net/tcp.h; RFC 7323 2.3
 MAXACKWINCONST = 66000  # MAXACKWINDOW(sender) = max(sender->td_maxwin, 66000)
 
 
+def _names(flags: int) -> tuple[str, ...]:
+    return tuple(name for i, name in enumerate(TCP_FLAG_NAMES) if flags & (1 << i))
+
+
+_FLAG_NAMES = tuple(map(_names, range(256)))  # every u8 value: read per exported event
+
+
 def flag_names(flags: int) -> list[str]:
-    return [name for i, name in enumerate(TCP_FLAG_NAMES) if flags & (1 << i)]
+    """The names of the IP_CT_TCP_FLAG_* / IP_CT_* bits set in `flags`, lowest first."""
+    return list(_FLAG_NAMES[flags] if 0 <= flags < 256 else _names(flags))
 
 
 def flags_from_names(names: list[str]) -> int:

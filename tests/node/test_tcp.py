@@ -47,6 +47,7 @@ from node.conntrack.tcp_table import (
     TCP_STATE_NAMES,
     TcpState,
     flag_names,
+    flags_from_names,
 )
 from node.conntrack.tuple import tuple_of
 from node.packet import IPPROTO_TCP, NO_OPTIONS, Packet, Tcp, TcpOptions
@@ -1293,3 +1294,19 @@ def test_the_retransmission_counter_is_the_kernels_u8() -> None:
     assert entry is not None
     freeze(entry)
     assert type(entry.proto) is bytes
+
+
+def test_flag_names_are_the_set_bits_in_order_for_every_value() -> None:
+    """The table behind flag_names() (read twice per exported TCP event), for
+    every u8 value: one name per set bit, lowest bit first, and back to the same
+    bits; each call gives a list of its own."""
+    for flags in range(256):
+        names = flag_names(flags)
+        assert len(names) == bin(flags).count("1")
+        assert flags_from_names(names) == flags
+        assert [flags_from_names([n]) for n in names] == sorted(flags_from_names([n])
+                                                                for n in names)
+    assert flag_names(0x123) == ["WINDOW_SCALE", "SACK_PERM", "MAXACK_SET"]  # (bit 8: no name)
+    first = flag_names(0x23)
+    first.append("x")
+    assert flag_names(0x23) == ["WINDOW_SCALE", "SACK_PERM", "MAXACK_SET"]
