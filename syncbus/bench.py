@@ -237,6 +237,7 @@ async def _receive(bus: MqttBus, core: SyncCore, ct: Conntrack, ctl: str,
     out = {"items": items, "created": rep.stats["created"], "updated": rep.stats["updated"],
            "elapsed_s": round(last - first, 3), "table": len(ct),
            "installed": rep.stats["installed"], "bad": core.stats["bad_messages"],
+           "fast_lane": rep.stats["fast"],
            "publisher": done}
     out["events_per_s"] = round(items / (last - first)) if last > first else 0
     # what B could do with a core of its own (this process's CPU time, not the wall)

@@ -24,4 +24,5 @@ def test_bench_sync_reports_its_figures(broker: str) -> None:
         assert res[key] > 0
     ev = res["details"]["events"]
     assert ev["items"] == 600 and ev["created"] == 300 and ev["bad"] == 0
+    assert ev["fast_lane"] == 600  # plain TCP records: every one took the receive fast lane
     assert res["details"]["latency"]["samples"] > 0
