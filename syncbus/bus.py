@@ -538,7 +538,6 @@ class LocalBus:
         self._released = asyncio.Event()  # clear: held (a cut link)
         self._released.set()
         self.subscriptions: list[str] = list(cfg.subscriptions)
-        self._races: SocketRaceFilter | None = None
         self.stats = {"connects": 0, "disconnects": 0, "published": 0, "received": 0,
                       "dropped_offline": 0, "holds": 0}
 
