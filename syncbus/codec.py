@@ -156,11 +156,13 @@ def _at(n: int) -> int:
     return struct.calcsize("!" + TCP_BLOCK[:n])
 
 
-# (offset from the block's end, largest value): state, td_scale of each
-# direction, last_dir, last_index, last_wscale (what _tcp() checks)
-_TCP_LIMITS = tuple((TCP_BLOCK_BYTES - _at(i), hi) for i, hi in (
-    (0, TCP_MAX_STATE), (5, TCP_MAX_WSCALE), (11, TCP_MAX_WSCALE), (13, 1),
-    (14, TCP_MAX_INDEX), (19, TCP_MAX_WSCALE)))
+# The TCP block's fields narrower than their width (field index, largest value):
+# state, td_scale of each direction, last_dir, last_index, last_wscale. _tcp()
+# checks them on the unpacked record, _plain_ok() on its bytes (offset from the
+# block's end).
+_TCP_FIELD_LIMITS = ((0, TCP_MAX_STATE), (5, TCP_MAX_WSCALE), (11, TCP_MAX_WSCALE), (13, 1),
+                     (14, TCP_MAX_INDEX), (19, TCP_MAX_WSCALE))
+_TCP_LIMITS = tuple((TCP_BLOCK_BYTES - _at(n), hi) for n, hi in _TCP_FIELD_LIMITS)
 
 _packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 _new = tuple.__new__  # builds a NamedTuple in C, without its Python __new__
@@ -738,9 +740,9 @@ def _record(rec: bytes, origin: str, epoch: int, ident: tuple[str, int] | None,
 
 
 def _tcp(f: tuple[Any, ...], i: int) -> TcpInfo:
-    if (f[i] > TCP_MAX_STATE or f[i + 5] > TCP_MAX_WSCALE or f[i + 11] > TCP_MAX_WSCALE
-            or f[i + 13] > 1 or f[i + 14] > TCP_MAX_INDEX or f[i + 19] > TCP_MAX_WSCALE):
-        raise _fail("TCP state, direction, index or window scale out of range")
+    for n, hi in _TCP_FIELD_LIMITS:
+        if f[i + n] > hi:
+            raise _fail("TCP state, direction, index or window scale out of range")
     return _new(TcpInfo, f[i:i + 22])
 
 
