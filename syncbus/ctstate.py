@@ -240,11 +240,8 @@ def new_entry(up: CtUpsert, ct: Conntrack, now: float) -> Entry:
     """A fresh Entry holding `up`'s state, ready for Conntrack.insert_synced().
     Raises ValueError for a NAT range the engine refuses (nothing is changed)."""
     nat = nat_binding(up.nat)
-    entry = Entry(up.orig, up.reply, up.zone, now - up.age, 0)  # (ports: see codec)
-    entry.status = up.status & ~(LOCAL_BITS | DROP_BITS)
-    entry.expires_at = now + up.timeout
-    entry.timeout = up.period
-    entry.mark = up.mark
+    entry = new_plain(up.orig, up.reply, up.zone, now, up.status, up.timeout, up.period,
+                      up.age, up.mark, None)
     entry.labels = up.labels
     entry.nat = nat
     if up.tcp is not None:
@@ -258,14 +255,16 @@ def new_entry(up: CtUpsert, ct: Conntrack, now: float) -> Entry:
 
 def new_plain(orig: Tuple, reply: Tuple, zone: int, now: float, status: int, timeout: float,
               period: float, age: float, mark: int, tcp: bytes | None) -> Entry:
-    """new_entry() for a plain record's fields (codec.plain_upsert())."""
-    entry = Entry(orig, reply, zone, now - age, 0)
+    """A fresh Entry with the fields every upsert record carries (new_entry()
+    adds the rest); `tcp` is a record's TCP block (codec.plain_upsert()), which
+    is its packed_tcp()."""
+    entry = Entry(orig, reply, zone, now - age, 0)  # (ports: see codec)
     entry.status = status & ~(LOCAL_BITS | DROP_BITS)
     entry.expires_at = now + timeout
     entry.timeout = period
     entry.mark = mark
     if tcp is not None:
-        entry.proto = tcp  # packed_tcp() of the record's block: the block itself
+        entry.proto = tcp
     return entry
 
 
@@ -292,9 +291,7 @@ def replace_state(entry: Entry, up: CtUpsert, ct: Conntrack, now: float) -> None
     (one writer: the standby follows its active). Raises ValueError for a NAT
     range the engine refuses, before changing anything."""
     nat = nat_binding(up.nat) if up.nat is not None else entry.nat
-    entry.status = (up.status & ~(LOCAL_BITS | DROP_BITS)) | (entry.status & LOCAL_BITS)
-    _set_timeout(ct, entry, up, now)
-    entry.mark = up.mark
+    _write_fields(entry, ct, now, up.status, up.timeout, up.period, up.mark)
     if up.labels or nat is not None or entry.ext is not None:  # (else both stay unset)
         entry.labels = up.labels
         entry.nat = nat
@@ -311,20 +308,24 @@ def replace_plain(entry: Entry, ct: Conntrack, now: float, status: int, timeout:
     """replace_state() for a plain record's fields (codec.plain_upsert(): no
     labels, helper, NAT ranges or expectations, and the entry has no
     expectations): the same writes, with the TCP block as its packed bytes."""
-    entry.status = (status & ~(LOCAL_BITS | DROP_BITS)) | (entry.status & LOCAL_BITS)
-    ct.refresh(entry, timeout, now)
-    entry.timeout = period
-    entry.mark = mark
+    _write_fields(entry, ct, now, status, timeout, period, mark)
     if entry.ext is not None:  # the record's labels (none); its NAT binding stays
         entry.labels = 0
     if tcp is not None:
-        c = entry.proto
-        if c.__class__ is bytes:  # packed: the record's block is the packed state
+        if entry.proto.__class__ is bytes:  # packed: the block is its packed_tcp()
             entry.proto = tcp
-        elif c.__class__ is TcpConn:
-            _inject(c, PACKED.unpack(tcp))  # type: ignore[arg-type]
         else:
-            entry.proto = injected_tcp(PACKED.unpack(tcp))  # type: ignore[arg-type]
+            write_injected_tcp(entry, _new(TcpInfo, PACKED.unpack(tcp)))
+
+
+def _write_fields(entry: Entry, ct: Conntrack, now: float, status: int, timeout: float,
+                  period: float, mark: int) -> None:
+    """What every record from the writer a replica follows overwrites (its
+    own card's offload bits stay)."""
+    entry.status = (status & ~(LOCAL_BITS | DROP_BITS)) | (entry.status & LOCAL_BITS)
+    ct.refresh(entry, timeout, now)  # reschedules in the expiry heap
+    entry.timeout = period
+    entry.mark = mark
 
 
 def _set_timeout(ct: Conntrack, entry: Entry, up: CtUpsert, now: float) -> None:
