@@ -55,8 +55,8 @@ def _view_dict(view: CtView | None) -> dict[str, Any]:
         return {k: None for k in KEYS[2:]}
     timeout = view.timeout
     tcp = None
-    if view.protoinfo is not None:
-        p = view.protoinfo
+    p = view.protoinfo
+    if p is not None:
         tcp = {k: p[k] for k in ("wscale_orig", "wscale_reply", "flags_orig", "flags_reply")
                if k in p}
     return {

@@ -7,7 +7,7 @@ NEW for IPCT_NEW/IPCT_RELATED, UPDATE for any other bit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from node.conntrack.entry import (
@@ -50,10 +50,20 @@ class CtView:
     labels: int
     helper: str | None
     master: Tuple | None
-    protoinfo: dict[str, Any] | None
     packets: tuple[int, int] = (0, 0)  # original, reply
     bytes: tuple[int, int] = (0, 0)
     period: float = 0.0  # the timeout the entry was last given, seconds (Entry.timeout)
+    # The protocol state as it was when the view was made (the tracker's
+    # capture(): TCP, its field values), expanded into `protoinfo` only when
+    # read: most views (engine events) never are.
+    proto_capture: Any = field(default=None, repr=False)
+    tracker: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def protoinfo(self) -> dict[str, Any] | None:
+        """Protocol details as ctnetlink dumps them (TCP: state, windows, scale,
+        flags per direction), or None (the tracker's expand())."""
+        return None if self.tracker is None else self.tracker.expand(self.proto_capture)
 
     @property
     def flags(self) -> list[str]:

@@ -14,7 +14,14 @@ A tracker is an object with:
     state_name(entry) -> str | None
         The protocol state ctnetlink reports (TCP only), else None.
     export(entry) -> dict | None
-        Protocol details for dumps and replication (TCP: windows, flags, scale).
+        Protocol details for dumps and replication (TCP: windows, flags, scale):
+        expand(capture(entry)).
+    capture(entry) -> object
+        An immutable copy of what export() reports, cheap to take (TCP: the
+        state's field values): a view captures it for every event, and
+        expands it only when somebody reads it.
+    expand(captured) -> dict | None
+        export()'s dict from a capture().
 
 Trackers hold no per-connection state of their own: it lives in `entry.proto`.
 They are registered explicitly in `conntrack.table.TRACKERS`.
@@ -44,3 +51,7 @@ class L4Tracker(Protocol):
     def state_name(self, entry: Entry) -> str | None: ...
 
     def export(self, entry: Entry) -> dict[str, Any] | None: ...
+
+    def capture(self, entry: Entry) -> object: ...
+
+    def expand(self, captured: Any) -> dict[str, Any] | None: ...

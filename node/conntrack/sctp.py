@@ -122,7 +122,13 @@ class SctpTracker:
         return None  # ctnetlink reports SCTP state in its own attribute, not proto_state
 
     def export(self, entry: Entry) -> dict[str, Any] | None:
-        return {"sctp_state": STATE_NAMES[entry.proto]} if isinstance(entry.proto, int) else None
+        return self.expand(self.capture(entry))
+
+    def capture(self, entry: Entry) -> object:
+        return entry.proto if isinstance(entry.proto, int) else None
+
+    def expand(self, captured: Any) -> dict[str, Any] | None:
+        return None if captured is None else {"sctp_state": STATE_NAMES[captured]}
 
 
 def _timeout(ct: Conntrack, state: Any) -> int:

@@ -34,6 +34,12 @@ class _Stateless:
     def export(self, entry: Entry) -> dict[str, Any] | None:
         return None
 
+    def capture(self, entry: Entry) -> object:
+        return None
+
+    def expand(self, captured: Any) -> dict[str, Any] | None:
+        return None
+
 
 class UdpTracker(_Stateless):
     """Unreplied (30 s) until a reply; a packet more than 2 s after creation on a

@@ -597,13 +597,15 @@ class Conntrack:
         tracker = TRACKERS.get(entry.orig.proto, GENERIC)
         ext = entry.ext
         acct = ext.acct if ext is not None and ext.acct is not None else _NO_ACCT
+        master = entry.master
+        # Positional, in CtView's field order (test_view_fields_by_name checks it):
+        # CPython matches 16 keywords one by one, 0.8 us a view (of about 3).
         return _CtView(
-            id=entry.id, orig=entry.orig, reply=entry.reply, zone=entry.zone,
-            status=entry.status, proto_state=tracker.state_name(entry),
-            timeout=entry.expires_at - now, mark=entry.mark, labels=entry.labels,
-            helper=entry.helper, master=entry.master.orig if entry.master else None,
-            protoinfo=tracker.export(entry), packets=(acct[0], acct[2]),
-            bytes=(acct[1], acct[3]), period=entry.timeout)
+            entry.id, entry.orig, entry.reply, entry.zone, entry.status,
+            tracker.state_name(entry), entry.expires_at - now, entry.mark, entry.labels,
+            entry.helper, master.orig if master else None,
+            (acct[0], acct[2]), (acct[1], acct[3]), entry.timeout,
+            tracker.capture(entry), tracker)
 
     def dump(self, now: float) -> list[CtView]:
         return [self.view(e, now) for e in self._iter_entries()]

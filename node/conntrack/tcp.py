@@ -259,6 +259,7 @@ PACKED = struct.Struct("!B" + "IIIIBB" * 2 + "BBIIIIBBB")
 packed_values = attrgetter(*PACKED_FIELDS)
 _PACKED_SLOTS = tuple(getattr(TcpConn, name) for name in PACKED_FIELDS)  # slot descriptors
 _FLAGS0, _FLAGS1 = PACKED_FIELDS.index("flags0"), PACKED_FIELDS.index("flags1")
+_NO_STATE = packed_values(TcpConn())  # what export() reports for an entry without state
 
 
 def packed_state(packed: bytes) -> tuple[int, ...]:
@@ -897,30 +898,39 @@ class TcpTracker:
     def export(self, entry: Entry) -> dict[str, Any] | None:
         """ctnetlink's CTA_PROTOINFO_TCP (state, wscale, flags per direction) plus
         everything else in struct ip_ct_tcp, so that restore() rebuilds it exactly."""
-        conn = conn_of(entry)
-        if conn is None:
-            conn = TcpConn()
+        return self.expand(self.capture(entry))
+
+    def capture(self, entry: Entry) -> tuple[int, ...]:
+        """The state's values (PACKED_FIELDS order): one C call for a TcpConn, an
+        unpack for a frozen one; a default TcpConn's for an entry without."""
+        conn = entry.proto
+        if conn.__class__ is bytes:
+            return packed_state(conn)
+        return packed_values(conn) if conn is not None else _NO_STATE
+
+    def expand(self, captured: tuple[int, ...]) -> dict[str, Any]:
+        (state, end0, maxend0, maxwin0, maxack0, scale0, flags0, end1, maxend1, maxwin1,
+         maxack1, scale1, flags1, last_dir, last_index, last_seq, last_ack, last_end,
+         last_win, last_wscale, last_flags, retrans) = captured
         return {
-            "state": TCP_STATE_NAMES[conn.state],
-            "wscale_orig": conn.td_scale0,
-            "wscale_reply": conn.td_scale1,
-            "flags_orig": flag_names(conn.flags0),
-            "flags_reply": flag_names(conn.flags1),
-            "td_orig": {"td_end": conn.td_end0, "td_maxend": conn.td_maxend0,
-                        "td_maxwin": conn.td_maxwin0, "td_maxack": conn.td_maxack0,
-                        "td_scale": conn.td_scale0, "flags": conn.flags0},
-            "td_reply": {"td_end": conn.td_end1, "td_maxend": conn.td_maxend1,
-                         "td_maxwin": conn.td_maxwin1, "td_maxack": conn.td_maxack1,
-                         "td_scale": conn.td_scale1, "flags": conn.flags1},
-            "last_dir": conn.last_dir,
-            "last_index": conn.last_index,
-            "last_seq": conn.last_seq,
-            "last_ack": conn.last_ack,
-            "last_end": conn.last_end,
-            "last_win": conn.last_win,
-            "last_wscale": conn.last_wscale,
-            "last_flags": conn.last_flags,
-            "retrans": conn.retrans,
+            "state": TCP_STATE_NAMES[state],
+            "wscale_orig": scale0,
+            "wscale_reply": scale1,
+            "flags_orig": flag_names(flags0),
+            "flags_reply": flag_names(flags1),
+            "td_orig": {"td_end": end0, "td_maxend": maxend0, "td_maxwin": maxwin0,
+                        "td_maxack": maxack0, "td_scale": scale0, "flags": flags0},
+            "td_reply": {"td_end": end1, "td_maxend": maxend1, "td_maxwin": maxwin1,
+                         "td_maxack": maxack1, "td_scale": scale1, "flags": flags1},
+            "last_dir": last_dir,
+            "last_index": last_index,
+            "last_seq": last_seq,
+            "last_ack": last_ack,
+            "last_end": last_end,
+            "last_win": last_win,
+            "last_wscale": last_wscale,
+            "last_flags": last_flags,
+            "retrans": retrans,
         }
 
     def restore(self, entry: Entry, data: dict[str, Any]) -> None:

@@ -169,6 +169,33 @@ def test_active_data_connection_is_related_original_then_established() -> None:
     assert view.master == master.orig and "EXPECTED" in view.status_list()
 
 
+def test_view_fields_by_name() -> None:
+    """Conntrack.view() fills CtView positionally (it is made per event): every
+    field, read by name, is the entry's own."""
+    ct = Conntrack(Sysctl(nf_conntrack_acct=1))
+    s = logged_in(ct)
+    s.line(CLIENT, "PORT 198,18,1,2,195,80\r\n")
+    master = s.send(CLIENT, "A").entry
+    assert master is not None
+    child = data_session(ct, B, A, 20, 50000).send(0, "S", now=T0 + 1).entry
+    assert child is not None
+    ct.set_mark(master, 0x5A)
+    ct.set_labels(master, 1 << 9, 1 << 9)
+    now = T0 + 3
+    for entry, helper, mst in ((master, "ftp", None), (child, None, master.orig)):
+        v = ct.view(entry, now)
+        assert (v.id, v.orig, v.reply, v.zone, v.status) == \
+            (entry.id, entry.orig, entry.reply, entry.zone, entry.status)
+        assert v.proto_state == ("ESTABLISHED" if entry is master else "SYN_SENT")
+        assert v.timeout == entry.expires_at - now and v.period == entry.timeout
+        assert (v.mark, v.labels, v.helper, v.master) == (entry.mark, entry.labels, helper, mst)
+        acct = entry.acct
+        assert v.packets == (acct[0], acct[2]) and v.bytes == (acct[1], acct[3])
+        assert v.packets[0] > 0 and v.bytes[0] > v.packets[0]
+        assert v.protoinfo is not None and v.protoinfo["state"] == v.proto_state
+    assert ct.view(master, now).labels_list() == [9] and master.mark == 0x5A
+
+
 def test_child_gets_the_master_mark() -> None:
     ct = Conntrack()
     s = logged_in(ct)

@@ -605,6 +605,29 @@ def test_every_state_change_caches_protoinfo() -> None:
     assert ev.entry.proto_state == "FIN_WAIT"
 
 
+def test_an_event_keeps_the_protocol_state_of_its_packet() -> None:
+    """A view captures the TCP state when it is made and expands it when read:
+    what later packets (or a freeze() by the flow table) do to the entry does
+    not reach an event already taken."""
+    lab = Lab()
+    lab.a("S", 1000, options=WS7)
+    [syn] = lab.ct.take_events()
+    at_syn = lab.info()
+    lab.b("SA", 5000, 1001, options=WS7)
+    lab.a("A", 1001, 5001)
+    entry = lab.entry
+    assert entry is not None
+    TRACKER.set_be_liberal(entry)
+    freeze(entry)
+    assert syn.entry.protoinfo == at_syn and at_syn["state"] == "SYN_SENT"
+    assert syn.entry.protoinfo is not syn.entry.protoinfo  # a new dict per read
+    now = lab.ct.view(entry, lab.now)
+    assert now.protoinfo == lab.info() and now.protoinfo["state"] == "ESTABLISHED"
+    assert "BE_LIBERAL" in now.protoinfo["flags_orig"]  # (a frozen state is liberal)
+    assert "BE_LIBERAL" not in syn.entry.protoinfo["flags_orig"]
+    assert now != syn.entry and now == lab.ct.view(entry, lab.now)
+
+
 # ================================================================ window scaling
 
 def test_window_scale_is_used_only_if_both_syns_carry_it() -> None:
