@@ -10,7 +10,10 @@ Exit status: 0 when the run met its expectation (a scenario passes; a
 negative control fails as it must; a chaos run has no failing invariant —
 those its schedule did not exercise are unknown), 1 when it did not, 2 for
 bad input (a bad scenario file, an unknown backend) or a run that could not
-start.
+start, 130 after Ctrl-C and 143 after SIGTERM. Both stop the run the same
+way: its processes are stopped and everything the backend made (namespaces,
+links, containers) is removed before the command exits. A second SIGTERM
+during that teardown kills the command at once.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
+from collections.abc import Coroutine
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -55,6 +60,9 @@ def add_parsers(sub: Any) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
+    p.epilog = ("Exit status: 0 expectation met, 1 not met, 2 bad input or a run that could "
+                "not start. Ctrl-C (130) and SIGTERM (143) stop the run after its teardown: "
+                "processes stopped, namespaces, links and containers removed.")
     p.add_argument("--backend", default="local", choices=["local", "netns", "docker"],
                    help="where the cluster runs (default local: processes on loopback)")
     p.add_argument("--broker", default=None, metavar="URL|embedded|mosquitto",
@@ -101,13 +109,16 @@ def main(args: argparse.Namespace) -> int:
     opts = RunOptions(out=Path(args.out), progress=not args.quiet,
                       chaos=args.command == "chaos")
     try:
-        rep = asyncio.run(run(base, backend, opts, schedule))
+        rep = asyncio.run(_terminable(run(base, backend, opts, schedule)))
     except BackendError as exc:
         print(f"ctlab {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"ctlab {args.command}: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print(f"ctlab {args.command}: terminated (SIGTERM), cleaned up", file=sys.stderr)
+        return 128 + signal.SIGTERM
     from scenarios import report
 
     js, page = report.write(args.out, rep)
@@ -115,6 +126,41 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(rep, indent=1))
     _summary(rep, js, page)
     return 0 if rep["expectation_met"] else 1
+
+
+class _Terminated(Exception):
+    """The run was cancelled by SIGTERM (and has torn down)."""
+
+
+async def _terminable(coro: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
+    """Run `coro` as this task; SIGTERM cancels it, as asyncio.run() does for
+    Ctrl-C, so that the backend's teardown runs (a CI job's timeout, `kill`,
+    `docker stop` send SIGTERM). The handler is one-shot: a second SIGTERM
+    during the teardown finds the default action. The handler SIGTERM had
+    before is put back when the run ends."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    previous = signal.getsignal(signal.SIGTERM)  # (put back after: an embedding program's)
+    fired = False
+
+    def on_sigterm() -> None:
+        nonlocal fired
+        fired = True
+        loop.remove_signal_handler(signal.SIGTERM)
+        task.cancel()
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    try:
+        return await coro
+    except asyncio.CancelledError:
+        if fired:
+            raise _Terminated from None
+        raise
+    finally:
+        if not fired:
+            loop.remove_signal_handler(signal.SIGTERM)
+        if previous is not None:  # (None: one set from C, which Python cannot put back)
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _summary(rep: dict[str, Any], js: Path, page: Path) -> None:

@@ -8,6 +8,10 @@ scenarios/library/, so a new scenario cannot be left out."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +19,7 @@ import pytest
 
 from scenarios.cli import main
 from scenarios.faults import chaos_schedule
+from tests.procs import alive, descendants, netns_names
 
 ROOT = Path(__file__).resolve().parents[2]
 LIBRARY = ROOT / "scenarios" / "library"
@@ -52,7 +57,9 @@ def test_failover_basic(backend: str, tmp_path: Path) -> None:
     takes over in under a second with its card already filled, and at least
     99% of the packets right after the failover hit hardware; in under a
     minute on the local backend."""
+    handler = signal.getsignal(signal.SIGTERM)
     rc, rep = run(["run", str(LIBRARY / "failover-basic.yaml"), "--backend", backend], tmp_path)
+    assert signal.getsignal(signal.SIGTERM) is handler  # the run's own SIGTERM handler is gone
     m = rep["metrics"]
     assert rc == 0 and rep["verdict"] == "pass", summary(rep)
     assert [(f["kind"], f["applied"], f["healed"]) for f in rep["faults"]] == \
@@ -118,3 +125,40 @@ def test_chaos_replays_its_schedule_and_breaks_nothing(tmp_path: Path) -> None:
     assert rep["seed"] == 7 and len(rep["invariants"]) == 8  # every invariant checked
     assert rep["faults"] and all(f["applied"] and f["healed"] for f in rep["faults"]), summary(rep)
     assert rep["verdict"] != "fail" and rc == 0, summary(rep)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sigterm_stops_the_run_and_removes_what_it_made(backend: str, tmp_path: Path) -> None:
+    """`ctlab run` killed with SIGTERM (a CI timeout, `kill`) in the middle of
+    its run: it exits 143 within seconds, having stopped its broker and nodes
+    and removed its namespaces and links."""
+    before = netns_names()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scenarios.cli", "run", str(LIBRARY / "failover-basic.yaml"),
+         "--backend", backend, "--out", str(tmp_path), "--quiet"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        logs = tmp_path / "work" / "logs"
+        deadline = time.monotonic() + 60
+        while not ((logs / "a.log").exists() and (logs / "b.log").exists()):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.2)
+        time.sleep(3.0)  # the nodes are up and the run is under way
+        ours = descendants(proc.pid)
+        made = netns_names() - before
+        assert len(ours) >= 3  # the broker and both nodes (and their wrappers)
+        assert (backend == "netns") == bool(made), made
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # only if the test failed above
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "terminated (SIGTERM), cleaned up" in err
+    assert not alive(ours), alive(ours)
+    assert not made & netns_names()
+    prefix = {name.split("-")[0] for name in made}
+    links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+    assert not [line for line in links.splitlines() if line.split("@")[0] in
+                {p + "h" for p in prefix}], links
