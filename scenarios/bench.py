@@ -142,6 +142,9 @@ BENCHES: dict[str, Callable[[float], dict[str, Any]]] = {
 
 def run_bench(what: str, *, as_json: bool, seconds: float,
               entries: tuple[int, ...] = FAILOVER_SIZES) -> int:
+    from syncbus.bench import exit_on_sigterm
+
+    exit_on_sigterm()  # `bench sync` and `bench failover` start brokers and nodes
     names = list(BENCHES) if what == "all" else [what]
     figures: dict[str, Any] = {}
     for name in names:

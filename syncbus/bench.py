@@ -388,15 +388,16 @@ def _publisher_main(argv: list[str]) -> int:
     return 0
 
 
-def _exit_on_sigterm() -> None:
-    """SIGTERM runs the finally blocks (brokers and children stopped by PID)."""
+def exit_on_sigterm() -> None:
+    """SIGTERM runs the finally blocks (brokers and children stopped by PID):
+    for a bench's main thread, which starts brokers and processes."""
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def main(argv: list[str] | None = None) -> int:
     """python -m syncbus.bench [--broker mosquitto|amqtt] [--url URL] [--json]"""
     argv = sys.argv[1:] if argv is None else argv
-    _exit_on_sigterm()
+    exit_on_sigterm()
     if argv and argv[0] == "--publisher":
         return _publisher_main(argv[1:])
     ap = argparse.ArgumentParser(prog="syncbus.bench", description=__doc__,
@@ -427,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["bench_sync", "broker_for", "main", "open_connection", "open_udp", "stage_costs"]
+__all__ = ["bench_sync", "broker_for", "exit_on_sigterm", "main", "open_connection",
+           "open_udp", "stage_costs"]
 
 if __name__ == "__main__":
     raise SystemExit(main())
