@@ -162,3 +162,34 @@ def test_sigterm_stops_the_run_and_removes_what_it_made(backend: str, tmp_path: 
     links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
     assert not [line for line in links.splitlines() if line.split("@")[0] in
                 {p + "h" for p in prefix}], links
+
+
+def test_sigterm_to_the_test_run_cleans_up_an_in_process_run(tmp_path: Path) -> None:
+    """pytest itself killed with SIGTERM (CI's timeout) while a test runs a
+    scenario in-process: the run tears down, hands the signal on to the tests'
+    conftest, and the session stops as after Ctrl-C, leaving nothing behind."""
+    before = netns_names()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "--basetemp",
+         str(tmp_path / "inner"), f"{Path(__file__)}::test_failover_basic[netns]"],
+        cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (made := netns_names() - before) or len(descendants(proc.pid)) < 3:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.2)
+        time.sleep(3.0)
+        ours = descendants(proc.pid)
+        made = netns_names() - before
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # only if the test failed above
+            proc.kill()
+            proc.wait()
+    assert "KeyboardInterrupt" in out and "signal 15" in out, out
+    assert "terminated (SIGTERM), cleaned up" in out, out
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
+    assert not alive(ours), alive(ours)
+    assert made and not made & netns_names()
