@@ -1,10 +1,16 @@
 """What a test needs to check that a command left nothing behind: the
-processes below a PID, and the network namespaces there are."""
+processes below a PID, the network namespaces there are, and a command run
+until it is ready and then sent SIGTERM."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 def descendants(pid: int) -> set[int]:
@@ -33,3 +39,37 @@ def alive(pids: set[int]) -> set[int]:
 def netns_names() -> set[str]:
     r = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
     return {line.split()[0] for line in r.stdout.splitlines() if line.strip()}
+
+
+@dataclass
+class Terminated:
+    returncode: int
+    output: str  # stdout and stderr
+    processes: set[int]  # the command's descendants just before the SIGTERM
+    ready: Any  # what `ready` returned just before the SIGTERM
+
+
+def sigterm_when(argv: list[str], ready: Callable[[int], Any], *, settle: float = 3.0,
+                 timeout: float = 60.0, cwd: Path | None = None) -> Terminated:
+    """Start `argv`, wait until ready(pid) is truthy, let it run `settle`
+    seconds more, send it SIGTERM and wait for it to exit. The command is
+    killed (by its PID) if the test fails before."""
+    proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready(proc.pid):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"{argv[2:4]} never got ready: {proc.communicate()[0]}")
+            time.sleep(0.2)
+        time.sleep(settle)
+        state = ready(proc.pid)
+        ours = descendants(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return Terminated(proc.returncode, out, ours, state)

@@ -11,7 +11,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import pytest
 
 from scenarios.cli import main
 from scenarios.faults import chaos_schedule
-from tests.procs import alive, descendants, netns_names
+from tests.procs import alive, descendants, netns_names, sigterm_when
 
 ROOT = Path(__file__).resolve().parents[2]
 LIBRARY = ROOT / "scenarios" / "library"
@@ -133,35 +132,24 @@ def test_sigterm_stops_the_run_and_removes_what_it_made(backend: str, tmp_path: 
     its run: it exits 143 within seconds, having stopped its broker and nodes
     and removed its namespaces and links."""
     before = netns_names()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "scenarios.cli", "run", str(LIBRARY / "failover-basic.yaml"),
-         "--backend", backend, "--out", str(tmp_path), "--quiet"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        logs = tmp_path / "work" / "logs"
-        deadline = time.monotonic() + 60
-        while not ((logs / "a.log").exists() and (logs / "b.log").exists()):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.2)
-        time.sleep(3.0)  # the nodes are up and the run is under way
-        ours = descendants(proc.pid)
-        made = netns_names() - before
-        assert len(ours) >= 3  # the broker and both nodes (and their wrappers)
-        assert (backend == "netns") == bool(made), made
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:  # only if the test failed above
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 128 + signal.SIGTERM, err
-    assert "terminated (SIGTERM), cleaned up" in err
-    assert not alive(ours), alive(ours)
-    assert not made & netns_names()
-    prefix = {name.split("-")[0] for name in made}
-    links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
-    assert not [line for line in links.splitlines() if line.split("@")[0] in
-                {p + "h" for p in prefix}], links
+    logs = tmp_path / "work" / "logs"
+
+    def ready(pid: int) -> set[str] | bool:  # both nodes started (the namespaces made)
+        up = (logs / "a.log").exists() and (logs / "b.log").exists()
+        return up and (netns_names() - before if backend == "netns" else True)
+    t = sigterm_when([sys.executable, "-m", "scenarios.cli", "run",
+                      str(LIBRARY / "failover-basic.yaml"), "--backend", backend,
+                      "--out", str(tmp_path), "--quiet"], ready)
+    assert t.returncode == 128 + signal.SIGTERM, t.output
+    assert "terminated (SIGTERM), cleaned up" in t.output
+    assert len(t.processes) >= 3  # the broker and both nodes (and their wrappers)
+    assert not alive(t.processes), alive(t.processes)
+    if backend == "netns":
+        made: set[str] = t.ready
+        assert not made & netns_names()
+        hosts = {name.split("-")[0] + "h" for name in made}  # the host end of the sync veth
+        links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+        assert not [ln for ln in links.splitlines() if ln.split("@")[0] in hosts], links
 
 
 def test_sigterm_to_the_test_run_cleans_up_an_in_process_run(tmp_path: Path) -> None:
@@ -169,27 +157,12 @@ def test_sigterm_to_the_test_run_cleans_up_an_in_process_run(tmp_path: Path) -> 
     scenario in-process: the run tears down, hands the signal on to the tests'
     conftest, and the session stops as after Ctrl-C, leaving nothing behind."""
     before = netns_names()
-    proc = subprocess.Popen(
+    t = sigterm_when(
         [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "--basetemp",
          str(tmp_path / "inner"), f"{Path(__file__)}::test_failover_basic[netns]"],
-        cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not (made := netns_names() - before) or len(descendants(proc.pid)) < 3:
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.2)
-        time.sleep(3.0)
-        ours = descendants(proc.pid)
-        made = netns_names() - before
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:  # only if the test failed above
-            proc.kill()
-            proc.wait()
-    assert "KeyboardInterrupt" in out and "signal 15" in out, out
-    assert "terminated (SIGTERM), cleaned up" in out, out
-    assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
-    assert not alive(ours), alive(ours)
-    assert made and not made & netns_names()
+        lambda pid: len(descendants(pid)) >= 3 and netns_names() - before, cwd=ROOT)
+    assert "KeyboardInterrupt" in t.output and "signal 15" in t.output, t.output
+    assert "terminated (SIGTERM), cleaned up" in t.output, t.output
+    assert t.returncode == pytest.ExitCode.INTERRUPTED, t.output
+    assert not alive(t.processes), alive(t.processes)
+    assert t.ready and not t.ready & netns_names()

@@ -4,14 +4,12 @@ DESIGN.md section 5 names (nothing here judges their values)."""
 from __future__ import annotations
 
 import signal
-import subprocess
 import sys
-import time
 
 import pytest
 
 from syncbus.bench import bench_sync
-from tests.procs import alive, descendants
+from tests.procs import alive, descendants, sigterm_when
 from tests.syncbus.conftest import have_mosquitto
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(180)]
@@ -38,21 +36,7 @@ def test_sigterm_stops_a_bench_and_its_broker_and_publisher() -> None:
     """`ctlab bench sync` killed with SIGTERM while A publishes: it exits 143
     and takes its Mosquitto and its publisher process with it (stopped by PID
     in the finally blocks SIGTERM now runs)."""
-    proc = subprocess.Popen([sys.executable, "-m", "scenarios.cli", "bench", "sync"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while len(ours := descendants(proc.pid)) < 2:  # the broker and A
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.1)
-        time.sleep(1.0)
-        ours = descendants(proc.pid)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:  # only if the test failed above
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 128 + signal.SIGTERM, err
-    assert not alive(ours), alive(ours)
+    t = sigterm_when([sys.executable, "-m", "scenarios.cli", "bench", "sync"],
+                     lambda pid: len(descendants(pid)) >= 2, settle=1.0)  # the broker and A
+    assert t.returncode == 128 + signal.SIGTERM, t.output
+    assert not alive(t.processes), alive(t.processes)
