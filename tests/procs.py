@@ -4,6 +4,8 @@ until it is ready and then sent SIGTERM."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import time
@@ -52,10 +54,12 @@ class Terminated:
 def sigterm_when(argv: list[str], ready: Callable[[int], Any], *, settle: float = 3.0,
                  timeout: float = 60.0, cwd: Path | None = None) -> Terminated:
     """Start `argv`, wait until ready(pid) is truthy, let it run `settle`
-    seconds more, send it SIGTERM and wait for it to exit. The command is
-    killed (by its PID) if the test fails before."""
+    seconds more, send it SIGTERM and wait for it to exit. If that fails (it
+    never gets ready, or does not exit), the command and the processes it had
+    started are killed by their PIDs before the error goes on."""
     proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
+    ours: set[int] = set()
     try:
         deadline = time.monotonic() + timeout
         while not ready(proc.pid):
@@ -68,6 +72,11 @@ def sigterm_when(argv: list[str], ready: Callable[[int], Any], *, settle: float 
         ours = descendants(proc.pid)
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=timeout)
+    except BaseException:
+        for pid in alive(ours | descendants(proc.pid)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        raise
     finally:
         if proc.poll() is None:
             proc.kill()
