@@ -176,10 +176,12 @@ def _parse_ip6(data: bytes) -> Packet:
         l4, payload, l4_ok, l4_csum = None, seg, True, None
     else:
         l4, payload, l4_ok, l4_csum = _parse_l4(6, nh, src, dst, seg, _FRAG if more else _FULL)
-    return _Packet(
-        family=6, src=src, dst=dst, proto=nh, l4=l4, payload=payload, ttl=hlim,
-        tos=(first >> 20) & 0xFF, ip_id=ident, flowlabel=first & 0xFFFFF, frag_offset=offset,
-        more_frags=more, l4_csum_ok=l4_ok, length=end, ext_headers=exts, l4_csum=l4_csum)
+    return _Packet(  # positional, in Packet's field order (as _parse_ip4)
+        6, src, dst, nh, l4, payload, hlim,
+        (first >> 20) & 0xFF, ident, False,  # tos, ip_id, df
+        first & 0xFFFFF, offset, more,  # flowlabel, frag_offset, more_frags
+        l4_ok, True, False, end,  # l4_csum_ok, ip_csum_ok, truncated, length
+        b"", exts, False, None, l4_csum)  # ip_options, ext_headers, reserved_flag, csums
 
 
 def _walk_ext(data: bytes, pos: int, nh: int, end: int, strict: bool
@@ -412,12 +414,12 @@ def _parse_quoted(data: bytes, family: int) -> Packet | None:
         seg = data[hl:total]
         l4, payload, _, l4_csum = ((None, seg, True, None) if offset
                                    else _parse_l4(4, proto, src, dst, seg, _QUOTE))
-        return _Packet(
-            family=4, src=src, dst=dst, proto=proto, l4=l4, payload=payload, ttl=ttl, tos=tos,
-            ip_id=ip_id, df=bool(frag & 0x4000), frag_offset=offset,
-            more_frags=bool(frag & 0x2000), truncated=total > n, length=total,
-            ip_options=data[20:hl], reserved_flag=bool(frag & 0x8000), ip_csum=csum,
-            l4_csum=l4_csum)
+        return _Packet(  # positional, in Packet's field order
+            4, src, dst, proto, l4, payload, ttl, tos, ip_id,
+            frag & 0x4000 != 0, 0, offset, frag & 0x2000 != 0,  # df, flowlabel, frag
+            True, True, total > n, total,  # l4_csum_ok, ip_csum_ok, truncated, length
+            data[20:hl], (), frag & 0x8000 != 0,  # ip_options, ext_headers, reserved_flag
+            csum, l4_csum)
     if n < 40 or data[0] >> 4 != 6:
         return None
     first, plen, nh, hlim, src, dst = _IP6.unpack_from(data)
@@ -426,11 +428,12 @@ def _parse_quoted(data: bytes, family: int) -> Packet | None:
     seg = data[pos:end]
     l4, payload, _, l4_csum = ((None, seg, True, None) if offset or nh in IPV6_EXT_HEADERS
                                else _parse_l4(6, nh, src, dst, seg, _QUOTE))
-    return _Packet(
-        family=6, src=src, dst=dst, proto=nh, l4=l4, payload=payload, ttl=hlim,
-        tos=(first >> 20) & 0xFF, ip_id=ident, flowlabel=first & 0xFFFFF, frag_offset=offset,
-        more_frags=more, truncated=40 + plen > n, length=40 + plen, ext_headers=exts,
-        l4_csum=l4_csum)
+    return _Packet(  # positional, in Packet's field order
+        6, src, dst, nh, l4, payload, hlim,
+        (first >> 20) & 0xFF, ident, False,  # tos, ip_id, df
+        first & 0xFFFFF, offset, more,  # flowlabel, frag_offset, more_frags
+        True, True, 40 + plen > n, 40 + plen,  # l4_csum_ok, ip_csum_ok, truncated, length
+        b"", exts, False, None, l4_csum)  # ip_options, ext_headers, reserved_flag, csums
 
 
 # ------------------------------------------------------------------ build
