@@ -52,13 +52,14 @@ class Terminated:
 
 
 def sigterm_when(argv: list[str], ready: Callable[[int], Any], *, settle: float = 3.0,
-                 timeout: float = 60.0, cwd: Path | None = None) -> Terminated:
+                 timeout: float = 60.0, cwd: Path | None = None,
+                 env: dict[str, str] | None = None) -> Terminated:
     """Start `argv`, wait until ready(pid) is truthy, let it run `settle`
     seconds more, send it SIGTERM and wait for it to exit. If that fails (it
     never gets ready, or does not exit), the command and the processes it had
     started are killed by their PIDs before the error goes on."""
-    proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ours: set[int] = set()
     try:
         deadline = time.monotonic() + timeout

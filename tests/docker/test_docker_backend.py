@@ -12,7 +12,9 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +28,7 @@ from scenarios.backends.base import BackendError, ClusterPlan
 from scenarios.backends.docker import LABEL_RUN, DockerBackend, cleanup
 from scenarios.model import loads
 from scenarios.runner import RunOptions, run
+from tests.procs import sigterm_when
 
 ROOT = Path(__file__).resolve().parents[2]
 TC = (ROOT / "scenarios" / "library" / "firewall.tc").read_text(encoding="utf-8")
@@ -262,6 +265,37 @@ async def test_scenario_end_to_end(docker_client: Any, ctlab_image: str,
     assert rep["traffic"]["packets"]["delivered"] > 0
     assert list((tmp_path / "work" / "logs").glob("*-a.log"))
     assert running_ctlab(docker_client) == before  # the run removed what it made
+
+
+def test_sigterm_stops_a_docker_run_and_removes_its_containers(
+        docker_client: Any, ctlab_image: str, tmp_path: Path) -> None:
+    """`ctlab run --backend docker` sent SIGTERM once its broker and nodes run
+    in containers: it exits 143 within seconds, having removed the containers
+    and networks of its run."""
+    before = running_ctlab(docker_client)
+
+    def ready(pid: int) -> dict[str, str]:  # broker and both nodes running: name -> run id
+        up = {c.name: c.labels[LABEL_RUN] for c in
+              docker_client.containers.list(filters={"label": LABEL_RUN}) if c.name not in before}
+        return up if len(up) >= 3 else {}
+    left: dict[str, str] = {}
+    try:
+        t = sigterm_when([sys.executable, "-m", "scenarios.cli", "run",
+                          str(ROOT / "scenarios" / "library" / "failover-basic.yaml"),
+                          "--backend", "docker", "--out", str(tmp_path), "--quiet"], ready,
+                         settle=2.0, timeout=120.0, cwd=ROOT,
+                         env={**os.environ, "CTLAB_IMAGE": ctlab_image})
+    finally:  # what the run left (nothing, if it works) is noted, then removed
+        left = {c.name: c.labels[LABEL_RUN] for c in docker_client.containers.list(
+            all=True, filters={"label": LABEL_RUN}) if c.name not in before}
+        for rid in set(left.values()):
+            cleanup(docker_client, rid, say=lambda s: None)
+    assert t.returncode == 128 + signal.SIGTERM, t.output
+    assert "terminated (SIGTERM), cleaned up" in t.output, t.output
+    assert not left, left
+    rids = set(t.ready.values())
+    assert len(rids) == 1, t.ready
+    assert labelled(docker_client, rids.pop()) == ([], [])
 
 
 # ------------------------------------------------------------------ compose
