@@ -63,8 +63,10 @@ clock = time.monotonic
 
 # ================================================================ node A
 def _addr(i: int, side: int) -> bytes:
-    return bytes((198, 18 + side, (i >> 8) & 0xFF, i & 0xFF)) if i < 65536 else \
-        bytes((10 + side, (i >> 16) & 0xFF, (i >> 8) & 0xFF, i & 0xFF))
+    """198.18.0.0/15, the benchmarking range: clients in 198.18/16, servers in
+    198.19/16, i modulo 65536 (the client port, 1024 + i % 60000, tells apart
+    connections beyond that: the pair repeats only after 122 880 000)."""
+    return bytes((198, 18 + side, (i >> 8) & 0xFF, i & 0xFF))
 
 
 def _tcp(src: bytes, dst: bytes, sport: int, dport: int, flags: int, seq: int,
@@ -284,45 +286,6 @@ def _pct(lat: list[float], q: float) -> float:
     return round(1000 * lat[min(len(lat) - 1, int(q * len(lat)))], 3)
 
 
-def stage_costs(n: int = 10_000) -> dict[str, float]:
-    """CPU microseconds per record of each stage, in this process, no broker:
-    where the time goes (the pipeline runs at the speed of its slowest stage)."""
-    ct = Conntrack(Sysctl(nf_conntrack_max=4_000_000), events=False)
-    entries = [open_connection(ct, i, 1.0) for i in range(n)]
-    a = SyncCore(SyncConfig(CLUSTER, "a", KEY), ct, None, epoch=1, now=1.0)
-    out: dict[str, float] = {}
-
-    def cost(name: str, fn: Any) -> Any:
-        t = time.process_time()
-        res = fn()
-        out[name] = round((time.process_time() - t) / n * 1e6, 2)
-        return res
-    gc.disable()
-    try:
-        def encode(now: float) -> list[Any]:
-            for e in entries:
-                a.outbox.upsert(e, now)
-            return a.outbox.flush(now)
-        first = cost("encode_us", lambda: encode(1.0))
-        second = encode(2.0)
-        from syncbus import codec
-        cost("decode_full_us", lambda: [codec.decode(f.payload, KEY) for f in first])
-        # what a member does (SyncCore.on_message): a CtFrame, plain records as they came
-        cost("decode_us", lambda: [codec.decode(f.payload, KEY, lazy=True) for f in first])
-        envs = [[codec.decode(f.payload, KEY, lazy=True) for f in fs] for fs in (first, second)]
-        for card in (False, True):
-            bct = Conntrack(Sysctl(nf_conntrack_max=4_000_000), events=False)
-            b = SyncCore(SyncConfig(CLUSTER, "b", KEY), bct,
-                         Card(bct, Faults(insert_latency=0.0)) if card else None,
-                         epoch=1, now=1.0)
-            suffix = "_with_card_us" if card else "_us"
-            cost("apply_insert" + suffix, lambda b=b: [b.replica.apply(e, 1.0) for e in envs[0]])
-            cost("apply_update" + suffix, lambda b=b: [b.replica.apply(e, 2.0) for e in envs[1]])
-    finally:
-        gc.enable()
-    return out
-
-
 def bench_sync(broker_url: str | None = None, *, broker: str = "mosquitto",
                conns: int = 50_000, rounds: int = 4, rate: int = 10_000,
                seconds: float = 3.0, budget: int = 64 * 1024, proto: str = "udp",
@@ -356,6 +319,8 @@ def bench_sync(broker_url: str | None = None, *, broker: str = "mosquitto",
                 "mean_ms": round(1000 * statistics.fmean(lats), 3) if lats else None,
                 "bytes_per_event": round(lat["publisher"]["bytes"]
                                          / max(lat["publisher"]["items"], 1), 1)}
+    from syncbus.stages import stage_costs  # (stages builds on this module's node A)
+
     details["stage_cpu_us_per_record"] = stage_costs(stage_records)
     details["machine"] = {"cpus": os.cpu_count(), "load": os.getloadavg(),
                           "python_loop_10M_s": _calibrate()}
@@ -429,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 __all__ = ["bench_sync", "broker_for", "exit_on_sigterm", "main", "open_connection",
-           "open_udp", "stage_costs"]
+           "open_udp"]
 
 if __name__ == "__main__":
     raise SystemExit(main())
