@@ -35,7 +35,7 @@ which seq, so that
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -73,6 +73,11 @@ class InstallHook(Protocol):
     hardware, None otherwise (not offloadable, or already offloaded)."""
 
     def install_synced(self, entry: Entry, now: float) -> object: ...
+
+    def install_synced_many(self, entries: Sequence[Entry], now: float) -> Sequence[object]:
+        """install_synced() of each entry in turn (the card takes them together
+        when it can), one result per entry."""
+        ...
 
 
 class RequestResync(NamedTuple):
@@ -153,6 +158,9 @@ class Replica:
         self._tombs: dict[ConnKey, _Tomb] = {}
         self._tomb_order: deque[tuple[float, ConnKey]] = deque()
         self._removed: set[int] = set()
+        # A run of plain creates whose card installs wait for the run's end,
+        # to go to the card together: (entry, sent_at, age).
+        self._creates: list[tuple[Entry, float | None, float]] = []
         self.install_latency: deque[float] = deque(maxlen=SAMPLES)
         self.sync_lag: deque[float] = deque(maxlen=SAMPLES)
         self.stats = dict.fromkeys((
@@ -383,18 +391,25 @@ class Replica:
     # ------------------------------------------------------------ items
     def _items(self, items: Iterable[bytes | Item], origin: str, epoch: int, seq: int,
                now: float, sent_at: float | None) -> None:
-        for item in items:
-            try:
-                if type(item) is bytes:
-                    self._plain(item, origin, epoch, seq, now, sent_at)
-                elif type(item) is CtUpsert:
-                    self._upsert(item, origin, epoch, seq, now, sent_at)
+        try:
+            for item in items:
+                try:
+                    if type(item) is bytes:
+                        self._plain(item, origin, epoch, seq, now, sent_at)
+                    else:
+                        if self._creates:  # (the card takes the creates before it first)
+                            self._install_creates(now)
+                        if type(item) is CtUpsert:
+                            self._upsert(item, origin, epoch, seq, now, sent_at)
+                        else:
+                            self._delete(item, now)  # type: ignore[arg-type]
+                except ValueError:  # a NAT range the engine refuses: nothing was changed
+                    self.stats["bad_items"] += 1
                 else:
-                    self._delete(item, now)  # type: ignore[arg-type]
-            except ValueError:  # a NAT range the engine refuses: nothing was changed
-                self.stats["bad_items"] += 1
-            else:
-                self.stats["items"] += 1
+                    self.stats["items"] += 1
+        finally:
+            if self._creates:
+                self._install_creates(now)
 
     def _upsert(self, up: CtUpsert, origin: str, epoch: int, seq: int, now: float,
                 sent_at: float | None) -> None:
@@ -448,11 +463,8 @@ class Replica:
                  age: float) -> None:
         """After a record wrote `entry`: another member's newer touch keeps it,
         and the card follows."""
-        seen = self.last_seen.get(key) if self.last_seen else None
-        if seen is not None and seen + entry.timeout > entry.expires_at:
-            period = entry.timeout
-            self.ct.refresh(entry, seen + period - now, now)
-            entry.timeout = period
+        if self.last_seen:
+            self._kept(entry, key, now)
         card = self.card
         # Also for an entry already in the card: the card follows its new state
         # (install_synced() returns None for those, they are not installs).
@@ -461,6 +473,26 @@ class Replica:
             if sent_at is not None:
                 self.install_latency.append(now - (sent_at - age))
 
+    def _kept(self, entry: Entry, key: ConnKey, now: float) -> None:
+        """Another member's newer touch keeps the entry a record just wrote."""
+        seen = self.last_seen.get(key)
+        if seen is not None and seen + entry.timeout > entry.expires_at:
+            period = entry.timeout
+            self.ct.refresh(entry, seen + period - now, now)
+            entry.timeout = period
+
+    def _install_creates(self, now: float) -> None:
+        """The card takes the run of new connections applied since the last
+        record of another kind, together (Card.install_synced_many())."""
+        creates, self._creates = self._creates, []
+        assert self.card is not None
+        done = self.card.install_synced_many([c[0] for c in creates], now)
+        for (_entry, sent_at, age), installed in zip(creates, done, strict=True):
+            if installed:
+                self.stats["installed"] += 1
+                if sent_at is not None:
+                    self.install_latency.append(now - (sent_at - age))
+
     def _plain(self, rec: bytes, origin: str, epoch: int, seq: int, now: float,
                sent_at: float | None) -> None:
         """A plain upsert record (CtFrame). The usual one, the next state of a
@@ -468,25 +500,31 @@ class Replica:
         the record's fields, as _upsert() would apply its CtUpsert; anything
         else (a tombstone, another writer, an adopted entry, an entry with
         extensions: labels, helper, NAT, expectations) is decoded and goes
-        through _upsert(). A new connection is built from the fields too."""
+        through _upsert(). A new connection is built from the fields too; its
+        card install waits for the end of its run of creates (_creates)."""
         zone, orig, status, mark, ident, timeout, period, age, tcp = codec.plain_upsert(rec)
         ct = self.ct
         key = (zone, orig)
         entry = ct.find(orig, zone)
-        if not (self._tombs and key in self._tombs):  # (a tombstone: _upsert() decides)
-            if entry is None:  # a new connection
-                entry = ctstate.new_plain(orig, codec.plain_reply(rec, orig), zone, now, status,
-                                          timeout, period, age, mark, tcp)
-                if not ct.insert_synced(entry, now):
-                    self.stats["clashes"] += 1
-                    return
-                ctstate.after_insert(ct, entry)
-                self.meta[entry.id] = Meta(_new(ConnId, (origin, epoch, ident)), origin, epoch,
-                                           seq)
-                self.stats["created"] += 1
-                self.stats["fast"] += 1
-                self._written(entry, key, now, sent_at, age)
+        tombstoned = bool(self._tombs) and key in self._tombs  # (_upsert() decides)
+        if entry is None and not tombstoned:  # a new connection
+            entry = ctstate.new_plain(orig, codec.plain_reply(rec, orig), zone, now, status,
+                                      timeout, period, age, mark, tcp)
+            if not ct.insert_synced(entry, now):
+                self.stats["clashes"] += 1
                 return
+            ctstate.after_insert(ct, entry)
+            self.meta[entry.id] = Meta(_new(ConnId, (origin, epoch, ident)), origin, epoch, seq)
+            self.stats["created"] += 1
+            self.stats["fast"] += 1
+            if self.last_seen:
+                self._kept(entry, key, now)
+            if self.card is not None:
+                self._creates.append((entry, sent_at, age))
+            return
+        if self._creates:  # (the card takes the creates before this record first)
+            self._install_creates(now)
+        if entry is not None and not tombstoned:
             m = self.meta.get(entry.id) if entry.ext is None else None
             if m is not None and m.origin == origin and m.epoch == epoch and not m.adopted \
                     and m.conn[2] == ident and m.conn[0] == origin and m.conn[1] == epoch:

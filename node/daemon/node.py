@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
@@ -64,9 +64,25 @@ class InstallTimer:
 
     def install_synced(self, entry: Entry, now: float) -> object:
         done = self.card.install_synced(entry, now)
-        if done is not None and self.on_queued is not None:
+        if done is not None:
+            if self.on_queued is not None:
+                self.on_queued()
+            self._queued(entry)
+        return done
+
+    def install_synced_many(self, entries: Sequence[Entry], now: float) -> list[object]:
+        done = self.card.install_synced_many(entries, now)
+        queued = [entry for entry, d in zip(entries, done, strict=True) if d is not None]
+        if queued and self.on_queued is not None:
             self.on_queued()
-        if done is not None and self.core is not None:
+        for entry in queued:
+            self._queued(entry)
+        return list(done)
+
+    def _queued(self, entry: Entry) -> None:
+        """A new flow of `entry` was queued for hardware: time it from its
+        creation on its origin (not for a snapshot's bulk transfer)."""
+        if self.core is not None:
             replica = self.core.replica
             meta = replica.meta.get(entry.id)
             if meta is not None and meta.origin in replica.snapshots:
@@ -77,7 +93,6 @@ class InstallTimer:
                     lag = 0.0
                 if len(self.pending) < 1_000_000:
                     self.pending[entry.id] = (entry, entry.created - lag)
-        return done
 
     def touch(self, entry: Entry, lastused: float, now: float) -> bool:
         return self.card.touch(entry, lastused, now)

@@ -286,6 +286,54 @@ class Card:
             self._catch_up.pop(entry.id, None)
         return direction
 
+    def install_synced_many(self, entries: Sequence[Entry], now: float
+                            ) -> list[Direction | None]:
+        """install_synced() of each entry in turn, with the same outcome (the
+        same flows, hardware entries, counters, jobs and retries). New
+        connections, such as the creates of a replica's frame, go in together
+        when the card can take all of their inserts at once: no fault armed,
+        room for every entry, a token each without waiting. Otherwise, or if
+        one of them is already offloaded, dying or in a software-only zone,
+        they go one by one."""
+        if not entries:
+            return []
+        if self.work.jobs and self.work.jobs[0][0] <= now:
+            self.work.run_due(now)
+        flows, sw_only = self.flows, self.sw_only_zones
+        directions: list[Direction | None] = []
+        new: list[Entry] = []
+        both: list[bool] = []
+        for entry in entries:
+            status = entry.status
+            if status & (IPS_OFFLOAD | IPS_DYING) or entry.zone in sw_only:
+                return [self.install_synced(e, now) for e in entries]
+            direction = should_offload(entry, IP_CT_ESTABLISHED if status & IPS_SEEN_REPLY
+                                       else IP_CT_NEW)
+            if direction is not None and flows.free_for(entry):
+                new.append(entry)
+                both.append(direction == BOTH)
+            directions.append(direction)
+        if new and (len(set(map(id, new))) != len(new)  # (one entry twice: in turn)
+                    or not self.hw.take_tokens(len(new) + sum(both), now)):
+            return [self.install_synced(e, now) for e in entries]
+        if new:
+            fids = flows.add_many(new, both, True, now)
+            self.hw.ensure(2 * flows.size)
+            self.work.add_new(fids, now)
+            self.counters.flows_added += len(new)
+            self.counters.synced += len(new)
+        catch_up = self._catch_up
+        for i, (entry, direction) in enumerate(zip(entries, directions, strict=True)):
+            if direction is None:
+                if catch_up:
+                    catch_up.pop(entry.id, None)
+            elif not entry.status & IPS_OFFLOAD:  # its tuples are still held by a flow
+                self._later(entry, now)  # being torn down
+                directions[i] = None
+            elif catch_up:
+                catch_up.pop(entry.id, None)
+        return directions
+
     def _update_synced(self, entry: Entry, ctinfo: int, now: float) -> None:
         """An offloaded replicated entry changed: bring its flow up to date."""
         flows = self.flows

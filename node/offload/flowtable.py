@@ -26,6 +26,7 @@ entries the same way (slot = code), so a code is both a flow direction and a slo
 from __future__ import annotations
 
 from array import array
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -299,6 +300,55 @@ class FlowTables:
         self.ct.refresh(entry, NF_CT_DAY, now)
         self.ct_check_at[fid] = entry.expires_at - CT_HOLD_MIN
         return fid
+
+    def free_for(self, entry: Entry) -> bool:
+        """Neither of the entry's tuples is in its zone's table (as either
+        direction): add() can take it."""
+        omap = self.orig_index.get(entry.zone)
+        if omap is None:
+            return True
+        rmap = self.reply_index[entry.zone]
+        orig, reply = entry.orig, entry.reply
+        return not (orig in omap or orig in rmap or reply in omap or reply in rmap)
+
+    def add_many(self, entries: Sequence[Entry], bidirectional: Sequence[bool], hw: bool,
+                 now: float) -> list[int]:
+        """add() of each entry in turn, for entries it takes (not offloaded, their
+        tuples free: free_for()), their flow ids in order: the same flow ids,
+        columns and conntrack updates as one add() after the other."""
+        fids = [self._alloc() for _ in entries]  # (may grow the columns: read them after)
+        owners, flags_col, period_col, timeout_col = self.owners, self.flags, self.period, \
+            self.timeout
+        cookie_col, check_col = self.cookie, self.ct_check_at
+        sysctl, refresh = self.ct.sysctl, self.ct.refresh
+        hw_flag = NF_FLOW_HW if hw else 0
+        for entry, fid, both in zip(entries, fids, bidirectional, strict=True):
+            zone = entry.zone
+            omap = self.orig_index.setdefault(zone, {})
+            rmap = self.reply_index.setdefault(zone, {})
+            status = entry.status = status_word(entry.status | IPS_OFFLOAD)
+            proto = entry.orig.proto
+            if proto == IPPROTO_TCP:
+                set_be_liberal(entry)
+                freeze(entry)
+            omap[entry.orig] = rmap[entry.reply] = fid
+            flags = FLOW_USED | hw_flag
+            if both:
+                flags |= NF_FLOW_HW_BIDIRECTIONAL
+            if status & IPS_SRC_NAT:
+                flags |= NF_FLOW_SNAT
+            if status & IPS_DST_NAT:
+                flags |= NF_FLOW_DNAT
+            period = offload_timeout(sysctl, proto)
+            owners[fid] = entry
+            flags_col[fid] = flags
+            period_col[fid] = period
+            timeout_col[fid] = now + period
+            cookie_col[fid] = entry.id
+            refresh(entry, NF_CT_DAY, now)
+            check_col[fid] = entry.expires_at - CT_HOLD_MIN
+        self.count += len(fids)
+        return fids
 
     def mark_ct_seen(self, fid: int, now: float) -> None:
         """A packet of the flow went through conntrack, which may have lowered the

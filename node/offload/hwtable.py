@@ -174,6 +174,33 @@ class HwTable:
         self.update(slot, ctinfo, mark, labels)
         return INSERT_OK, start + f.insert_latency
 
+    def take_tokens(self, n: int, now: float) -> bool:
+        """Whether `n` inserts issued at `now` would all succeed at once: no
+        fault armed, room for n more entries, a token each without waiting.
+        If so their tokens are taken (insert_taken() does the rest), exactly
+        as n calls of insert() would take them; if not, nothing changes that
+        those calls would not change the same way."""
+        f = self.faults
+        if n <= 0 or f.fail_all or f.fail_next or self.entries + n > f.capacity:
+            return False
+        if now > self._refilled_at:  # (_token()'s refill: once per instant)
+            elapsed = now - self._refilled_at
+            self._tokens = min(float(f.insert_burst), self._tokens + elapsed * f.insert_rate)
+            self._refilled_at = now
+        if self._tokens < n:  # (n - 1.0 would leave the last one waiting)
+            return False
+        self._tokens -= n  # (exact: whole numbers off a float below 2**53, as n times 1.0)
+        return True
+
+    def insert_taken(self, slot: int, ctinfo: int, mark: int, labels: int,
+                     settled: bool) -> None:
+        """insert() of an entry whose token take_tokens() took: PENDING until
+        insert_latency after the instant it was issued, or already IN_HW
+        (`settled`: no latency, settle() at once)."""
+        self.entries += 1
+        self.state[slot] = IN_HW if settled else PENDING
+        self.update(slot, ctinfo, mark, labels)
+
     def update(self, slot: int, ctinfo: int, mark: int, labels: int) -> None:
         """Rewrite an entry's ct info in place (mlx5_tc_ct_entry_update_rules())."""
         self.ctinfo[slot] = ctinfo

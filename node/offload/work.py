@@ -228,6 +228,41 @@ class Work:
         flows.flags[fid] = flags | ft.NF_FLOW_HW_PENDING
         self._schedule(due, _ADD, fid, now)
 
+    def add_new(self, fids: list[int], now: float) -> None:
+        """add() of flows just added (FlowTables.add_many()) whose inserts the
+        hardware table has taken tokens for (HwTable.take_tokens()): every
+        insert succeeds and is issued at `now`. With no insert latency they
+        complete at once, as _schedule() would complete them."""
+        flows, hw, c = self.flows, self.hw, self.counters
+        flags_col, owners = flows.flags, flows.owners
+        due = now + hw.faults.insert_latency
+        at_once = due <= now
+        done = self.completed.append
+        for fid in fids:
+            flags = flags_col[fid] | ft.NF_FLOW_HW
+            entry = owners[fid]
+            mark, labels = entry.mark, entry.labels
+            if entry.status & IPS_SEEN_REPLY:
+                flags |= ft.NF_FLOW_HW_ESTABLISHED
+                hw.insert_taken(2 * fid, IP_CT_ESTABLISHED, mark, labels, at_once)
+            else:
+                hw.insert_taken(2 * fid, IP_CT_NEW, mark, labels, at_once)
+            if flags & ft.NF_FLOW_HW_BIDIRECTIONAL:
+                hw.insert_taken(2 * fid + 1, IP_CT_ESTABLISHED_REPLY, mark, labels, at_once)
+                c.inserts += 2
+            else:
+                c.inserts += 1
+            if at_once:  # (_finish(): in hardware, each direction's InsertDone)
+                done(_new(InsertDone, (entry, 0, now)))
+                if flags & ft.NF_FLOW_HW_BIDIRECTIONAL:
+                    done(_new(InsertDone, (entry, 1, now)))
+                entry.status = ft.status_word(entry.status | IPS_HW_OFFLOAD)
+                flags_col[fid] = flags
+            else:
+                flags_col[fid] = flags | ft.NF_FLOW_HW_PENDING
+                self._seq += 1
+                heapq.heappush(self.jobs, (due, self._seq, _ADD, fid))
+
     def delete(self, fid: int, now: float) -> None:
         """nf_flow_offload_del() + flow_offload_work_del()."""
         flows, hw = self.flows, self.hw
