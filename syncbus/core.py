@@ -196,6 +196,16 @@ class SyncCore:
     def on_disconnected(self, now: float) -> None:
         self._events += self.election.set_connected(False, self.election.session, now)
 
+    def set_fault(self, fault: str | None, now: float) -> list[Publish]:
+        """A tracked data link of this node went down (`fault`: which, why) or
+        every one is up again (None): the election's FAULT state. What to
+        publish at once (the heartbeat that tells the others)."""
+        if fault == self.election.fault:
+            return []
+        out: list[Publish] = []
+        self._on_election(self.election.set_fault(fault, now), now, out)
+        return out + self.poll(now)
+
     def take_events(self) -> list[Event]:
         out, self._events = self._events, []
         return out
@@ -401,7 +411,8 @@ class SyncCore:
 
     def metrics(self) -> dict[str, Any]:
         r, o = self.replica, self.outbox
-        return {"role": self.role, "term": self.election.term, "gate": self.election.gate.state,
+        return {"role": self.role, "term": self.election.term, "fault": self.election.fault,
+                "gate": self.election.gate.state,
                 "gate_timed_out": self.election.gate.timed_out, **self.stats,
                 "bad_reasons": dict(self.bad_reasons), "replica": dict(r.stats),
                 "outbox": dict(o.stats), "aging": dict(self.aging.stats),

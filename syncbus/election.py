@@ -11,6 +11,11 @@ Active-standby (VRRP's rules, with pfsync's gate and a fencing term):
   - each takeover starts a new term (max term seen + 1); an active that sees
     another active with a higher (term, priority, name) steps down at once:
     the term fences an old active that returns (SIGSTOP, partition);
+  - a member whose data path is down (a tracked link: the node's ports)
+    is in FAULT, as VRRP's track_interface puts it: it gives up the active
+    role at once, is no candidate, and its heartbeats say so, so that the
+    best standby takes over; once the link is back it is a standby again (and
+    preempts if it may);
   - no promotion while the bus is down (the node cannot see the others), and
     no peer is declared dead meanwhile; once back, peers get `reconnect_grace`
     to reappear (a broker restart is not the active's death). "Down" includes a
@@ -51,6 +56,7 @@ from typing import NamedTuple
 from node.conntrack.tuple import Tuple
 from syncbus.messages import (
     ROLE_ACTIVE,
+    ROLE_FAULT,
     ROLE_JOINING,
     ROLE_OFFLINE,
     ROLE_STANDBY,
@@ -165,6 +171,7 @@ class Election:
         self._started = now
         self._eligible_since = float("inf")
         self._echo_at = now  # our own last heartbeat seen back through the bus
+        self.fault: str | None = None  # why a tracked data link is down (FAULT), or None
         self.transitions: list[tuple[float, RoleChanged]] = []
 
     # ------------------------------------------------------------ inputs
@@ -184,6 +191,12 @@ class Election:
             if not was:
                 self._grace(now)
             self._echo_at = now
+        return self.tick(now)
+
+    def set_fault(self, fault: str | None, now: float) -> list[Event]:
+        """A tracked data link went down (`fault` says which and why) or every
+        one is up again (None)."""
+        self.fault = fault
         return self.tick(now)
 
     def on_echo(self, now: float) -> list[Event]:
@@ -368,6 +381,8 @@ class Election:
             self._eligible_since = float("inf")
         elif self._eligible_since == float("inf"):
             self._eligible_since = now
+        if self.fault is not None:
+            return self._set_role(ROLE_FAULT, now, f"data link down: {self.fault}")
         if self.cfg.mode == ACTIVE_ACTIVE:
             return self._set_role(ROLE_ACTIVE if eligible else ROLE_JOINING, now,
                                   "active-active: every ready member forwards")
@@ -405,9 +420,11 @@ class Election:
 
     # ------------------------------------------------------------ inspection
     def members(self) -> list[str]:
-        """Live, ready members including this one, sorted (active-active owners)."""
-        out = [p.node for p in self.peers.values() if p.alive and p.hb.ready]
-        if self.eligible():
+        """Live, ready members including this one, sorted (active-active owners);
+        not those in FAULT (their data path is down)."""
+        out = [p.node for p in self.peers.values()
+               if p.alive and p.hb.ready and p.hb.role != ROLE_FAULT]
+        if self.eligible() and self.fault is None:
             out.append(self.cfg.node)
         return sorted(out)
 

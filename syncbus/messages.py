@@ -52,7 +52,8 @@ ROLE_JOINING = "joining"  # connected, snapshot not complete: not eligible
 ROLE_STANDBY = "standby"
 ROLE_ACTIVE = "active"
 ROLE_OFFLINE = "offline"  # the MQTT will: the node's connection died
-ROLES = (ROLE_JOINING, ROLE_STANDBY, ROLE_ACTIVE, ROLE_OFFLINE)
+ROLE_FAULT = "fault"  # a tracked data link is down: not a candidate (VRRP's FAULT state)
+ROLES = (ROLE_JOINING, ROLE_STANDBY, ROLE_ACTIVE, ROLE_OFFLINE, ROLE_FAULT)
 
 
 class ConnId(NamedTuple):
@@ -297,8 +298,8 @@ class Envelope:
 
 
 __all__ = ["OFFLOAD_HW", "OFFLOAD_NONE", "OFFLOAD_SW", "PROTOCOL_VERSION", "ROLES",
-           "ROLE_ACTIVE", "ROLE_JOINING", "ROLE_OFFLINE", "ROLE_STANDBY", "Body", "ConnId",
-           "ConnKey", "CtAck", "CtBatch", "CtDelete", "CtFrame", "CtUpsert", "Envelope",
+           "ROLE_ACTIVE", "ROLE_FAULT", "ROLE_JOINING", "ROLE_OFFLINE", "ROLE_STANDBY", "Body",
+           "ConnId", "ConnKey", "CtAck", "CtBatch", "CtDelete", "CtFrame", "CtUpsert", "Envelope",
            "ExpectInfo", "Heartbeat", "Item", "NatInfo", "NatRangeInfo", "ResyncRequest",
            "SnapshotChunk", "SnapshotEnd", "SnapshotStart", "TcpDir", "TcpInfo", "Touch",
            "TouchDigest"]

@@ -216,6 +216,14 @@ class Member:
         """Once per poll cycle, after noting local traffic in core.aging."""
         await self.publish(self.core.touches(self.clock()))
 
+    async def set_fault(self, fault: str | None) -> None:
+        """A tracked data link went down (why) or all are up (None): FAULT, told
+        to the others at once (SyncCore.set_fault)."""
+        frames = self.core.set_fault(fault, self.clock())
+        self._events_out()
+        await self.publish(frames)
+        self.wake()
+
     async def goodbye(self) -> None:
         """A clean shutdown: tell the others now instead of waiting for the will."""
         core = self.core

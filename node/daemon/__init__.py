@@ -9,6 +9,8 @@
   control.py  the HTTP control API (asyncio streams)
   nemesis.py  fault hooks set through the control API: sync impairment, broker
               link and data link cuts, clock offset
+  link.py     the data links a node tracks (a port's wire, its interface's state):
+              one down puts the node in FAULT (keepalived's track_interface)
   service.py  run(cfg): one TaskGroup of pumps, timers, replication, control
   cli.py      ctlab node | broker | conntrack
 """

@@ -20,7 +20,9 @@
     tc_file: firewall.tc          # or the script in a file (relative to this file)
     card: {capacity: 2097152, insert_rate: 600000, insert_latency: 0.001, poll_interval: 1.0}
     role: {mode: active-standby, priority: 100, preempt: false, hb_interval: 0.1,
-           dead_after: 0.35, discover: 0.3, sync_timeout: 10}
+           dead_after: 0.35, discover: 0.3, sync_timeout: 10,
+           track_data: true}      # a data port's link down (or its wire cut): FAULT,
+                                  #   the active role given up (keepalived's track_interface)
     control: {listen: "127.0.0.1:8001"}
     sysctl: {nf_conntrack_udp_timeout: 30}       # net.netfilter.* names
     clock_offset: 0               # seconds added to this node's clock (skew tests)
@@ -111,6 +113,7 @@ class RoleConfig:
     dead_after: float = 0.35
     discover: float = 0.3
     sync_timeout: float = 10.0
+    track_data: bool = True  # data links tracked: one down puts the node in FAULT (link.py)
 
 
 @dataclass(frozen=True)
@@ -288,7 +291,8 @@ def _role(s: _Section) -> RoleConfig:
                      s.number("hb_interval", 0.1, lo=0.001, hi=60.0),
                      s.number("dead_after", 0.35, lo=0.002, hi=600.0),
                      s.number("discover", 0.3, lo=0.0, hi=600.0),
-                     s.number("sync_timeout", 10.0, lo=0.001, hi=3600.0))
+                     s.number("sync_timeout", 10.0, lo=0.001, hi=3600.0),
+                     s.flag("track_data", True))
     s.done()
     if not out.hb_interval < out.dead_after:
         raise ConfigError("role.dead_after: must be longer than role.hb_interval")

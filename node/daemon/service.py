@@ -36,6 +36,7 @@ from typing import Any
 
 from node.daemon.config import NodeConfig, PortConfig
 from node.daemon.errors import ConfigError
+from node.daemon.link import LinkWatch, TrackedPort, tracked_address
 from node.daemon.node import Node, Received
 from node.daemon.views import OffloadCount, TableCount
 from node.daemon.wire import MemoryPort, Port, UdpPort
@@ -218,6 +219,19 @@ class Daemon:
             while not count.step():
                 await asyncio.sleep(0)
 
+    async def links(self, watch: LinkWatch, interval: float) -> None:
+        """Every heartbeat interval: a data link gone down puts this node in
+        FAULT (it gives the active role up at once); every one up again ends it."""
+        last: str | None = None
+        while True:
+            why = watch.check()
+            if why != last:
+                log.warning("%s: data path %s", self.node.cfg.node,
+                            f"down ({why}): FAULT" if why else "up again")
+                await self.member.set_fault(why)
+                last = why
+            await asyncio.sleep(interval)
+
     async def roles(self) -> None:
         q = self.member.role_events
         while True:
@@ -310,6 +324,9 @@ async def run(cfg: NodeConfig, *, ready: asyncio.Event | None = None,
                 tg.create_task(daemon.timers(), name="timers")
                 tg.create_task(daemon.deferred(), name="deferred")
                 tg.create_task(daemon.roles(), name="roles")
+                if cfg.role.track_data:
+                    tg.create_task(daemon.links(_link_watch(cfg, opened), cfg.role.hb_interval),
+                                   name="links")
                 tg.create_task(daemon.counts(), name="counts")
                 tg.create_task(control.serve(daemon, cfg.control, listening), name="control")
                 await listening.wait()
@@ -326,6 +343,15 @@ async def run(cfg: NodeConfig, *, ready: asyncio.Event | None = None,
         except* _Stop:
             pass
         await member.goodbye()
+
+
+def _link_watch(cfg: NodeConfig, ports: Mapping[str, Port]) -> LinkWatch:
+    """The data ports' links: each port's wire, and the interface holding the
+    address a UDP port is bound to (none for loopback or a wildcard)."""
+    def wire_cut(port: Port) -> Callable[[], bool]:
+        return lambda: port.cut
+    return LinkWatch(TrackedPort(pc.name, tracked_address(pc.bind[0]) if pc.bind else None,
+                                 wire_cut(ports[pc.name])) for pc in cfg.ports)
 
 
 async def _replicate(member: Member, bus: MqttBus) -> None:

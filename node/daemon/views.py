@@ -30,6 +30,7 @@ from node.offload.hwtable import ABSENT, DYING, IN_HW, PENDING, HwState
 from node.offload.policy import should_offload
 from node.packet import build, ip_str
 from node.tc.skb import ct_state_str
+from syncbus.messages import ROLES
 
 EVENT_TAGS = {"NEW": "[NEW]", "UPDATE": "[UPDATE]", "DESTROY": "[DESTROY]"}
 
@@ -274,7 +275,7 @@ def brief_state_json(node: Node) -> dict[str, Any]:
     core = node.core
     el = core.election
     return {"node": node.cfg.node, "epoch": node.epoch, "role": el.role, "term": el.term,
-            "gate": {"state": el.gate.state},
+            "fault": el.fault, "gate": {"state": el.gate.state},
             "tables": {"conntrack": len(node.ct), "card_entries": node.card.hw.entries},
             "counters": dict(node.counters), "bad_messages": core.stats["bad_messages"],
             "outbox": {"items": core.outbox.stats.get("items", 0)},
@@ -296,7 +297,7 @@ def state_json(node: Node, now: float, bus: dict[str, Any],
         "node": node.cfg.node, "cluster": node.cfg.cluster, "epoch": node.epoch,
         "role": el.role, "term": el.term, "mode": node.cfg.role.mode,
         "priority": node.cfg.role.priority, "active": el.active(), "eligible": el.eligible(),
-        "members": el.members(),
+        "fault": el.fault, "members": el.members(),
         "gate": {"state": g.state, "reason": g.reason, "timed_out": g.timed_out,
                  "source": g.source, "since": round(now - g.since, 3),
                  "history": [[round(t - node.started, 3), s, r] for t, s, r in g.history]},
@@ -395,7 +396,7 @@ def metrics_text(node: Node, now: float, bus: dict[str, Any],
         if v is not None:
             m.gauge("ctlab_sync_lag_seconds", "Batch transit, recent samples", v, quantile=q)
     el = core.election
-    for role in ("joining", "standby", "active", "offline"):
+    for role in ROLES:
         m.gauge("ctlab_role", "This node's role (1 for the current one)",
                 int(el.role == role), role=role)
     m.gauge("ctlab_term", "Election term", el.term)

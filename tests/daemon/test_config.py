@@ -75,6 +75,7 @@ def test_a_good_config_parses_into_frozen_values() -> None:
     ("role.priority", 256, "role.priority: 256 is out of range"),
     ("role.priority", 1.5, "role.priority: expected an integer"),
     ("role.dead_after", 0.05, "role.dead_after: must be longer than role.hb_interval"),
+    ("role.track_data", "no", "role.track_data: expected true or false"),
     ("control.listen", "127.0.0.1", "control.listen: expected HOST:PORT"),
     ("sysctl", {"nf_conntrack_bogus": 1}, "sysctl: unknown sysctl net.netfilter.nf_conntrack_bo"),
     ("sysctl", {"nf_conntrack_udp_timeout": "x"}, "sysctl: net.netfilter.nf_conntrack_udp"),
@@ -90,6 +91,11 @@ def test_a_bad_field_is_one_config_error_naming_it(path: str, value: Any, field:
     with pytest.raises(ConfigError) as err:
         config.parse(with_(path, value))
     assert field in str(err.value)
+
+
+def test_data_links_are_tracked_unless_turned_off() -> None:
+    assert config.parse(good()).role.track_data is True
+    assert config.parse(with_("role.track_data", False)).role.track_data is False
 
 
 def test_tc_inline_and_tc_file_are_exclusive() -> None:

@@ -299,6 +299,34 @@ def test_distributed_aging_off_sends_no_touches(cl: Cluster) -> None:
 
 
 @pytest.mark.broker
+def test_a_cut_data_link_puts_the_active_in_fault_and_the_standby_takes_over(
+        cl: Cluster) -> None:
+    """The active's data path goes down while its sync link stays up (the
+    local backend's partition_data): it gives the role up at once (FAULT, as
+    keepalived's track_interface), b takes over in well under dead_after's
+    worth of missed heartbeats, with a's flows already in its card; once the
+    link is back, a (priority 200, preempt) takes the role back."""
+    a, b = pair(cl)
+    open_flows(a, range(48500, 48503))
+    wait_until(lambda: sports_of(b) >= set(range(48500, 48503)), 10, "b to get the flows")
+    t0 = time.monotonic()
+    assert a.post("/nemesis", {"data": "cut"})["data"] == "cut"
+    wait_until(lambda: b.role() == "active", 5, "b to take over")
+    took = time.monotonic() - t0
+    st = a.state()
+    assert st["role"] == "fault" and st["fault"] == "inside: wire cut; outside: wire cut", st
+    assert took < 1.5, took  # a link check (100 ms) and a heartbeat, not a peer timeout
+    assert "data link down" in json.dumps(st["roles"])
+    assert {p["node"]: p["role"] for p in b.state()["peers"]} == {"a": "fault"}
+    assert b.state()["offload"]["installed"] >= 3  # a's flows, in b's card before
+    assert a.post("/nemesis", {"data": "up"})["data"] == "up"
+    wait_until(lambda: (a.role(), b.role()) == ("active", "standby"), 5,
+               "a to preempt once its link is back")
+    assert a.state()["fault"] is None
+    assert "Traceback" not in a.log() + b.log()
+
+
+@pytest.mark.broker
 def test_a_cut_broker_link_fires_the_will_and_after_up_the_node_resyncs(cl: Cluster) -> None:
     a, b = pair(cl)
     open_flows(a, range(48400, 48403))

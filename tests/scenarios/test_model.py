@@ -28,6 +28,7 @@ ISSUE_LIBRARY = {"failover-basic", "failover-under-load", "failback-preempt", "b
                  "node-broker-partition", "standby-rejoin-under-load", "standby-card-full",
                  "active-active-asymmetric", "aging-active-only", "ftp-related-failover",
                  "nat-failover", "rolling-restart"}
+BEYOND_THE_ISSUE = {"data-link-failover"}  # found by chaos (seed 14, netns): FAULT
 
 TC = """tc: |
   qdisc add dev inside ingress
@@ -64,7 +65,7 @@ def position(text: str, needle: str) -> tuple[int, int]:
 
 # ---------------------------------------------------------------- the library
 def test_the_library_holds_every_scenario_of_the_issue() -> None:
-    assert {p.stem for p in POSITIVE} == ISSUE_LIBRARY
+    assert {p.stem for p in POSITIVE} == ISSUE_LIBRARY | BEYOND_THE_ISSUE
     assert {p.stem for p in NEGATIVE} == {"replication-off", "preinstall-off",
                                           "distributed-aging-off", "readiness-gate-off"}
 

@@ -157,6 +157,65 @@ def test_preempt_decides_whether_a_better_node_takes_back_the_role(preempt: bool
     assert [n for n, r in c.roles().items() if r == "active"] == [expect]
 
 
+@pytest.mark.parametrize("preempt, after", [(False, "b"), (True, "a")])
+def test_an_active_whose_data_link_goes_down_gives_the_role_up(preempt: bool,
+                                                               after: str) -> None:
+    """VRRP's FAULT (keepalived's track_interface): the active's data path is
+    down while it still heartbeats; it steps down at once and says so, and
+    the standby takes over without waiting for a timeout. Once the link is
+    back it is a standby, and takes the role back only with preempt."""
+    c = Cluster()
+    a = c.add("a", priority=200, preempt=preempt)
+    c.run(1.0)
+    c.add("b", priority=100)
+    c.run(1.0)
+    term = a.term
+    ev = a.set_fault("inside: data0 is down", c.now)
+    assert ev == [RoleChanged("active", "fault", term, "data link down: inside: data0 is down")]
+    assert a.heartbeat_due(c.now)  # told to the others at once
+    c.run(0.011)
+    assert c.roles() == {"a": "fault", "b": "active"}
+    assert c.nodes["b"].term == term + 1
+    c.run(2.0)
+    assert c.roles() == {"a": "fault", "b": "active"}  # no candidate while in FAULT
+    a.set_fault(None, c.now)
+    c.run(0.5)
+    assert [n for n, r in c.roles().items() if r == "active"] == [after]
+
+
+def test_a_standby_in_fault_is_no_candidate() -> None:
+    """The active dies while the only standby's data link is down: nobody
+    takes over (nothing could forward); the standby does once its link is up."""
+    c = Cluster()
+    c.add("a", priority=200)
+    c.run(1.0)
+    b = c.add("b", priority=100)
+    c.run(1.0)
+    b.set_fault("outside: wire cut", c.now)
+    c.run(0.1)
+    c.will("a")
+    c.run(1.0)
+    assert c.roles() == {"b": "fault"}
+    b.set_fault(None, c.now)
+    c.run(0.1)
+    assert c.roles() == {"b": "active"}
+
+
+def test_active_active_a_member_in_fault_owns_no_flows() -> None:
+    c = Cluster()
+    a = c.add("a", mode=ACTIVE_ACTIVE)
+    b = c.add("b", mode=ACTIVE_ACTIVE)
+    c.run(1.0)
+    assert a.members() == b.members() == ["a", "b"]
+    b.set_fault("inside: data0 has no carrier", c.now)
+    c.run(0.2)
+    assert b.role == "fault"
+    assert a.members() == b.members() == ["a"]
+    b.set_fault(None, c.now)
+    c.run(0.2)
+    assert a.members() == b.members() == ["a", "b"] and b.role == "active"
+
+
 def test_no_promotion_while_the_bus_is_down() -> None:
     c = Cluster()
     c.add("a", priority=200)
