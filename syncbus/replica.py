@@ -469,9 +469,7 @@ class Replica:
         # Also for an entry already in the card: the card follows its new state
         # (install_synced() returns None for those, they are not installs).
         if card is not None and card.install_synced(entry, now):
-            self.stats["installed"] += 1
-            if sent_at is not None:
-                self.install_latency.append(now - (sent_at - age))
+            self._installed(sent_at, age, now)
 
     def _kept(self, entry: Entry, key: ConnKey, now: float) -> None:
         """Another member's newer touch keeps the entry a record just wrote."""
@@ -489,9 +487,14 @@ class Replica:
         done = self.card.install_synced_many([c[0] for c in creates], now)
         for (_entry, sent_at, age), installed in zip(creates, done, strict=True):
             if installed:
-                self.stats["installed"] += 1
-                if sent_at is not None:
-                    self.install_latency.append(now - (sent_at - age))
+                self._installed(sent_at, age, now)
+
+    def _installed(self, sent_at: float | None, age: float, now: float) -> None:
+        """A record's connection went into the card: counted, and timed from its
+        creation on its origin (`age` before the frame was sent)."""
+        self.stats["installed"] += 1
+        if sent_at is not None:
+            self.install_latency.append(now - (sent_at - age))
 
     def _plain(self, rec: bytes, origin: str, epoch: int, seq: int, now: float,
                sent_at: float | None) -> None:

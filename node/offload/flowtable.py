@@ -268,37 +268,11 @@ class FlowTables:
         """tcf_ct_flow_table_add() + flow_offload_add(): the new flow id, or -1 if the
         entry is already offloaded or its tuples are still in the table (a flow being
         torn down: rhashtable_insert_fast() -EEXIST)."""
-        if entry.status & IPS_OFFLOAD:
+        if entry.status & IPS_OFFLOAD or not self.free_for(entry):
             return -1
-        omap = self.orig_index.setdefault(entry.zone, {})
-        rmap = self.reply_index.setdefault(entry.zone, {})
-        orig, reply = entry.orig, entry.reply
-        if orig in omap or orig in rmap or reply in omap or reply in rmap:
-            return -1
-        entry.status = status_word(entry.status | IPS_OFFLOAD)
-        if tcp:
-            set_be_liberal(entry)
-            freeze(entry)  # its packets bypass tcp_packet() until the teardown
         fid = self._alloc()
-        omap[orig] = rmap[reply] = fid
-        flags = FLOW_USED
-        if bidirectional:
-            flags |= NF_FLOW_HW_BIDIRECTIONAL
-        if entry.status & IPS_SRC_NAT:
-            flags |= NF_FLOW_SNAT
-        if entry.status & IPS_DST_NAT:
-            flags |= NF_FLOW_DNAT
-        if hw:
-            flags |= NF_FLOW_HW
-        period = offload_timeout(self.ct.sysctl, entry.orig.proto)
-        self.owners[fid] = entry
-        self.flags[fid] = flags
-        self.period[fid] = period
-        self.timeout[fid] = now + period
-        self.cookie[fid] = entry.id
+        self._take(entry, fid, tcp, bidirectional, hw, now)
         self.count += 1
-        self.ct.refresh(entry, NF_CT_DAY, now)
-        self.ct_check_at[fid] = entry.expires_at - CT_HOLD_MIN
         return fid
 
     def free_for(self, entry: Entry) -> bool:
@@ -316,39 +290,40 @@ class FlowTables:
         """add() of each entry in turn, for entries it takes (not offloaded, their
         tuples free: free_for()), their flow ids in order: the same flow ids,
         columns and conntrack updates as one add() after the other."""
-        fids = [self._alloc() for _ in entries]  # (may grow the columns: read them after)
-        owners, flags_col, period_col, timeout_col = self.owners, self.flags, self.period, \
-            self.timeout
-        cookie_col, check_col = self.cookie, self.ct_check_at
-        sysctl, refresh = self.ct.sysctl, self.ct.refresh
-        hw_flag = NF_FLOW_HW if hw else 0
+        fids = [self._alloc() for _ in entries]
+        take = self._take
         for entry, fid, both in zip(entries, fids, bidirectional, strict=True):
-            zone = entry.zone
-            omap = self.orig_index.setdefault(zone, {})
-            rmap = self.reply_index.setdefault(zone, {})
-            status = entry.status = status_word(entry.status | IPS_OFFLOAD)
-            proto = entry.orig.proto
-            if proto == IPPROTO_TCP:
-                set_be_liberal(entry)
-                freeze(entry)
-            omap[entry.orig] = rmap[entry.reply] = fid
-            flags = FLOW_USED | hw_flag
-            if both:
-                flags |= NF_FLOW_HW_BIDIRECTIONAL
-            if status & IPS_SRC_NAT:
-                flags |= NF_FLOW_SNAT
-            if status & IPS_DST_NAT:
-                flags |= NF_FLOW_DNAT
-            period = offload_timeout(sysctl, proto)
-            owners[fid] = entry
-            flags_col[fid] = flags
-            period_col[fid] = period
-            timeout_col[fid] = now + period
-            cookie_col[fid] = entry.id
-            refresh(entry, NF_CT_DAY, now)
-            check_col[fid] = entry.expires_at - CT_HOLD_MIN
+            take(entry, fid, entry.orig.proto == IPPROTO_TCP, both, hw, now)
         self.count += len(fids)
         return fids
+
+    def _take(self, entry: Entry, fid: int, tcp: bool, bidirectional: bool, hw: bool,
+              now: float) -> None:
+        """flow_offload_add() of an entry whose tuples are free, as flow `fid`."""
+        zone = entry.zone
+        status = entry.status = status_word(entry.status | IPS_OFFLOAD)
+        if tcp:
+            set_be_liberal(entry)
+            freeze(entry)  # its packets bypass tcp_packet() until the teardown
+        self.orig_index.setdefault(zone, {})[entry.orig] = fid
+        self.reply_index.setdefault(zone, {})[entry.reply] = fid
+        flags = FLOW_USED
+        if bidirectional:
+            flags |= NF_FLOW_HW_BIDIRECTIONAL
+        if status & IPS_SRC_NAT:
+            flags |= NF_FLOW_SNAT
+        if status & IPS_DST_NAT:
+            flags |= NF_FLOW_DNAT
+        if hw:
+            flags |= NF_FLOW_HW
+        period = offload_timeout(self.ct.sysctl, entry.orig.proto)
+        self.owners[fid] = entry
+        self.flags[fid] = flags
+        self.period[fid] = period
+        self.timeout[fid] = now + period
+        self.cookie[fid] = entry.id
+        self.ct.refresh(entry, NF_CT_DAY, now)
+        self.ct_check_at[fid] = entry.expires_at - CT_HOLD_MIN
 
     def mark_ct_seen(self, fid: int, now: float) -> None:
         """A packet of the flow went through conntrack, which may have lowered the
