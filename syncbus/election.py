@@ -2,15 +2,21 @@
 
 Active-standby (VRRP's rules, with pfsync's gate and a fencing term):
   - every member heartbeats every `hb_interval` (100 ms); a peer unheard for
-    `dead_after` is dead, and its MQTT will (role offline) kills it at once;
+    `dead_after` is dead, and its MQTT will (role offline) kills it as soon as
+    a heartbeat this member sent after the will has come back through the
+    broker: a broker shutting down publishes the wills of live members, then
+    drops every connection (what it forwards in between was sent before); a
+    will within `reconnect_grace` of this member's reconnect only ends the
+    peer's session;
   - with no live active, the best eligible member takes over: highest
     priority, then the node name (deterministic, so all agree); a member that
     has just become eligible first lets two heartbeats pass (a cold start);
   - preempt on: an eligible member of higher priority than the active takes
     over; preempt off: an active stays while it lives;
-  - each takeover starts a new term (max term seen + 1); an active that sees
-    another active with a higher (term, priority, name) steps down at once:
-    the term fences an old active that returns (SIGSTOP, partition);
+  - each takeover starts a new term (the highest term ever seen + 1); an
+    active that sees another active with a higher (term, priority, name) steps
+    down at once: the term fences an old active that returns (SIGSTOP,
+    partition);
   - a member whose data path is down (a tracked link: the node's ports)
     is in FAULT, as VRRP's track_interface puts it: it gives up the active
     role at once, is no candidate, and its heartbeats say so, so that the
@@ -139,6 +145,7 @@ class Peer:
     alive: bool = True
     hb_seq: int = 0
     will_session: int = -1  # the session a will declared dead (-1: none)
+    pending_will: Heartbeat | None = None  # a will not confirmed yet (on_echo)
     quiet: bool = False  # declared dead by silence (a timeout), not by its will
 
     @property
@@ -171,7 +178,16 @@ class Election:
         self._started = now
         self._eligible_since = float("inf")
         self._echo_at = now  # our own last heartbeat seen back through the bus
+        self._echo_sent = float("-inf")  # when that heartbeat was sent (our clock)
         self.fault: str | None = None  # why a tracked data link is down (FAULT), or None
+        # The highest term any heartbeat or will has carried: a takeover goes above
+        # it. (A will carries the term of the moment its connection was made, often
+        # lower than the one its node reached since: it must not lower the bar.)
+        self._term_seen = 0
+        # When the last will of a live peer came: it takes effect once a heartbeat
+        # we sent after it is back (the broker still works after the will).
+        self._will_at = float("-inf")
+        self._grace_until = float("-inf")  # the end of the last reconnect grace
         self.transitions: list[tuple[float, RoleChanged]] = []
 
     # ------------------------------------------------------------ inputs
@@ -182,6 +198,9 @@ class Election:
         the active's death: only a peer that stays silent after it is dead)."""
         was = self.connected
         first = connected and self.session == 0
+        if not connected:  # a will not confirmed yet was the broker going down
+            for p in self.peers.values():
+                p.pending_will = None
         self.connected = connected
         self.session = session
         if first and self.gate.state == DISCOVERING:
@@ -199,19 +218,25 @@ class Election:
         self.fault = fault
         return self.tick(now)
 
-    def on_echo(self, now: float) -> list[Event]:
-        """Our own heartbeat came back through the broker: the bus works. (A
-        broker that stalls keeps connections open but forwards nothing: without
-        our own echo we declare nobody dead and promote nobody.)"""
+    def on_echo(self, sent_at: float, now: float) -> list[Event]:
+        """Our own heartbeat, sent at `sent_at` (our clock: its envelope's), came
+        back through the broker: the bus works. (A broker that stalls keeps
+        connections open but forwards nothing: without our own echo we declare
+        nobody dead and promote nobody.) One sent after a pending will confirms
+        it."""
         if now - self._echo_at > self.cfg.dead_after:
             self._grace(now)  # the bus was stalled: peers could not be heard either
         self._echo_at = now
+        self._echo_sent = max(self._echo_sent, sent_at)
+        if any(p.pending_will is not None for p in self.peers.values()):
+            return self.tick(now)
         return []
 
     def bus_ok(self, now: float) -> bool:
         return self.connected and now - self._echo_at <= self.cfg.dead_after
 
     def _grace(self, now: float) -> None:
+        self._grace_until = now + self.cfg.reconnect_grace
         grace = now + self.cfg.reconnect_grace - self.cfg.dead_after
         for p in self.peers.values():
             if p.alive:
@@ -231,14 +256,29 @@ class Election:
             p = self.peers[hb.node] = Peer(hb.node, origin_epoch, hb, now, alive=False)
             if was_alive:
                 p.alive = True
+        self._term_seen = max(self._term_seen, hb.term, p.hb.term)
         if seq == 0 or hb.role == ROLE_OFFLINE:
             if p.hb.session > hb.session and p.hb.role != ROLE_OFFLINE:
                 return []  # the will of an earlier connection: the node reconnected
             p.will_session = max(p.will_session, hb.session)
-            if p.alive:
-                out.append(PeerDown(p.node, "will", p.hb.role == ROLE_ACTIVE))
-            p.alive = False
-            p.hb = hb
+            if not p.alive:
+                p.hb = hb
+                return out + self.tick(now)
+            if now < self._grace_until:
+                # Just back on the bus (a broker restart): a will now may be the
+                # broker's doing (restored, retained) for a peer that is reconnecting
+                # too. It stays alive for the rest of the grace, unless heard from a
+                # later connection; its old session's heartbeats no longer count.
+                return out
+            # A live peer's will takes effect (tick()) once a heartbeat sent after
+            # it is back: a broker shutting down publishes the wills of members that
+            # are alive, then drops every connection. (Mosquitto forwards what it
+            # had queued after the wills: an echo of a heartbeat sent before the
+            # will proves nothing.) The probe leaves now; our own disconnect
+            # cancels the will.
+            p.pending_will = hb
+            self._will_at = now
+            self._next_hb = min(self._next_hb, now)
             return out + self.tick(now)
         if seq <= p.hb_seq:
             return []  # a replayed or reordered heartbeat
@@ -247,6 +287,7 @@ class Election:
         p.hb_seq = seq
         p.hb = hb
         p.heard_at = now
+        p.pending_will = None  # heard from a later connection: it reconnected
         if not p.alive:
             p.alive, p.quiet = True, False
             out.append(PeerUp(p.node))
@@ -262,9 +303,13 @@ class Election:
     def tick(self, now: float) -> list[Event]:
         out: list[Event] = []
         bus_ok = self.bus_ok(now)
+        confirmed = self._echo_sent > self._will_at
         for p in self.peers.values():
+            if p.pending_will is not None and confirmed and bus_ok:
+                out.append(PeerDown(p.node, "will", p.hb.role == ROLE_ACTIVE))
+                p.alive, p.hb, p.pending_will = False, p.pending_will, None
             if bus_ok and p.alive and now - p.heard_at > self.cfg.dead_after:
-                p.alive, p.quiet = False, True
+                p.alive, p.quiet, p.pending_will = False, True, None
                 out.append(PeerDown(p.node, "timeout", p.hb.role == ROLE_ACTIVE))
         out += self._gate_step(now)
         out += self._decide(now)
@@ -373,7 +418,7 @@ class Election:
         return [ev]
 
     def _max_term(self) -> int:
-        return max([self.term, *(p.hb.term for p in self.peers.values())])
+        return max([self.term, self._term_seen, *(p.hb.term for p in self.peers.values())])
 
     def _decide(self, now: float) -> list[Event]:
         eligible = self.eligible()

@@ -331,6 +331,7 @@ def test_a_cut_broker_link_fires_the_will_and_after_up_the_node_resyncs(cl: Clus
     a, b = pair(cl)
     open_flows(a, range(48400, 48403))
     wait_until(lambda: sports_of(b) >= set(range(48400, 48403)), 10, "b to get the flows")
+    term0 = a.state()["term"]
     t0 = time.monotonic()
     got = a.post("/nemesis", {"broker_link": "cut"})
     assert got["broker_link"] == "cut" and got["stats"]["broker_holds"] == 1
@@ -341,6 +342,10 @@ def test_a_cut_broker_link_fires_the_will_and_after_up_the_node_resyncs(cl: Clus
     wait_until(a_down, 5, "b to see a's will")
     assert time.monotonic() - t0 < 3.0  # the will, not a keepalive timeout
     wait_until(lambda: b.role() == "active", 5, "b to take over")
+    # a's will carries term 0 (registered when a connected, before its election):
+    # b's term must still go above the term a reached (ctlab chaos --seed 23)
+    taken = b.state()["term"]
+    assert taken > term0
     open_flows(a, range(48403, 48406))  # while cut: nobody hears these
     time.sleep(0.5)
     bus = a.state()["bus"]
@@ -350,8 +355,13 @@ def test_a_cut_broker_link_fires_the_will_and_after_up_the_node_resyncs(cl: Clus
     wait_until(lambda: sports_of(b) >= set(range(48400, 48406)), 15,
                "b to resync a's flows made while cut")
     assert a.state()["bus"]["connects"] >= 2
-    wait_until(lambda: sorted((a.role(), b.role())) == ["active", "standby"], 10,
-               "one active again")
+    # a, back and still active with its old term, is fenced by b's; then it
+    # preempts (priority 200 > 100) with a term of its own above b's
+    wait_until(lambda: (a.role(), b.role()) == ("active", "standby"), 10,
+               "a to preempt b")
+    assert a.state()["term"] > taken
+    reasons = [r[1] for r in a.state()["roles"] if r[1].startswith("RoleChanged")]
+    assert any(f"fenced by b (term {taken})" in r for r in reasons), reasons
     a.post("/nemesis", {"broker_link": "cut"})  # a node on a cut link still stops cleanly
     t0 = time.monotonic()
     assert a.stop() == 0 and time.monotonic() - t0 < 5.0

@@ -137,6 +137,7 @@ async def test_a_broker_restart_is_followed_by_resync_and_convergence(
             open_udp(a.ct, i, clock())
         await a.commit()
         await until(lambda: len(b.ct) == 10)
+        roles_before = [len(n.core.election.transitions) for n in (a, b)]
         await brokered.restart()
         await until(lambda: not a.bus.status()["connected"] or a.bus.status()["session"] > 1)
         for i in range(10, 20):  # changes while the broker is down (or just back)
@@ -146,6 +147,10 @@ async def test_a_broker_restart_is_followed_by_resync_and_convergence(
         await until(lambda: len(b.ct) == 20, 20.0, f"b has {len(b.ct)}")
         assert {e.orig for e in b.ct.entries()} == {e.orig for e in a.ct.entries()}
         assert a.role == "active" and b.role == "standby"
+        # and nobody changed role on the way: Mosquitto, shutting down, publishes
+        # a's will while b is still connected (b must not take it as a's death)
+        assert [len(n.core.election.transitions) for n in (a, b)] == roles_before, \
+            b.core.election.transitions
 
 
 async def test_a_late_joiner_is_fully_synced_before_it_may_become_active(
