@@ -304,6 +304,7 @@ class MqttBus:
 
     async def _writer(self, client: aiomqtt.Client) -> None:
         q = self._outq
+        me = asyncio.current_task()
         while True:
             topic, payload, retain = await q.get()
             try:
@@ -315,6 +316,14 @@ class MqttBus:
                 raise
             finally:
                 q.task_done()
+            if me is not None and me.cancelling():
+                # aiomqtt waits for the PUBACK with asyncio.wait_for(), which in
+                # Python 3.11 returns the result when the cancellation meets a
+                # publish that has just completed: the cancel is swallowed. The
+                # writer then waited on the queue for good, and so did the
+                # session's TaskGroup and the bus's shutdown (seen once in ~80
+                # broker restarts under load: tests/syncbus/test_live.py).
+                raise asyncio.CancelledError
 
     def _down(self) -> None:
         if self.connected:

@@ -224,3 +224,40 @@ def test_a_socket_closed_before_its_writer_is_registered_is_one_log_line(
     assert "invalid literal" in str(seen[0]["exception"])
     assert sum("the socket closed before its add_writer ran" in r.getMessage()
                for r in caplog.records) == 1
+
+
+class _PubackAtTheCancel:
+    """Stands in for aiomqtt.Client.publish only, to make one race exact: the
+    PUBACK completes the publish in the same loop turn as the session's
+    TaskGroup cancels the writer. aiomqtt waits with asyncio.wait_for(), which
+    in Python 3.11 then returns the result and drops the cancellation."""
+
+    def __init__(self) -> None:
+        self.writer: asyncio.Task[None] | None = None
+        self.published = 0
+
+    async def publish(self, topic: str, payload: bytes, **kw: object) -> None:
+        loop = asyncio.get_running_loop()
+        puback = loop.create_future()
+
+        def race() -> None:
+            puback.set_result(None)
+            assert self.writer is not None
+            self.writer.cancel()
+        loop.call_soon(race)
+        await asyncio.wait_for(puback, 10)  # as aiomqtt's Client._wait_for does
+        self.published += 1
+
+
+async def test_a_writer_cancelled_as_its_puback_arrives_still_stops() -> None:
+    """The bus's writers stop when their session ends even if the cancel meets a
+    completed publish (a bus that stops, or a broker restart under load, hung
+    for good before: the writer went back to waiting on its queue)."""
+    bus = MqttBus(BusConfig("mqtt://127.0.0.1:1", "w"))
+    client = _PubackAtTheCancel()
+    client.writer = asyncio.create_task(bus._writer(client))  # type: ignore[arg-type]
+    await bus._outq.put(("t/x", b"1", False))
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(2):
+            await client.writer
+    assert client.published == 1 and bus._outq.empty()
