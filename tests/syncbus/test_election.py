@@ -515,12 +515,9 @@ def test_a_stalled_broker_makes_nobody_dead() -> None:
     assert (a.role, b.role) == ("active", "standby")
 
 
-def test_a_will_restored_by_a_restarted_broker_is_no_death_within_the_grace() -> None:
-    """Back on a restarted broker, b receives a's will of the session before
-    (a broker that restored it): a is given the reconnect grace, and stays
-    active when it is heard from its new session; had it not come back, the
-    grace would have ended in a takeover."""
-    c = Cluster()
+def _restored_will(c: Cluster) -> tuple[Election, Election]:
+    """a active, b standby; both lose the broker, b is back first and receives
+    a's will of the session before (a broker that restored it)."""
     a = c.add("a", priority=200)
     c.run(1.0)
     b = c.add("b", priority=100)
@@ -532,6 +529,14 @@ def test_a_will_restored_by_a_restarted_broker_is_no_death_within_the_grace() ->
     b.set_connected(True, 2, c.now)
     will = Heartbeat("a", "offline", 200, 0, False, 0, 0, a.session)
     assert b.on_heartbeat(1, 0, will, c.now) == []
+    return a, b
+
+
+def test_a_will_restored_by_a_restarted_broker_is_no_death_within_the_grace() -> None:
+    """The restored will only ends a's old session: a is given the reconnect
+    grace, and stays active when it is heard from its new session."""
+    c = Cluster()
+    a, b = _restored_will(c)
     c.run(1.0)
     assert b.peers["a"].alive and b.role == "standby"
     c.down.discard("a")
@@ -540,3 +545,12 @@ def test_a_will_restored_by_a_restarted_broker_is_no_death_within_the_grace() ->
     assert (a.role, b.role) == ("active", "standby")
     assert not any(isinstance(ev, PeerDown) for n, ev in c.events if n == "b")
 
+
+def test_a_restored_will_of_a_peer_that_stays_away_ends_in_a_takeover() -> None:
+    c = Cluster()
+    a, b = _restored_will(c)
+    c.run(4.9)
+    assert b.role == "standby"
+    c.run(0.5)  # the grace (5 s) is over and a was not heard: it is dead
+    assert b.role == "active" and b.term == a.term + 1
+    assert any(n == "b" and isinstance(ev, PeerDown) and ev.was_active for n, ev in c.events)
