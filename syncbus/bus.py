@@ -319,7 +319,8 @@ class MqttBus:
             if me is not None and me.cancelling():
                 # aiomqtt waits for the PUBACK with asyncio.wait_for(), which in
                 # Python 3.11 returns the result when the cancellation meets a
-                # publish that has just completed: the cancel is swallowed. The
+                # publish that has just completed: the cancel is swallowed
+                # (CPython gh-86296, fixed in 3.12 by gh-96764's rewrite). The
                 # writer then waited on the queue for good, and so did the
                 # session's TaskGroup and the bus's shutdown (seen once in ~80
                 # broker restarts under load: tests/syncbus/test_live.py).
