@@ -452,7 +452,7 @@ class Runner:
         STATE_TIMEOUT, not everybody's. (Polled together, one paused active made
         every round wait 0.5 s for it, and the runner saw the new active up to
         1.4 s after it took over: a pause failover measured 1.8 s instead of
-        0.4.)"""
+        the 0.8 s it took.)"""
         async with asyncio.TaskGroup() as tg:
             for name in self.nodes:
                 tg.create_task(self._watch_node(name), name=f"watch-{name}")

@@ -322,8 +322,8 @@ class MqttBus:
                 # publish that has just completed: the cancel is swallowed
                 # (CPython gh-86296, fixed in 3.12 by gh-96764's rewrite). The
                 # writer then waited on the queue for good, and so did the
-                # session's TaskGroup and the bus's shutdown (seen once in ~80
-                # broker restarts under load: tests/syncbus/test_live.py).
+                # session's TaskGroup and the bus's shutdown (seen twice in about
+                # 200 broker restarts under load: tests/syncbus/test_live.py).
                 raise asyncio.CancelledError
 
     def _down(self) -> None:

@@ -241,9 +241,9 @@ class SyncCore:
             return self._bad("origin_not_topic_owner", None)  # a spoofed origin
         if env.origin == self.cfg.node:  # our own frames come back through ct/+ and hb/+
             if where.kind == topics.HB and env.epoch == self.epoch:
-                probe: list[Publish] = []
-                self._on_election(self.election.on_echo(env.sent_at, now), now, probe)
-                return probe
+                echoed: list[Publish] = []  # (a will confirmed by this echo: its consequences)
+                self._on_election(self.election.on_echo(env.sent_at, now), now, echoed)
+                return echoed
             return []
         if where.kind == topics.RESYNC_REQ:
             assert isinstance(env.body, ResyncRequest)

@@ -180,9 +180,10 @@ class Election:
         self._echo_at = now  # our own last heartbeat seen back through the bus
         self._echo_sent = float("-inf")  # when that heartbeat was sent (our clock)
         self.fault: str | None = None  # why a tracked data link is down (FAULT), or None
-        # The highest term any heartbeat or will has carried: a takeover goes above
-        # it. (A will carries the term of the moment its connection was made, often
-        # lower than the one its node reached since: it must not lower the bar.)
+        # The highest term any heartbeat or will has carried (every peer's included):
+        # a takeover goes above it. (A will carries the term of the moment its
+        # connection was made, often lower than the one its node reached since: it
+        # must not lower the bar.)
         self._term_seen = 0
         # When the last will of a live peer came: it takes effect once a heartbeat
         # we sent after it is back (the broker still works after the will).
@@ -256,7 +257,7 @@ class Election:
             p = self.peers[hb.node] = Peer(hb.node, origin_epoch, hb, now, alive=False)
             if was_alive:
                 p.alive = True
-        self._term_seen = max(self._term_seen, hb.term, p.hb.term)
+        self._term_seen = max(self._term_seen, hb.term)
         if seq == 0 or hb.role == ROLE_OFFLINE:
             if p.hb.session > hb.session and p.hb.role != ROLE_OFFLINE:
                 return []  # the will of an earlier connection: the node reconnected
@@ -418,7 +419,7 @@ class Election:
         return [ev]
 
     def _max_term(self) -> int:
-        return max([self.term, self._term_seen, *(p.hb.term for p in self.peers.values())])
+        return max(self.term, self._term_seen)
 
     def _decide(self, now: float) -> list[Event]:
         eligible = self.eligible()

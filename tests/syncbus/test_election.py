@@ -483,17 +483,24 @@ def test_a_broker_outage_is_not_the_actives_death() -> None:
     assert (a.role, b.role) == ("active", "standby")
 
 
-def test_an_active_that_does_not_come_back_after_an_outage_is_replaced() -> None:
-    c = Cluster()
-    c.add("a", priority=200)
+def _outage_b_back_first(c: Cluster, outage: float) -> tuple[Election, Election]:
+    """a active, b standby; both lose the broker for `outage` seconds and b is
+    back first (a is still down)."""
+    a = c.add("a", priority=200)
     c.run(1.0)
     b = c.add("b", priority=100)
     c.run(1.0)
     b.set_connected(False, 1, c.now)
     c.down |= {"a", "b"}
-    c.run(1.0)
+    c.run(outage)
     c.down.discard("b")
     b.set_connected(True, 2, c.now)
+    return a, b
+
+
+def test_an_active_that_does_not_come_back_after_an_outage_is_replaced() -> None:
+    c = Cluster()
+    _, b = _outage_b_back_first(c, 1.0)
     c.run(4.9)
     assert b.role == "standby"
     c.run(0.5)  # reconnect_grace (5 s) has passed without a word from a
@@ -516,17 +523,9 @@ def test_a_stalled_broker_makes_nobody_dead() -> None:
 
 
 def _restored_will(c: Cluster) -> tuple[Election, Election]:
-    """a active, b standby; both lose the broker, b is back first and receives
-    a's will of the session before (a broker that restored it)."""
-    a = c.add("a", priority=200)
-    c.run(1.0)
-    b = c.add("b", priority=100)
-    c.run(1.0)
-    b.set_connected(False, 1, c.now)
-    c.down |= {"a", "b"}
-    c.run(0.5)
-    c.down.discard("b")
-    b.set_connected(True, 2, c.now)
+    """An outage, b back first; it receives a's will of the session before (a
+    broker that restored it)."""
+    a, b = _outage_b_back_first(c, 0.5)
     will = Heartbeat("a", "offline", 200, 0, False, 0, 0, a.session)
     assert b.on_heartbeat(1, 0, will, c.now) == []
     return a, b
