@@ -265,6 +265,8 @@ class MqttBus:
             if not self._released.is_set():  # held while connecting: drop it now
                 _shutdown(client)
                 raise _Stop
+            # A cancel swallowed here (see _writer) is harmless: only __aexit__
+            # cancels this task, after setting _stopping, which ends the session.
             for sub in list(self.subscriptions):
                 await client.subscribe(sub, qos=QOS)
             self.connected = True
@@ -353,6 +355,9 @@ class MqttBus:
             if client is not None and self.connected:
                 with contextlib.suppress(aiomqtt.MqttError):  # the reconnect will do it
                     await client.subscribe(pattern, qos=QOS)
+                me = asyncio.current_task()
+                if me is not None and me.cancelling():
+                    raise asyncio.CancelledError  # swallowed by aiomqtt's wait_for: see _writer
 
     async def events(self) -> AsyncIterator[BusEvent]:
         while True:

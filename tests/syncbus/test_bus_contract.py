@@ -261,3 +261,43 @@ async def test_a_writer_cancelled_as_its_puback_arrives_still_stops() -> None:
         async with asyncio.timeout(2):
             await client.writer
     assert client.published == 1 and bus._outq.empty()
+
+
+class _SubackAtTheCancel:
+    """The same race for a subscription made from outside the bus: the SUBACK
+    and the caller's cancel arrive in the same loop turn."""
+
+    def __init__(self) -> None:
+        self.caller: asyncio.Task[None] | None = None
+        self.subscribed: list[str] = []
+
+    async def subscribe(self, pattern: str, **kw: object) -> None:
+        loop = asyncio.get_running_loop()
+        suback = loop.create_future()
+
+        def race() -> None:
+            suback.set_result(None)
+            assert self.caller is not None
+            self.caller.cancel()
+        loop.call_soon(race)
+        await asyncio.wait_for(suback, 10)  # as aiomqtt's Client._wait_for does
+        self.subscribed.append(pattern)
+
+
+async def test_a_subscribe_cancelled_as_its_suback_arrives_is_cancelled() -> None:
+    """Its caller sees the cancellation (in 3.11 wait_for() would have dropped
+    it, and the caller would have gone on as if nobody had cancelled it)."""
+    bus = MqttBus(BusConfig("mqtt://127.0.0.1:1", "s"))
+    client = _SubackAtTheCancel()
+    bus._client, bus.connected = client, True  # type: ignore[assignment]
+    went_on = False
+
+    async def caller() -> None:
+        nonlocal went_on
+        await bus.subscribe("ctlab/c/hb/+")
+        went_on = True
+    client.caller = asyncio.create_task(caller())
+    with pytest.raises(asyncio.CancelledError):
+        await client.caller
+    assert client.subscribed == ["ctlab/c/hb/+"] and not went_on
+    assert bus.subscriptions[-1] == "ctlab/c/hb/+"  # the reconnect keeps it
