@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -366,3 +368,40 @@ def test_a_cut_broker_link_fires_the_will_and_after_up_the_node_resyncs(cl: Clus
     t0 = time.monotonic()
     assert a.stop() == 0 and time.monotonic() - t0 < 5.0
     assert "Traceback" not in a.log()
+
+
+@pytest.mark.broker
+def test_a_frozen_active_that_wakes_up_is_fenced_and_stays_standby(cl: Cluster) -> None:
+    """SIGSTOP, the stuck process of the textbook split brain: its broker
+    connection stays up (the freeze is shorter than the keepalive), so no will
+    fires and b must find the silence itself. When a wakes up, its timers are
+    all late and every peer looks silent to it: it must not take the role on
+    that stale view. It sees b's higher term, steps down (no preempt here),
+    stays standby, and has the flows b opened meanwhile."""
+    a = cl.node("a", priority=200).wait_ready()
+    wait_until(lambda: a.role() == "active", 10, "a active")
+    b = cl.node("b", priority=100).wait_ready()
+    wait_until(lambda: b.role() == "standby" and b.state()["gate"]["state"] == "ready", 10,
+               "b a ready standby")
+    open_flows(a, range(48600, 48603))
+    wait_until(lambda: sports_of(b) >= set(range(48600, 48603)), 10, "b to get the flows")
+    term_a = a.state()["term"]
+    os.kill(a.pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: b.role() == "active", 5, "b to take over from the frozen a")
+        taken = b.state()["term"]
+        assert taken > term_a
+        open_flows(b, range(48603, 48606))
+        time.sleep(0.5)
+    finally:
+        os.kill(a.pid, signal.SIGCONT)
+    wait_until(lambda: a.role() == "standby", 5, "a to step down")
+    wait_until(lambda: sports_of(a) >= set(range(48600, 48606)), 10, "a to get b's flows")
+    for _ in range(10):  # and it stays that way: no flapping on a's late timers
+        assert (a.role(), b.role()) == ("standby", "active")
+        time.sleep(0.1)
+    assert b.state()["term"] == taken  # b was never fenced by a's stale term
+    assert {p["node"]: p["term"] for p in a.state()["peers"]} == {"b": taken}
+    reasons = [r[1] for r in a.state()["roles"] if r[1].startswith("RoleChanged")]
+    assert any(f"fenced by b (term {taken})" in r for r in reasons), reasons
+    assert "Traceback" not in a.log() + b.log()
