@@ -26,7 +26,11 @@ Active-standby (VRRP's rules, with pfsync's gate and a fencing term):
     no peer is declared dead meanwhile; once back, peers get `reconnect_grace`
     to reappear (a broker restart is not the active's death). "Down" includes a
     stalled broker: a member that does not get its own heartbeat back within
-    `dead_after` trusts nobody's silence.
+    `dead_after` trusts nobody's silence. A silence counts only once a
+    heartbeat this member sent after it had lasted `dead_after` (a probe, sent
+    at that moment) is back, and a pause in its own heartbeats' return does not
+    count towards anybody's silence: a broker that stalls just after this
+    member's heartbeat came back (and just before a peer's) kills nobody.
 
 Readiness gate (a joining node must not become active half-empty):
   DISCOVERING for `discover` seconds (retained heartbeats arrive), then
@@ -179,6 +183,7 @@ class Election:
         self._eligible_since = float("inf")
         self._echo_at = now  # our own last heartbeat seen back through the bus
         self._echo_sent = float("-inf")  # when that heartbeat was sent (our clock)
+        self._hb_sent = float("-inf")  # when our last heartbeat left
         self.fault: str | None = None  # why a tracked data link is down (FAULT), or None
         # The highest term any heartbeat or will has carried (every peer's included):
         # a takeover goes above it. (A will carries the term of the moment its
@@ -225,11 +230,21 @@ class Election:
         connections open but forwards nothing: without our own echo we declare
         nobody dead and promote nobody.) One sent after a pending will confirms
         it."""
-        if now - self._echo_at > self.cfg.dead_after:
+        gap = now - self._echo_at
+        if gap > self.cfg.dead_after:
             self._grace(now)  # the bus was stalled: peers could not be heard either
+        elif gap > 2 * self.cfg.hb_interval:
+            # a shorter stall (of the broker, or of this process): what peers sent
+            # meanwhile is still on its way, so their silence stops for as long
+            stalled = gap - self.cfg.hb_interval
+            for p in self.peers.values():
+                if p.alive:
+                    p.heard_at = min(p.heard_at + stalled, now)
         self._echo_at = now
         self._echo_sent = max(self._echo_sent, sent_at)
-        if any(p.pending_will is not None for p in self.peers.values()):
+        dead_after = self.cfg.dead_after
+        if any(p.pending_will is not None or (p.alive and now - p.heard_at > dead_after)
+               for p in self.peers.values()):
             return self.tick(now)
         return []
 
@@ -309,9 +324,14 @@ class Election:
             if p.pending_will is not None and confirmed and bus_ok:
                 out.append(PeerDown(p.node, "will", p.hb.role == ROLE_ACTIVE))
                 p.alive, p.hb, p.pending_will = False, p.pending_will, None
-            if bus_ok and p.alive and now - p.heard_at > self.cfg.dead_after:
-                p.alive, p.quiet, p.pending_will = False, True, None
-                out.append(PeerDown(p.node, "timeout", p.hb.role == ROLE_ACTIVE))
+            if p.alive and now - p.heard_at > self.cfg.dead_after:
+                # silent long enough: dead once a heartbeat we sent since is back
+                silent = p.heard_at + self.cfg.dead_after
+                if bus_ok and self._echo_sent >= silent:
+                    p.alive, p.quiet, p.pending_will = False, True, None
+                    out.append(PeerDown(p.node, "timeout", p.hb.role == ROLE_ACTIVE))
+                elif self._hb_sent < silent:
+                    self._next_hb = min(self._next_hb, now)  # the probe leaves now
         out += self._gate_step(now)
         out += self._decide(now)
         return out
@@ -321,7 +341,8 @@ class Election:
         t = self._next_hb
         if self.connected and self._echo_at + self.cfg.dead_after > t:
             for p in self.peers.values():
-                if p.alive:
+                # until its probe has left (then on_echo() decides)
+                if p.alive and self._hb_sent < p.heard_at + self.cfg.dead_after:
                     t = min(t, p.heard_at + self.cfg.dead_after)
         g = self.gate
         if g.state == DISCOVERING:
@@ -335,6 +356,7 @@ class Election:
 
     def heartbeat(self, now: float, table_size: int, ct_seq: int) -> Heartbeat:
         self._next_hb = now + self.cfg.hb_interval
+        self._hb_sent = now
         return Heartbeat(self.cfg.node, self.role, self.cfg.priority, self.term,
                          self.gate.state == READY, table_size, ct_seq, self.session)
 

@@ -103,10 +103,18 @@ class Broker:
             self._amqtt.__exit__(None, None, None)
 
     def close(self) -> None:
+        self.signal(signal.SIGCONT)  # a broker paused by a failed test still stops
         if self._mosq is not None:
             self._mosq.close()
         else:
             self.stop()
+
+    def signal(self, sig: signal.Signals) -> None:
+        """Signal the broker process (SIGSTOP: a stalled broker; SIGCONT)."""
+        proc = self._mosq.proc if self._mosq is not None else \
+            self._amqtt.proc if self._amqtt is not None else None
+        if proc is not None and proc.poll() is None:
+            os.kill(proc.pid, sig)
 
 
 BROKERS = ["amqtt", "mosquitto"]

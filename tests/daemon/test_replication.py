@@ -5,6 +5,7 @@ control API. Each test runs against both brokers."""
 from __future__ import annotations
 
 import re
+import signal
 import time
 from typing import Any
 
@@ -160,6 +161,45 @@ def test_a_broker_restart_is_followed_by_resync_and_convergence(cluster: Cluster
     assert sb["replica"]["resync_requests"] >= 1 or sb["replica"]["snapshots"] >= 2
     roles = sorted((sa["role"], sb["role"]))
     assert roles == ["active", "standby"]
+
+
+@pytest.mark.parametrize("stall", [1.5, 4.0])
+def test_a_stalled_broker_is_nobodys_death(cluster: Cluster, broker: Broker,
+                                           stall: float) -> None:
+    """The broker process stops (SIGSTOP: swapped out, a VM paused) with every
+    connection open. For 1.5 s (four times dead_after) nobody's heartbeat comes
+    back, its own included, so nobody's silence is trusted: no takeover. At 4 s
+    the clients' keepalive (2 s, then 2 s for the PINGRESP) gives up and they
+    reconnect when the broker resumes, which then publishes the wills of the
+    connections it lost: within the reconnect grace those end old sessions, not
+    members. Either way the roles and terms do not move and what a did
+    meanwhile reaches b."""
+    a, b = pair(cluster)
+    open_flows(a, range(52100, 52103))
+    wait_until(lambda: len(table(b)) == 3, 10, "b to have the first flows")
+    before = {n.name: len(n.state()["roles"]) for n in (a, b)}
+    terms = (a.state()["term"], b.state()["term"])
+    broker.signal(signal.SIGSTOP)
+    try:
+        time.sleep(0.5)
+        open_flows(a, range(52103, 52106))  # a's data path does not wait for the broker
+        time.sleep(stall - 0.5)
+        assert (a.role(), b.role()) == ("active", "standby")
+    finally:
+        broker.signal(signal.SIGCONT)
+    wait_until(lambda: table(a) == table(b) and len(table(b)) == 6, 30,
+               "b to get what a did during the stall")
+    time.sleep(1.0)  # and a little longer: wills restored late, late timers
+    sa, sb = a.state(), b.state()
+    assert (sa["role"], sb["role"]) == ("active", "standby")
+    assert (sa["term"], sb["term"]) == terms
+    for n, st in ((a, sa), (b, sb)):
+        since = [r for r in st["roles"][before[n.name]:]
+                 if r[1].startswith(("RoleChanged", "PeerDown"))]
+        assert since == [], (n.name, since)
+        assert "Traceback" not in n.log()
+    if stall > 3:
+        assert sa["bus"]["connects"] >= 2 and sb["bus"]["connects"] >= 2
 
 
 # ================================================================ late joiner

@@ -522,6 +522,52 @@ def test_a_stalled_broker_makes_nobody_dead() -> None:
     assert (a.role, b.role) == ("active", "standby")
 
 
+@pytest.mark.parametrize("phase", [0.0, 0.02, 0.05, 0.09])
+def test_a_stall_just_after_our_own_heartbeat_makes_nobody_dead(phase: float) -> None:
+    """b's heartbeats leave `phase` after a's. The broker stalls right after
+    b's: b's own echo is then fresher than a's last heartbeat by `phase`, so
+    a's silence reaches dead_after while b's bus still looks fine. Before,
+    that made b take over from a healthy active at every stall that began in
+    the wrong part of the interval (a real Mosquitto paused for 1.5 s:
+    tests/daemon/test_replication.py). The silence counts only once a heartbeat
+    b sent after it grew that long has come back."""
+    c = Cluster()
+    a = c.add("a", priority=200)
+    c.run(1.0)
+    c.run(phase)
+    b = c.add("b", priority=100)
+    c.run(1.0)
+    while not b.heartbeat_due(round(c.now + 0.01, 6)):
+        c.run(0.01)
+    c.run(0.01)  # b's heartbeat has just come back: then the stall
+    c.stalled = True
+    c.run(2.0)
+    assert (a.role, b.role) == ("active", "standby") and b.peers["a"].alive
+    assert not any(isinstance(ev, PeerDown) for _, ev in c.events)
+    c.stalled = False
+    c.run(1.0)
+    assert (a.role, b.role) == ("active", "standby")
+
+
+def test_a_silent_peer_is_dead_one_round_trip_after_dead_after() -> None:
+    """A paused peer (no will): its silence is confirmed by a probe, a
+    heartbeat sent the moment the silence reaches dead_after, as soon as that
+    heartbeat is back."""
+    c = Cluster()
+    c.add("a", priority=200)
+    c.run(1.0)
+    b = c.add("b", priority=100)
+    c.run(1.0)
+    c.down.add("a")
+    heard = b.peers["a"].heard_at
+    c.run(0.5)
+    down = [ev for n, ev in c.events if n == "b" and isinstance(ev, PeerDown)]
+    assert [(ev.node, ev.reason, ev.was_active) for ev in down] == [("a", "timeout", True)]
+    assert b.role == "active"
+    took = next(t for t, rc in b.transitions if rc.new == "active") - heard
+    assert b.cfg.dead_after < took <= b.cfg.dead_after + 0.02, took
+
+
 def _restored_will(c: Cluster) -> tuple[Election, Election]:
     """An outage, b back first; it receives a's will of the session before (a
     broker that restored it)."""
