@@ -12,6 +12,7 @@ verb with arguments ("$name" arguments are the fault's parameters). The verbs:
     start             start the node again (it rejoins as a standby)
     broker-stop       stop the broker (every node loses its session)
     broker-start      start it again
+    broker-signal SIG send a signal to the broker (SIGSTOP: a stalled broker, SIGCONT)
     cut / restore     link=broker: the node's link to the broker;
                       link=data: the node's data path (its traffic ports)
     impair / restore  link=sync: the node's sync messages (loss, dup, delay)
@@ -78,6 +79,12 @@ FAULTS: dict[str, FaultKind] = {k.name: k for k in (
           "stop the node gracefully (SIGTERM); heal: start it again", disruptive=True),
     _kind("broker_stop", BROKER, "broker", Action("broker-stop"), Action("broker-start"),
           "stop the MQTT broker; heal: start it again", disruptive=True),
+    _kind("broker_pause", BROKER, "broker", Action("broker-signal", (("signal", "SIGSTOP"),)),
+          Action("broker-signal", (("signal", "SIGCONT"),)),
+          "SIGSTOP the MQTT broker (a stalled broker: every connection stays open, nothing "
+          "is forwarded); heal: SIGCONT. Not in chaos's default mix, so that the seeds "
+          "recorded before it replay the same schedules (ask with --kinds)",
+          disruptive=True, chaos=False),
     _kind("partition_broker", NODE, "broker-link", Action("cut", (("link", "broker"),)),
           Action("restore", (("link", "broker"),)),
           "cut the node off the broker (its data path stays up); heal: reconnect",

@@ -623,6 +623,8 @@ class Runner:
         elif verb == "broker-start":
             await b.start_broker()
             return True, "broker started"
+        elif verb == "broker-signal":
+            r = await b.signal_broker(str(args["signal"]))
         elif verb == "cut":
             r = await b.cut(target, str(args["link"]))
         elif verb == "restore" and args.get("link") != "sync":

@@ -242,6 +242,10 @@ class Backend(abc.ABC):
     async def stop_broker(self) -> Applied: ...
 
     @abc.abstractmethod
+    async def signal_broker(self, sig: str) -> Applied:
+        """SIGSTOP (a stalled broker: connections stay open) or SIGCONT."""
+
+    @abc.abstractmethod
     async def start_node(self, name: str, config: Mapping[str, Any]) -> Applied:
         """Start (or restart) a node with `config` plus this backend's ports,
         control listener and broker URL; return once its control API answers."""

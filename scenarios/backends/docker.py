@@ -533,6 +533,22 @@ class DockerBackend(Backend):
         self.broker.stop(timeout=int(STOP_TIMEOUT))
         return Applied(True, f"docker stop {self.broker.name}")
 
+    async def signal_broker(self, sig: str) -> Applied:
+        if self.broker is None:
+            return Applied(False, "no broker container of ours")
+        return await asyncio.to_thread(self._signal_broker, sig)
+
+    def _signal_broker(self, sig: str) -> Applied:
+        c = self.broker
+        status = self._status(c)
+        if sig == "SIGSTOP" and status == "running":
+            c.pause()
+            return Applied(True, f"docker pause {c.name}")
+        if sig == "SIGCONT" and status == "paused":
+            c.unpause()
+            return Applied(True, f"docker unpause {c.name}")
+        return Applied(False, f"{sig} to broker container {c.name}: it is {status}")
+
     # ================================================================ nodes
     def node_config(self, name: str, config: Mapping[str, Any]) -> dict[str, Any]:
         node = self.nodes[name]

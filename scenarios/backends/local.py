@@ -7,6 +7,8 @@ everything), since loopback has no links to take down."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal as signals
 import socket
 from collections.abc import Mapping
 from typing import Any
@@ -99,6 +101,18 @@ class LocalBackend(ProcessBackend):
             pid = self.mosquitto.pid
             await asyncio.to_thread(self.mosquitto.stop)
             return Applied(True, f"mosquitto (pid {pid}) stopped")
+        return Applied(False, "no broker of ours is running")
+
+    async def signal_broker(self, sig: str) -> Applied:
+        if self.broker_proc is not None and self.broker_proc.alive():
+            p = self.broker_proc
+            ok = p.signal(getattr(signals, sig))
+            return Applied(ok, f"{sig} to the embedded broker (pid {p.pid})")
+        if self.mosquitto is not None and self.mosquitto.proc is not None \
+                and self.mosquitto.proc.poll() is None:
+            pid = self.mosquitto.proc.pid
+            os.kill(pid, getattr(signals, sig))
+            return Applied(True, f"{sig} to mosquitto (pid {pid})")
         return Applied(False, "no broker of ours is running")
 
     # ------------------------------------------------------------ nodes

@@ -26,6 +26,7 @@ import asyncio
 import ctypes
 import os
 import random
+import signal as signals
 import socket
 import subprocess
 from collections.abc import Callable, Mapping
@@ -221,6 +222,13 @@ class NetnsBackend(ProcessBackend):
             return Applied(False, "no broker of ours is running")
         await asyncio.to_thread(p.stop)
         return Applied(True, f"broker (pid {p.pid}) in {self.ns('brk')} stopped")
+
+    async def signal_broker(self, sig: str) -> Applied:
+        p = self.broker_proc
+        if p is None or not p.alive():
+            return Applied(False, "no broker of ours is running")
+        ok = p.signal(getattr(signals, sig))
+        return Applied(ok, f"{sig} to the broker (pid {p.pid}) in {self.ns('brk')}")
 
     # ------------------------------------------------------------ nodes
     def node_config(self, name: str, config: Mapping[str, Any]) -> dict[str, Any]:

@@ -12,15 +12,15 @@ from hypothesis import strategies as st
 from scenarios.faults import FAULTS, ChaosOptions, FaultStep, chaos_faults, chaos_schedule, plan
 from scenarios.model import ROLE_TARGETS, Fault, loads
 
-VERBS = {"signal", "stop", "start", "broker-stop", "broker-start", "cut", "restore", "impair",
-         "card", "card-reset", "clock"}
+VERBS = {"signal", "stop", "start", "broker-stop", "broker-start", "broker-signal", "cut",
+         "restore", "impair", "card", "card-reset", "clock"}
 ISSUE_FAULTS = {"kill", "pause", "restart", "broker_stop", "partition_broker", "partition_data",
                 "sync_loss", "sync_dup", "sync_delay", "card_capacity", "card_insert_fail",
                 "clock_skew"}
 
 
 def test_the_registry_covers_the_issues_fault_list() -> None:
-    assert set(FAULTS) == ISSUE_FAULTS
+    assert set(FAULTS) == ISSUE_FAULTS | {"broker_pause"}  # a stalled broker, beyond the list
     for kind in FAULTS.values():
         assert kind.inject.verb in VERBS and kind.heal.verb in VERBS, kind.name
         assert kind.target in ("node", "broker") and kind.doc
@@ -35,6 +35,9 @@ def test_kill_pause_and_restart_are_the_signals_they_say() -> None:
     assert dict(FAULTS["pause"].inject.args) == {"signal": "SIGSTOP"}
     assert dict(FAULTS["pause"].heal.args) == {"signal": "SIGCONT"}
     assert FAULTS["restart"].inject.verb == "stop" and FAULTS["restart"].heal.verb == "start"
+    assert (FAULTS["broker_pause"].inject.verb, dict(FAULTS["broker_pause"].inject.args)) == \
+        ("broker-signal", {"signal": "SIGSTOP"})
+    assert dict(FAULTS["broker_pause"].heal.args) == {"signal": "SIGCONT"}
 
 
 def test_plan_orders_steps_and_fills_in_parameters() -> None:
