@@ -6,8 +6,8 @@ Active-standby (VRRP's rules, with pfsync's gate and a fencing term):
     a heartbeat this member sent after the will has come back through the
     broker: a broker shutting down publishes the wills of live members, then
     drops every connection (what it forwards in between was sent before); a
-    will within `reconnect_grace` of this member's reconnect only ends the
-    peer's session;
+    will within `reconnect_grace` of this member's reconnect (or of a stall)
+    only ends the peer's session, unless the peer has been heard since;
   - with no live active, the best eligible member takes over: highest
     priority, then the node name (deterministic, so all agree); a member that
     has just become eligible first lets two heartbeats pass (a cold start);
@@ -151,6 +151,7 @@ class Peer:
     will_session: int = -1  # the session a will declared dead (-1: none)
     pending_will: Heartbeat | None = None  # a will not confirmed yet (on_echo)
     quiet: bool = False  # declared dead by silence (a timeout), not by its will
+    beat_at: float = float("-inf")  # its last heartbeat (a grace moves heard_at, not this)
 
     @property
     def rank(self) -> tuple[int, int, str]:
@@ -194,6 +195,7 @@ class Election:
         # we sent after it is back (the broker still works after the will).
         self._will_at = float("-inf")
         self._grace_until = float("-inf")  # the end of the last reconnect grace
+        self._grace_from = float("-inf")  # and its start
         self.transitions: list[tuple[float, RoleChanged]] = []
 
     # ------------------------------------------------------------ inputs
@@ -252,6 +254,7 @@ class Election:
         return self.connected and now - self._echo_at <= self.cfg.dead_after
 
     def _grace(self, now: float) -> None:
+        self._grace_from = now
         self._grace_until = now + self.cfg.reconnect_grace
         grace = now + self.cfg.reconnect_grace - self.cfg.dead_after
         for p in self.peers.values():
@@ -280,11 +283,13 @@ class Election:
             if not p.alive:
                 p.hb = hb
                 return out + self.tick(now)
-            if now < self._grace_until:
+            if now < self._grace_until and p.beat_at <= self._grace_from:
                 # Just back on the bus (a broker restart): a will now may be the
                 # broker's doing (restored, retained) for a peer that is reconnecting
                 # too. It stays alive for the rest of the grace, unless heard from a
                 # later connection; its old session's heartbeats no longer count.
+                # (A peer heard since, on the session the will is for, was alive on
+                # this broker: its will is its death, as outside the grace.)
                 return out
             # A live peer's will takes effect (tick()) once a heartbeat sent after
             # it is back: a broker shutting down publishes the wills of members that
@@ -302,7 +307,7 @@ class Election:
             return []  # sent before the connection whose will we already took
         p.hb_seq = seq
         p.hb = hb
-        p.heard_at = now
+        p.heard_at = p.beat_at = now
         p.pending_will = None  # heard from a later connection: it reconnected
         if not p.alive:
             p.alive, p.quiet = True, False

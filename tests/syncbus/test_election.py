@@ -568,6 +568,29 @@ def test_a_silent_peer_is_dead_one_round_trip_after_dead_after() -> None:
     assert b.cfg.dead_after < took <= b.cfg.dead_after + 0.02, took
 
 
+def test_after_a_stall_a_will_of_a_peer_heard_since_is_its_death() -> None:
+    """The grace after a stall is for wills a broker may publish for peers that
+    are reconnecting: a peer heard since, on the connection the will is for,
+    was alive on this broker, and its will is its death at once (ctlab chaos
+    --seed 86 --kinds broker_pause,pause,kill,sync_delay: a kill -9 3.5 s after
+    a stall took 0.8 s, a timeout, instead of one round trip)."""
+    c = Cluster()
+    a = c.add("a", priority=200)
+    c.run(1.0)
+    b = c.add("b", priority=100)
+    c.run(1.0)
+    c.stalled = True
+    c.run(1.0)
+    c.stalled = False
+    c.run(0.5)
+    assert b.peers["a"].alive and b.role == "standby"
+    c.will("a")  # kill -9, within the grace that the stall began
+    c.run(0.011)
+    assert b.role == "active" and b.term == a.term + 1
+    assert [(ev.node, ev.reason) for n, ev in c.events
+            if n == "b" and isinstance(ev, PeerDown)] == [("a", "will")]
+
+
 def _restored_will(c: Cluster) -> tuple[Election, Election]:
     """An outage, b back first; it receives a's will of the session before (a
     broker that restored it)."""
