@@ -156,6 +156,17 @@ async def test_cluster_verbs(docker_client: Any, ctlab_image: str, tmp_path: Pat
         assert await b.start_broker() == url
         await eventually("a reconnects to the broker", lambda: bus_connected(b, "a"),
                          timeout=40.0)
+
+        # the broker stalled (the cgroup freezer): connections stay open
+        paused = await b.signal_broker("SIGSTOP")
+        assert paused.ok and "docker pause" in paused.detail, paused
+        assert not (await b.signal_broker("SIGSTOP")).ok  # already paused
+        await asyncio.sleep(1.0)
+        assert await bus_connected(b, "a")  # no keepalive ran out in 1 s
+        resumed = await b.signal_broker("SIGCONT")
+        assert resumed.ok and "docker unpause" in resumed.detail, resumed
+        assert not (await b.signal_broker("SIGCONT")).ok  # not paused
+        await eventually("a still on the broker", lambda: bus_connected(b, "a"))
         assert set(b.logs()) == {"a", "b", "broker"}
     assert labelled(docker_client, rid) == ([], [])
     assert (tmp_path / "logs" / f"{rid}-a.log").read_text().count('"ready"') == 2
