@@ -365,19 +365,26 @@ class Runner:
                                {"hw": counts.hw, "sw": counts.sw}))
             self.failover = None
 
-    def _begin_failover(self, source: str, now: float) -> None:
+    def _begin_failover(self, source: str, now: float,
+                        unprompted: dict[str, Any] | None = None) -> None:
         if self.failover is not None and self.failover.window is None:
             return  # one is already under way
         self._close_window(float("inf"))
         self.failover = _Failover(source, now, paths_before=dict(self.last_path))
-        self.ops.append(Op("invoke", "cluster", now, F_FAILOVER, {"from": source}))
+        self.ops.append(Op("invoke", "cluster", now, F_FAILOVER,
+                           {"from": source, **(unprompted or {})}))
 
     def _switch_to(self, new: str, now: float) -> None:
         sw = self.switch
         assert sw is not None
         old = sw.active
         if self.failover is None or self.failover.window is not None:
-            self._begin_failover(old or "?", now)
+            # not begun by a fault on the active: why the node took the role
+            # (stable_roles judges it)
+            promo = (self.views[new].state or {}).get("promotion")
+            reason = promo.get("reason", "") if isinstance(promo, dict) else ""
+            self._begin_failover(old or "?", now,
+                                 {"unprompted": True, "to": new, "reason": reason})
         assert self.failover is not None
         self.failover.target = new
         got = self._preinstalled(new, old)

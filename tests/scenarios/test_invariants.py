@@ -69,7 +69,7 @@ def closes(h: History, n: int, at: float, broken: frozenset[int] = frozenset()) 
 def test_registry_names_modules_and_params() -> None:
     assert list(INVARIANTS) == ["no_broken_flows", "failover_time", "preinstalled_ratio",
                                 "hw_hit_ratio", "no_premature_aging", "no_resurrected_flows",
-                                "convergence", "card_subset"]
+                                "convergence", "card_subset", "stable_roles"]
     for inv in INVARIANTS.values():
         assert inv.doc and all(p.default is not None for p in inv.params.values())
 
@@ -348,3 +348,56 @@ def test_hardware_ratios_are_excused_on_a_node_whose_card_was_faulted() -> None:
     h.info("a", 30.0, "preinstall", {"installed": 10, "eligible": 100})
     r = preinstalled_ratio.check(h, [], {"min": 0.99})
     assert r.verdict == "fail" and "1 excused" in r.detail  # a's low ratio still counts
+
+
+# ---------------------------------------------------------------- stable_roles
+def move(h: History, at: float, old: str, new: str, reason: str) -> None:
+    """A change of active that no fault on the active began (the runner's mark)."""
+    h.invoke(CLUSTER_PROCESS, at, F_FAILOVER,
+             {"from": old, "unprompted": True, "to": new, "reason": reason})
+    h.ok(CLUSTER_PROCESS, at + 0.05, F_FAILOVER, {"from": old, "to": new})
+
+
+def fault(h: History, kind: str, target: str, at: float, healed: float | None) -> None:
+    h.record_fault(FaultRecord(at, kind, target, True))
+    if healed is not None:
+        h.record_fault(FaultRecord(healed, kind, target, True, "heal"))
+
+
+def test_stable_roles_passes_when_the_role_never_moves() -> None:
+    h = History()
+    fault(h, "broker_pause", "broker", 5.0, 7.0)
+    r = run("stable_roles", h)
+    assert r.verdict == PASS and "never moved" in r.detail
+
+
+def test_stable_roles_accepts_faults_on_the_active_and_preemptions() -> None:
+    h = History()
+    failover(h, 3.0, 0.1)  # begun by a kill of the active: explained by the runner
+    fault(h, "sync_loss", "b", 9.0, 10.0)
+    move(h, 11.5, "b", "c", "no live active")  # 1.5 s after the loss on b healed
+    move(h, 20.0, "c", "a", "preempting c (priority 200 > 100)")
+    r = run("stable_roles", h)
+    assert r.verdict == PASS, r
+    assert r.detail == ("3 moves of the active role, 1 begun by a fault on the active, "
+                        "2 explained by a fault or a preemption")
+
+
+@pytest.mark.parametrize("kind", ["broker_pause", "broker_stop", "card_insert_fail"])
+def test_stable_roles_fails_a_move_that_only_a_broker_or_card_fault_preceded(
+        kind: str) -> None:
+    h = History()
+    fault(h, kind, "broker" if kind.startswith("broker") else "a", 5.0, 7.0)
+    move(h, 5.4, "a", "b", "no live active")
+    r = run("stable_roles", h)
+    assert r.verdict == FAIL
+    assert r.detail == ("1 of 1 moves of the active role had no fault or preemption behind "
+                        "them: a→b at 5.400s (no live active)")
+
+
+def test_stable_roles_slack_bounds_how_long_a_healed_fault_explains() -> None:
+    h = History()
+    fault(h, "pause", "a", 5.0, 7.0)
+    move(h, 9.5, "a", "b", "no live active")
+    assert run("stable_roles", h).verdict == FAIL  # 2.5 s after the heal
+    assert run("stable_roles", h, slack=3.0).verdict == PASS

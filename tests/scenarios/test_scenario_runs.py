@@ -125,7 +125,7 @@ def test_chaos_replays_its_schedule_and_breaks_nothing(tmp_path: Path) -> None:
     expected = chaos_schedule(7, 25.0, nodes)
     assert [(s["at"], s["action"], s["kind"]) for s in rep["schedule"]] == \
         [(s.at, s.action, s.kind) for s in expected]  # the seed replays the schedule
-    assert rep["seed"] == 7 and len(rep["invariants"]) == 8  # every invariant checked
+    assert rep["seed"] == 7 and len(rep["invariants"]) == 9  # every invariant checked
     assert rep["faults"] and all(f["applied"] and f["healed"] for f in rep["faults"]), summary(rep)
     assert rep["verdict"] != "fail" and rc == 0, summary(rep)
 

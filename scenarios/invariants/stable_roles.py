@@ -1,0 +1,64 @@
+"""The active role moves only for a reason. Every change of active that the
+switch follows and that no fault on the active began must be explained: by a
+fault on the member that had the role or on the one that took it (in effect
+then, or healed at most `slack` seconds before), or by a preemption (a
+member of higher priority, preempt on, taking the role back). A broker that
+stops, restarts or stalls, or a card fault, explains nothing: the active keeps
+its role through them. A standby that takes over from a healthy active is a
+spurious failover: its flows move, its card is reprogrammed, and two members
+may forward at once until the old one is fenced."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from scenarios.invariants.result import FAIL, PASS, Result, examples
+from scenarios.model import F_FAILOVER, History, Param, Snapshot
+
+NAME = "stable_roles"
+PARAMS = {"slack": Param("seconds", 2.0, "a fault healed this long before a move still "
+                                         "explains it", lo=0.0, hi=3600.0)}
+# Faults that are no reason for the active role to move.
+NO_REASON = ("broker_stop", "broker_pause", "card_capacity", "card_insert_fail")
+PREEMPT = "preempting"  # the reason a member gives when it takes the role back
+
+
+def windows(history: History) -> list[tuple[str, str, float, float]]:
+    """(kind, target, injected at, healed at or +inf) of every applied fault."""
+    open_: dict[tuple[str, str], float] = {}
+    out: list[tuple[str, str, float, float]] = []
+    for r in sorted(history.faults, key=lambda r: r.at):
+        key = (r.kind, r.target)
+        if r.action == "inject" and r.applied:
+            open_[key] = r.at
+        elif r.action == "heal" and key in open_:
+            out.append((r.kind, r.target, open_.pop(key), r.at))
+    out += [(kind, target, at, float("inf")) for (kind, target), at in open_.items()]
+    return out
+
+
+def check(history: History, snapshots: Sequence[Snapshot], params: Mapping[str, Any]) -> Result:
+    slack = float(params.get("slack", 2.0))
+    faults = [w for w in windows(history) if w[0] not in NO_REASON]
+    moves = [op for op in history.by_f(F_FAILOVER)
+             if op.type == "invoke" and isinstance(op.value, Mapping)]
+    unprompted = [op for op in moves if op.value.get("unprompted")]
+    spurious, explained = [], 0
+    for op in unprompted:
+        v = op.value
+        old, new, why = str(v.get("from", "?")), str(v.get("to", "?")), str(v.get("reason", ""))
+        if why.startswith(PREEMPT) or any(
+                target in (old, new) and at <= op.time <= healed + slack
+                for _, target, at, healed in faults):
+            explained += 1
+            continue
+        spurious.append(f"{old}→{new} at {op.time:.3f}s ({why or 'no reason given'})")
+    if spurious:
+        return Result(NAME, FAIL, f"{len(spurious)} of {len(moves)} moves of the active role "
+                      f"had no fault or preemption behind them: {examples(spurious)}")
+    if not moves:
+        return Result(NAME, PASS, "the active role never moved")
+    return Result(NAME, PASS, f"{len(moves)} moves of the active role, "
+                  f"{len(moves) - len(unprompted)} begun by a fault on the active, "
+                  f"{explained} explained by a fault or a preemption")
