@@ -226,6 +226,20 @@ def test_a_socket_closed_before_its_writer_is_registered_is_one_log_line(
                for r in caplog.records) == 1
 
 
+async def _acked_as_cancelled(task: asyncio.Task[None] | None) -> None:
+    """The broker's ack completes the call in the same loop turn as `task` is
+    cancelled, waited for as aiomqtt's Client._wait_for does."""
+    loop = asyncio.get_running_loop()
+    ack = loop.create_future()
+
+    def race() -> None:
+        ack.set_result(None)
+        assert task is not None
+        task.cancel()
+    loop.call_soon(race)
+    await asyncio.wait_for(ack, 10)
+
+
 class _PubackAtTheCancel:
     """Stands in for aiomqtt.Client.publish only, to make one race exact: the
     PUBACK completes the publish in the same loop turn as the session's
@@ -237,15 +251,7 @@ class _PubackAtTheCancel:
         self.published = 0
 
     async def publish(self, topic: str, payload: bytes, **kw: object) -> None:
-        loop = asyncio.get_running_loop()
-        puback = loop.create_future()
-
-        def race() -> None:
-            puback.set_result(None)
-            assert self.writer is not None
-            self.writer.cancel()
-        loop.call_soon(race)
-        await asyncio.wait_for(puback, 10)  # as aiomqtt's Client._wait_for does
+        await _acked_as_cancelled(self.writer)
         self.published += 1
 
 
@@ -272,15 +278,7 @@ class _SubackAtTheCancel:
         self.subscribed: list[str] = []
 
     async def subscribe(self, pattern: str, **kw: object) -> None:
-        loop = asyncio.get_running_loop()
-        suback = loop.create_future()
-
-        def race() -> None:
-            suback.set_result(None)
-            assert self.caller is not None
-            self.caller.cancel()
-        loop.call_soon(race)
-        await asyncio.wait_for(suback, 10)  # as aiomqtt's Client._wait_for does
+        await _acked_as_cancelled(self.caller)
         self.subscribed.append(pattern)
 
 
