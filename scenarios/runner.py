@@ -366,13 +366,13 @@ class Runner:
             self.failover = None
 
     def _begin_failover(self, source: str, now: float,
-                        unprompted: dict[str, Any] | None = None) -> None:
+                        detail: dict[str, Any] | None = None) -> None:
         if self.failover is not None and self.failover.window is None:
             return  # one is already under way
         self._close_window(float("inf"))
         self.failover = _Failover(source, now, paths_before=dict(self.last_path))
         self.ops.append(Op("invoke", "cluster", now, F_FAILOVER,
-                           {"from": source, **(unprompted or {})}))
+                           {"from": source, **(detail or {})}))
 
     def _switch_to(self, new: str, now: float) -> None:
         sw = self.switch

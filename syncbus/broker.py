@@ -86,6 +86,14 @@ def stop_process(proc: subprocess.Popen[Any] | None,
     return proc.returncode
 
 
+def signal_process(proc: subprocess.Popen[Any] | None, sig: signal.Signals) -> bool:
+    """Send `sig` to a child we started, by its PID, if it still runs."""
+    if proc is None or proc.poll() is not None:
+        return False
+    proc.send_signal(sig)
+    return True
+
+
 def wait_listening(host: str, port: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -241,6 +249,10 @@ class Mosquitto:
         proc, self.proc = self.proc, None
         stop_process(proc)
 
+    def signal(self, sig: signal.Signals) -> bool:
+        """SIGSTOP (a stalled broker) or SIGCONT; False when it is not running."""
+        return signal_process(self.proc, sig)
+
     def kill(self) -> None:
         """kill -9 (a crash: no clean shutdown)."""
         proc, self.proc = self.proc, None
@@ -359,6 +371,10 @@ class BrokerProcess:
         proc, self.proc = self.proc, None
         stop_process(proc)
 
+    def signal(self, sig: signal.Signals) -> bool:
+        """SIGSTOP (a stalled broker) or SIGCONT; False when it is not running."""
+        return signal_process(self.proc, sig)
+
     def restart(self) -> str:
         """Stop and start again on the same port (a broker restart fault)."""
         self.stop()
@@ -367,7 +383,8 @@ class BrokerProcess:
 
 
 __all__ = ["MOSQUITTO", "BrokerError", "BrokerProcess", "Mosquitto", "embedded_broker",
-           "free_port", "free_udp_port", "main", "serve", "stop_process", "wait_listening"]
+           "free_port", "free_udp_port", "main", "serve", "signal_process", "stop_process",
+           "wait_listening"]
 
 if __name__ == "__main__":
     raise SystemExit(main())

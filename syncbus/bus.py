@@ -265,8 +265,9 @@ class MqttBus:
             if not self._released.is_set():  # held while connecting: drop it now
                 _shutdown(client)
                 raise _Stop
-            # A cancel swallowed here (see _writer) is harmless: only __aexit__
-            # cancels this task, after setting _stopping, which ends the session.
+            # A cancel swallowed here (see _cancel_if_swallowed) is harmless: only
+            # __aexit__ cancels this task, after setting _stopping, which ends the
+            # session.
             for sub in list(self.subscriptions):
                 await client.subscribe(sub, qos=QOS)
             self.connected = True
@@ -306,7 +307,6 @@ class MqttBus:
 
     async def _writer(self, client: aiomqtt.Client) -> None:
         q = self._outq
-        me = asyncio.current_task()
         while True:
             topic, payload, retain = await q.get()
             try:
@@ -318,15 +318,10 @@ class MqttBus:
                 raise
             finally:
                 q.task_done()
-            if me is not None and me.cancelling():
-                # aiomqtt waits for the PUBACK with asyncio.wait_for(), which in
-                # Python 3.11 returns the result when the cancellation meets a
-                # publish that has just completed: the cancel is swallowed
-                # (CPython gh-86296, fixed in 3.12 by gh-96764's rewrite). The
-                # writer then waited on the queue for good, and so did the
-                # session's TaskGroup and the bus's shutdown (seen twice in about
-                # 200 broker restarts under load: tests/syncbus/test_live.py).
-                raise asyncio.CancelledError
+            # Without this the writer waited on the queue for good, and so did the
+            # session's TaskGroup and the bus's shutdown (seen twice in about 200
+            # broker restarts under load: tests/syncbus/test_live.py).
+            _cancel_if_swallowed()
 
     def _down(self) -> None:
         if self.connected:
@@ -355,9 +350,7 @@ class MqttBus:
             if client is not None and self.connected:
                 with contextlib.suppress(aiomqtt.MqttError):  # the reconnect will do it
                     await client.subscribe(pattern, qos=QOS)
-                me = asyncio.current_task()
-                if me is not None and me.cancelling():
-                    raise asyncio.CancelledError  # swallowed by aiomqtt's wait_for: see _writer
+                _cancel_if_swallowed()
 
     async def events(self) -> AsyncIterator[BusEvent]:
         while True:
@@ -449,6 +442,17 @@ class SocketRaceFilter:
             self.previous(loop, context)
         else:
             loop.default_exception_handler(context)
+
+
+def _cancel_if_swallowed() -> None:
+    """Raise the cancellation an aiomqtt call just swallowed. aiomqtt waits for
+    the broker's PUBACK or SUBACK with asyncio.wait_for(), which in Python 3.11
+    returns the result when a cancellation meets a call that has just completed:
+    the task is still cancelling(), but nothing raised (CPython gh-86296, fixed
+    in 3.12 by gh-96764's rewrite of wait_for)."""
+    me = asyncio.current_task()
+    if me is not None and me.cancelling():
+        raise asyncio.CancelledError
 
 
 def _nodelay(client: aiomqtt.Client) -> None:

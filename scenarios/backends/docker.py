@@ -534,20 +534,7 @@ class DockerBackend(Backend):
         return Applied(True, f"docker stop {self.broker.name}")
 
     async def signal_broker(self, sig: str) -> Applied:
-        if self.broker is None:
-            return Applied(False, "no broker container of ours")
-        return await asyncio.to_thread(self._signal_broker, sig)
-
-    def _signal_broker(self, sig: str) -> Applied:
-        c = self.broker
-        status = self._status(c)
-        if sig == "SIGSTOP" and status == "running":
-            c.pause()
-            return Applied(True, f"docker pause {c.name}")
-        if sig == "SIGCONT" and status == "paused":
-            c.unpause()
-            return Applied(True, f"docker unpause {c.name}")
-        return Applied(False, f"{sig} to broker container {c.name}: it is {status}")
+        return await asyncio.to_thread(self._signal, self.broker, "the broker", sig)
 
     # ================================================================ nodes
     def node_config(self, name: str, config: Mapping[str, Any]) -> dict[str, Any]:
@@ -633,11 +620,12 @@ class DockerBackend(Backend):
         return Applied(True, f"docker stop {c.name}: exit code {c.attrs['State']['ExitCode']}")
 
     async def signal(self, name: str, sig: str) -> Applied:
-        return await asyncio.to_thread(self._signal, name, sig)
+        return await asyncio.to_thread(self._signal, self.nodes[name].container, name, sig)
 
-    def _signal(self, name: str, sig: str) -> Applied:
+    def _signal(self, c: Any, name: str, sig: str) -> Applied:
+        """SIGSTOP and SIGCONT as docker pause/unpause (the cgroup freezer),
+        any other signal as docker kill, to a node's or the broker's container."""
         docker = _docker()
-        c = self.nodes[name].container
         status = "gone" if c is None else self._status(c)
         if status not in ("running", "paused"):
             return Applied(False, f"{name} is not running")

@@ -7,7 +7,6 @@ everything), since loopback has no links to take down."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal as signals
 import socket
 from collections.abc import Mapping
@@ -108,11 +107,8 @@ class LocalBackend(ProcessBackend):
             p = self.broker_proc
             ok = p.signal(getattr(signals, sig))
             return Applied(ok, f"{sig} to the embedded broker (pid {p.pid})")
-        if self.mosquitto is not None and self.mosquitto.proc is not None \
-                and self.mosquitto.proc.poll() is None:
-            pid = self.mosquitto.proc.pid
-            os.kill(pid, getattr(signals, sig))
-            return Applied(True, f"{sig} to mosquitto (pid {pid})")
+        if self.mosquitto is not None and self.mosquitto.signal(getattr(signals, sig)):
+            return Applied(True, f"{sig} to mosquitto (pid {self.mosquitto.pid})")
         return Applied(False, "no broker of ours is running")
 
     # ------------------------------------------------------------ nodes

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from scenarios.invariants.faulted import fault_windows
 from scenarios.invariants.result import FAIL, PASS, Result, examples
 from scenarios.model import F_FAILOVER, History, Param, Snapshot
 
@@ -24,23 +25,9 @@ NO_REASON = ("broker_stop", "broker_pause", "card_capacity", "card_insert_fail")
 PREEMPT = "preempting"  # the reason a member gives when it takes the role back
 
 
-def windows(history: History) -> list[tuple[str, str, float, float]]:
-    """(kind, target, injected at, healed at or +inf) of every applied fault."""
-    open_: dict[tuple[str, str], float] = {}
-    out: list[tuple[str, str, float, float]] = []
-    for r in sorted(history.faults, key=lambda r: r.at):
-        key = (r.kind, r.target)
-        if r.action == "inject" and r.applied:
-            open_[key] = r.at
-        elif r.action == "heal" and key in open_:
-            out.append((r.kind, r.target, open_.pop(key), r.at))
-    out += [(kind, target, at, float("inf")) for (kind, target), at in open_.items()]
-    return out
-
-
 def check(history: History, snapshots: Sequence[Snapshot], params: Mapping[str, Any]) -> Result:
     slack = float(params.get("slack", 2.0))
-    faults = [w for w in windows(history) if w[0] not in NO_REASON]
+    faults = [w for w in fault_windows(history) if w[0] not in NO_REASON]
     moves = [op for op in history.by_f(F_FAILOVER)
              if op.type == "invoke" and isinstance(op.value, Mapping)]
     unprompted = [op for op in moves if op.value.get("unprompted")]

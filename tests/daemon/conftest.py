@@ -111,10 +111,9 @@ class Broker:
 
     def signal(self, sig: signal.Signals) -> None:
         """Signal the broker process (SIGSTOP: a stalled broker; SIGCONT)."""
-        proc = self._mosq.proc if self._mosq is not None else \
-            self._amqtt.proc if self._amqtt is not None else None
-        if proc is not None and proc.poll() is None:
-            os.kill(proc.pid, sig)
+        broker = self._mosq if self._mosq is not None else self._amqtt
+        if broker is not None:
+            broker.signal(sig)
 
 
 BROKERS = ["amqtt", "mosquitto"]
