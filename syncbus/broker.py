@@ -76,7 +76,7 @@ def stop_process(proc: subprocess.Popen[Any] | None,
     if proc is None:
         return None
     if proc.poll() is None:
-        proc.send_signal(signal.SIGCONT)  # a stopped (paused) process cannot exit
+        proc.send_signal(signal.SIGCONT)  # stopped (paused), it cannot run its SIGTERM handler
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout)

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from syncbus.broker import free_port, free_udp_port, stop_process
+from syncbus.broker import free_port, free_udp_port, signal_process, stop_process
 
 
 def test_ports_handed_out_are_distinct_and_bindable() -> None:
@@ -44,3 +44,24 @@ def test_stop_process_terminates_then_kills_what_ignores_sigterm() -> None:
                 p.wait()
         if stubborn.stdout is not None:
             stubborn.stdout.close()
+
+
+def test_stop_process_ends_a_paused_process_with_sigterm() -> None:
+    """A paused (SIGSTOPped) child that handles SIGTERM, as a broker does,
+    gets SIGCONT first: its handler runs and it exits cleanly. (Stopped, it
+    could not run the handler: SIGKILL after the timeout.)"""
+    paused = subprocess.Popen([sys.executable, "-c", (
+        "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(3)); "
+        "print('ready', flush=True); time.sleep(60)")], stdout=subprocess.PIPE)
+    try:
+        assert paused.stdout is not None and paused.stdout.readline() == b"ready\n"
+        assert signal_process(paused, signal.SIGSTOP)
+        assert stop_process(paused, timeout=2.0) == 3  # its own handler's exit
+        assert not signal_process(paused, signal.SIGCONT)  # gone: nothing to signal
+        assert not signal_process(None, signal.SIGCONT)
+    finally:
+        if paused.poll() is None:
+            paused.kill()
+            paused.wait()
+        if paused.stdout is not None:
+            paused.stdout.close()
