@@ -33,6 +33,7 @@ class Cluster:
         self.epochs: dict[str, int] = {}
         self.down: set[str] = set()  # paused / partitioned: neither sends nor receives
         self.stalled = False  # the broker forwards nothing (connections stay up)
+        self.held: list[tuple[str, float]] = []  # heartbeats it took meanwhile: (node, sent)
         self.now = T0
         self.events: list[tuple[str, object]] = []
 
@@ -47,6 +48,7 @@ class Cluster:
         self.seqs[name] = self.seqs.get(name, 0) + 1
         hb = e.heartbeat(self.now, 10 if e.role == "active" else 0, 0)
         if self.stalled:
+            self.held.append((name, self.now))
             return  # the broker accepts it and forwards nothing
         # its own heartbeat comes back through the broker (a pending will takes effect)
         self.events += [(name, ev) for ev in e.on_echo(self.now, self.now)]
@@ -547,6 +549,36 @@ def test_a_stall_just_after_our_own_heartbeat_makes_nobody_dead(phase: float) ->
     c.stalled = False
     c.run(1.0)
     assert (a.role, b.role) == ("active", "standby")
+
+
+def test_a_stall_shorter_than_dead_after_does_not_count_towards_a_silence() -> None:
+    """A stall of 0.32 s (dead_after 0.35) that began just after b's own echo,
+    0.05 s after a's last heartbeat: b's probe leaves as a's silence reaches
+    dead_after. The resumed broker forwards b's own heartbeats first (it reads
+    its clients' sockets in its own order), a's queued ones right after. The
+    first echo, 0.32 s after the one before, stops a's silence for the stall,
+    so the probe's echo finds a within dead_after and a stays alive."""
+    c = Cluster()
+    a = c.add("a", priority=200)
+    c.run(1.0)
+    c.run(0.05)
+    b = c.add("b", priority=100)
+    c.run(1.0)
+    while not b.heartbeat_due(round(c.now + 0.01, 6)):
+        c.run(0.01)
+    c.run(0.01)  # b's heartbeat has just come back, a's came 0.05 s before
+    c.stalled = True
+    c.run(0.32)
+    queued = [sent for name, sent in c.held if name == "b"]
+    silent = b.peers["a"].heard_at + b.cfg.dead_after
+    assert queued[-1] >= silent  # the probe left
+    c.stalled = False
+    for sent in queued:  # b's own heartbeats come back first
+        c.events += [("b", ev) for ev in b.on_echo(sent, c.now)]
+    assert b.peers["a"].alive and b.role == "standby"
+    c.run(1.0)  # then a's, and the cluster goes on
+    assert (a.role, b.role) == ("active", "standby")
+    assert not any(isinstance(ev, PeerDown) for _, ev in c.events)
 
 
 def test_a_silent_peer_is_dead_one_round_trip_after_dead_after() -> None:
