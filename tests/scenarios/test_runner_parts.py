@@ -17,7 +17,7 @@ import pytest
 from node.conntrack import Tuple
 from node.packet import ip_bytes
 from scenarios.cli import main
-from scenarios.model import Expectation, flow_key, load
+from scenarios.model import F_FAILOVER, Expectation, flow_key, load
 from scenarios.progress import Progress
 from scenarios.runner import STATE_TIMEOUT, Runner, RunOptions, entry_key, expectation_met
 from scenarios.switch import Switch
@@ -208,3 +208,29 @@ async def test_a_node_that_does_not_answer_does_not_delay_following_the_others()
         silent.close()
     assert took < STATE_TIMEOUT * 0.8, took
     assert r.views["b"].state is not None and r.views["b"].state["term"] == 2
+
+
+def test_a_move_of_the_active_says_whether_a_fault_on_the_active_began_it() -> None:
+    """What stable_roles judges: a move no fault on the active began carries the
+    new active's own reason for taking the role; one after such a fault does not
+    (the fault is its reason)."""
+    r = Runner(load(LIBRARY / "failover-basic.yaml"),
+               SimpleNamespace(control_url=lambda n: ""),  # type: ignore[arg-type]
+               RunOptions(progress=False))
+    r.switch = Switch(r.gen, r.nodes, {}, lambda node, side: ("127.0.0.1", 9))
+    r.switch.active = "a"
+    r.views["a"].state = {"role": "active", "term": 1}
+    r.views["b"].state = {"role": "active", "term": 2,
+                          "promotion": {"term": 2, "reason": "no live active"}}
+    r._follow(r._known(), 5.0)
+    assert r.switch.active == "b"
+    assert r.ops[-1].f == F_FAILOVER and r.ops[-1].value == {
+        "from": "a", "unprompted": True, "to": "b", "reason": "no live active"}
+    r.failover = None  # that one is over
+    r._begin_failover("b", 9.0)  # a kill of b, the active
+    r.views["a"].state = {"role": "active", "term": 3,
+                          "promotion": {"term": 3, "reason": "no live active"}}
+    r._follow(r._known(), 9.5)
+    assert r.switch.active == "a"
+    moves = [op.value for op in r.ops if op.f == F_FAILOVER and op.type == "invoke"]
+    assert moves[-1] == {"from": "b"}
