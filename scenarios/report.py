@@ -12,7 +12,9 @@ verdict, invariants, faults, metrics) and, beside them, git_revision,
 duration, schedule (the planned fault steps: with the seed they replay the
 run) and series (metric -> node -> [[time, value], ...]: the samples the
 page plots); the runner adds traffic, nodes, expect and phases (wall seconds
-spent in setup, run, final, quiesce, check, teardown and report). Each fault
+spent in setup, run, final, quiesce, check, teardown and report), and
+`ctlab chaos` adds chaos: {seed, duration, interval, mix, kinds, base, replay}
+(mix is None when --kinds chose the kinds; replay is the command line). Each fault
 entry is {at, kind, target, applied} as it fired, with heal_at and healed for
 its heal. render_html() reads only that dict, so
 a page can be redrawn from any report.json.
@@ -534,8 +536,15 @@ def render_html(report: Mapping[str, Any]) -> str:
                                   for k, v in (report.get("phases") or {}).items()) or "—"),
             ("faults", len(report.get("faults", []))),
             ("revision", str(rev)[:12])]
+    chaos = report.get("chaos")
+    if isinstance(chaos, Mapping):
+        meta.append(("chaos mix", chaos.get("mix") if chaos.get("mix") is not None
+                     else "kinds " + ", ".join(map(str, chaos.get("kinds") or ()))))
     head = ('<dl class="meta">' + "".join(f"<div><dt>{_e(k)}</dt><dd>{_e(v)}</dd></div>"
                                           for k, v in meta) + "</dl>")
+    if isinstance(chaos, Mapping) and chaos.get("replay"):
+        head += f'<p>Replay: <code>{_e(chaos["replay"])}</code></p>'
+
     title = f"ctlab · {report.get('scenario', 'scenario')} · {verdict}"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">

@@ -3,8 +3,8 @@ scenarios.runner (DESIGN.md section 5).
 
     ctlab run SCENARIO.yaml [--backend local|netns|docker] [--broker URL] [--seed N]
               [--out DIR] [--json] [--quiet]
-    ctlab chaos [--duration S] [--seed N] [--base SCENARIO.yaml] [--kinds k1,k2]
-                [--backend ...] [--broker URL] [--out DIR] [--json] [--quiet]
+    ctlab chaos [--duration S] [--seed N] [--base SCENARIO.yaml] [--kinds k1,k2 | --mix N]
+                [--interval S] [--backend ...] [--broker URL] [--out DIR] [--json] [--quiet]
 
 Exit status: 0 when the run met its expectation (a scenario passes; a
 negative control fails as it must; a chaos run has no failing invariant —
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shlex
 import signal
 import sys
 from collections.abc import Coroutine
@@ -28,6 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from scenarios.faults import CHAOS_MIX, CHAOS_MIXES
 from scenarios.model import Broker, ScenarioError, load
 
 CHAOS_BASE = Path(__file__).parent / "examples" / "chaos-base.yaml"
@@ -45,15 +47,22 @@ def add_parsers(sub: Any) -> None:
     chaos = sub.add_parser(
         "chaos", help="random fault schedules from a seed, every invariant checked",
         description="Run a base scenario with a random fault schedule drawn from --seed "
-                    "and check every invariant. The report holds the seed and the "
-                    "schedule; the same seed, duration, base and kinds replay the run.")
+                    "and check every invariant. The report holds the seed, the schedule "
+                    "and the command that replays it (the same seed, duration, base, "
+                    "interval and kinds or mix give the same schedule).")
     chaos.add_argument("--duration", type=float, default=30.0, metavar="S",
                        help="seconds of traffic and faults (default 30)")
     chaos.add_argument("--base", default=str(CHAOS_BASE), metavar="SCENARIO.yaml",
                        help="the cluster, traffic and tc to use (default: the shipped "
                             "chaos base, three nodes)")
-    chaos.add_argument("--kinds", default=None, metavar="K1,K2",
-                       help="fault kinds to draw from (default: all; see scenarios/faults.py)")
+    kinds = chaos.add_mutually_exclusive_group()
+    kinds.add_argument("--kinds", default=None, metavar="K1,K2",
+                       help="fault kinds to draw from, in this order (default: the chaos mix)")
+    kinds.add_argument("--mix", type=int, default=None, metavar="N",
+                       help=f"the chaos mix to draw from (default {CHAOS_MIX}, the newest): a "
+                            "new default mix is a new version, so a seed recorded with an "
+                            "older one replays with its --mix. Mixes: "
+                            + "; ".join(f"{v}: {', '.join(k)}" for v, k in CHAOS_MIXES.items()))
     chaos.add_argument("--interval", type=float, default=5.0, metavar="S",
                        help="mean seconds between two faults (default 5)")
     _common(chaos)
@@ -94,11 +103,15 @@ def main(args: argparse.Namespace) -> int:
             base = replace(base, cluster=replace(base.cluster, broker=_broker(args.broker)))
         if args.seed is not None:
             base = base.with_seed(args.seed)
-        schedule = None
+        schedule = chaos = None
         if args.command == "chaos":
             kinds = args.kinds.split(",") if args.kinds else None
+            mix = CHAOS_MIX if args.mix is None else args.mix
+            chaos = _chaos_record(args, base.seed, faults.chaos_kinds(kinds, mix),
+                                  None if kinds else mix)
             drawn = faults.chaos_faults(base.seed, args.duration, base.cluster.node_names,
-                                        kinds, faults.ChaosOptions(interval=args.interval))
+                                        kinds, faults.ChaosOptions(interval=args.interval),
+                                        mix)
             base = replace(base.with_faults(drawn), duration=args.duration,
                            name=f"chaos-{base.seed}")
             schedule = faults.plan(base.faults, base.duration)
@@ -123,6 +136,8 @@ def main(args: argparse.Namespace) -> int:
         return 128 + signal.SIGTERM
     from scenarios import report
 
+    if chaos is not None:
+        rep["chaos"] = chaos
     js, page = report.write(args.out, rep)
     if args.json:
         print(json.dumps(rep, indent=1))
@@ -165,6 +180,24 @@ async def _terminable(coro: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, An
             signal.signal(signal.SIGTERM, previous)
 
 
+def _chaos_record(args: argparse.Namespace, seed: int, kinds: list[str],
+                  mix: int | None) -> dict[str, Any]:
+    """What drew a chaos run's schedule, and the command that draws it again
+    (report.json "chaos")."""
+    argv = ["ctlab", "chaos", "--seed", str(seed), "--duration", f"{args.duration:g}"]
+    if args.base != str(CHAOS_BASE):
+        argv += ["--base", args.base]
+    if args.interval != 5.0:
+        argv += ["--interval", f"{args.interval:g}"]
+    argv += ["--mix", str(mix)] if mix is not None else ["--kinds", ",".join(kinds)]
+    if args.backend != "local":
+        argv += ["--backend", args.backend]
+    if args.broker:
+        argv += ["--broker", args.broker]
+    return {"seed": seed, "duration": args.duration, "interval": args.interval,
+            "mix": mix, "kinds": kinds, "base": args.base, "replay": shlex.join(argv)}
+
+
 def _summary(rep: dict[str, Any], js: Path, page: Path) -> None:
     out = sys.stderr
     out.write(f"{rep['scenario']} (seed {rep['seed']}, {rep['backend']}): "
@@ -178,6 +211,8 @@ def _summary(rep: dict[str, Any], js: Path, page: Path) -> None:
     for f in rep["faults"]:
         out.write(f"  fault {f['at']:>7.3f}s {f['kind']} -> {f['target']}: "
                   f"{'applied' if f['applied'] else 'NOT applied'}\n")
+    if "chaos" in rep:
+        out.write(f"  replay: {rep['chaos']['replay']}\n")
     out.write(f"  report: {js} {page}\n")
 
 

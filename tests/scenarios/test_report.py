@@ -181,6 +181,21 @@ def test_html_escapes_what_it_shows() -> None:
     assert "a &lt; b &amp; c" in page
 
 
+def test_a_chaos_page_shows_its_mix_and_replay_command() -> None:
+    r = sample_report()
+    assert "Replay:" not in report.render_html(r)  # a scenario run has none
+    r["chaos"] = {"seed": 7, "duration": 25.0, "interval": 5.0, "mix": 2, "kinds": ["kill"],
+                  "base": "b.yaml", "replay": "ctlab chaos --seed 7 --duration 25 --mix 2"}
+    page = report.render_html(r)
+    assert "<dt>chaos mix</dt><dd>2</dd>" in page
+    assert "Replay: <code>ctlab chaos --seed 7 --duration 25 --mix 2</code>" in page
+    r["chaos"] = {**r["chaos"], "mix": None, "kinds": ["kill", "pause"],
+                  "replay": "ctlab chaos --seed 7 --kinds kill,pause & <x>"}
+    page = report.render_html(r)
+    assert "<dt>chaos mix</dt><dd>kinds kill, pause</dd>" in page
+    assert "--kinds kill,pause &amp; &lt;x&gt;</code>" in page
+
+
 def test_write_puts_both_files(tmp_path: Path) -> None:
     js, page = report.write(tmp_path / "out", sample_report())
     assert json.loads(js.read_text())["scenario"] == "failover-basic"

@@ -87,6 +87,52 @@ def test_run_rejects_a_bad_broker_override(tmp_path: Path,
     assert "mqtt://" in capsys.readouterr().err
 
 
+def test_chaos_rejects_an_unknown_mix_and_kinds_with_a_mix(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["chaos", "--mix", "9", "--out", str(tmp_path / "out")]) == 2
+    assert "unknown chaos mix 9; known: 1, 2" in capsys.readouterr().err
+    assert main(["chaos", "--kinds", "nuke", "--out", str(tmp_path / "out")]) == 2
+    assert "unknown fault kind 'nuke'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # one or the other
+        main(["chaos", "--mix", "1", "--kinds", "kill"])
+    assert exc.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("argv", "replay", "mix"), [
+    ([], "ctlab chaos --seed 1 --duration 30 --mix 2", 2),
+    (["--seed", "23", "--duration", "25", "--mix", "1", "--backend", "netns"],
+     "ctlab chaos --seed 23 --duration 25 --mix 1 --backend netns", 1),
+    (["--seed", "86", "--kinds", "broker_pause,pause,kill", "--interval", "2.5",
+      "--broker", "mosquitto"],
+     "ctlab chaos --seed 86 --duration 30 --interval 2.5 --kinds broker_pause,pause,kill "
+     "--broker mosquitto", None),
+])
+def test_a_chaos_report_says_how_to_replay_it(argv: list[str], replay: str,
+                                               mix: int | None) -> None:
+    """report.json "chaos" holds what drew the schedule and the command line
+    that draws it again; parsing that command gives the same schedule."""
+    import shlex
+
+    from scenarios import faults
+    from scenarios.cli import _parser as parser
+    from scenarios.run_cli import _chaos_record
+
+    def record(words: list[str]) -> dict[str, object]:
+        a = parser().parse_args(["chaos", *words])
+        kinds = a.kinds.split(",") if a.kinds else None
+        m = faults.CHAOS_MIX if a.mix is None else a.mix
+        return _chaos_record(a, 1 if a.seed is None else a.seed,
+                             faults.chaos_kinds(kinds, m), None if kinds else m)
+    rec = record(argv)
+    assert rec["replay"] == replay and rec["mix"] == mix
+    again = record(shlex.split(str(rec["replay"]))[2:])
+    assert again == rec  # the replay command replays itself
+    kinds = rec["kinds"]
+    assert isinstance(kinds, list) and (mix is None or kinds == list(faults.CHAOS_MIXES[mix]))
+
+
 def test_run_and_chaos_have_help(capsys: pytest.CaptureFixture[str]) -> None:
     for cmd in ("run", "chaos"):
         with pytest.raises(SystemExit) as exc:
