@@ -15,8 +15,9 @@ lint:
 	ruff check node syncbus scenarios tests
 	mypy
 
+# --durations: the slowest tests, to keep a CI run (.ci/run) under 30 minutes
 test: lint
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q --durations=25
 
 bench:
 	ctlab bench all
