@@ -175,6 +175,84 @@ def write(out_dir: str | Path, report: Mapping[str, Any]) -> tuple[Path, Path]:
     return js, page
 
 
+# ================================================================ campaigns
+def campaign_row(rep: Mapping[str, Any], page: str) -> dict[str, Any]:
+    """One run of a chaos campaign (`ctlab chaos --runs N`) in its index:
+    `page` is the run's report.html, relative to the index."""
+    m = rep.get("metrics") or {}
+    return {
+        "seed": rep.get("seed"),
+        "verdict": rep.get("verdict"),
+        "expectation_met": bool(rep.get("expectation_met")),
+        "failing": [i["name"] for i in rep.get("invariants", []) if i["verdict"] == "fail"],
+        "unknown": [i["name"] for i in rep.get("invariants", [])
+                    if i["verdict"] == "unknown"],
+        "faults": [{"at": f["at"], "kind": f["kind"], "target": f["target"],
+                    "applied": f["applied"]} for f in rep.get("faults", [])],
+        "failover_ms": m.get("failover_ms"),
+        "flows_survived": m.get("flows_survived"),
+        "flows_established_before": m.get("flows_established_before"),
+        "replay": (rep.get("chaos") or {}).get("replay"),
+        "report": page,
+    }
+
+
+def campaign_line(row: Mapping[str, Any]) -> str:
+    """A campaign row as one line of the command's output."""
+    faults = ", ".join(f"{f['kind']}->{f['target']}" for f in row["faults"]) or "no faults"
+    line = f"seed {row['seed']}: {str(row['verdict']).upper()} ({faults})"
+    if row["failover_ms"] is not None:
+        line += f", failover {row['failover_ms']:.0f} ms"
+    if row["failing"]:
+        line += f"; failing: {', '.join(row['failing'])}"
+    return line
+
+
+def write_index(out_dir: str | Path, rows: Sequence[Mapping[str, Any]]) -> tuple[Path, Path]:
+    """OUT/index.json ({"runs": rows, "verdicts": counts}) and OUT/index.html."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[str(r["verdict"])] = counts.get(str(r["verdict"]), 0) + 1
+    js, page = out / "index.json", out / "index.html"
+    js.write_text(to_json({"runs": list(rows), "verdicts": counts}), encoding="utf-8")
+    page.write_text(render_index(rows), encoding="utf-8")
+    return js, page
+
+
+def render_index(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The campaign's page: one row per run, linked to its report."""
+    def faults(r: Mapping[str, Any]) -> str:
+        return "<br>".join(
+            f"{_fmt(f['at'], ' s')} {_e(f['kind'])} → {_e(f['target'])}"
+            + ("" if f["applied"] else " <b>(not applied)</b>") for f in r["faults"]) or "—"
+    body = "".join(
+        f"<tr><td><a href=\"{_e(r['report'])}\">{_e(r['seed'])}</a></td>"
+        f"<td>{_badge(str(r['verdict']))}</td><td>{faults(r)}</td>"
+        f"<td>{_fmt(r['failover_ms'], ' ms')}</td>"
+        f"<td>{_fmt(r['flows_survived'])} / {_fmt(r['flows_established_before'])}</td>"
+        f'<td class="detail">{_e(", ".join(r["failing"]) or "—")}</td>'
+        f"<td><code>{_e(r['replay'] or '')}</code></td></tr>" for r in rows)
+    failed = sum(1 for r in rows if not r["expectation_met"])
+    table = ("<table><thead><tr><th>seed</th><th>verdict</th><th>faults</th><th>failover</th>"
+             "<th>flows survived</th><th>failing</th><th>replay</th></tr></thead>"
+             f"<tbody>{body}</tbody></table>") if rows else \
+        '<p class="empty">No run completed.</p>'
+    title = f"ctlab chaos campaign · {len(rows)} runs · {failed} failed"
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{_e(title)}</title><style>{CSS}</style></head>
+<body>
+<header><h1>Chaos campaign {_badge("fail" if failed else "pass", True)}</h1>
+<p class="lede">{len(rows)} runs, {failed} failed. Each seed links to its report; the replay
+command draws its schedule again.</p></header>
+{table}
+</body></html>
+"""
+
+
 # ================================================================ report.html
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
 FAMILY_COLOURS = {"process": "#C0392B", "broker": "#D35400", "broker-link": "#8E44AD",

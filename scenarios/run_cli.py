@@ -4,7 +4,8 @@ scenarios.runner (DESIGN.md section 5).
     ctlab run SCENARIO.yaml [--backend local|netns|docker] [--broker URL] [--seed N]
               [--out DIR] [--json] [--quiet]
     ctlab chaos [--duration S] [--seed N] [--base SCENARIO.yaml] [--kinds k1,k2 | --mix N]
-                [--interval S] [--backend ...] [--broker URL] [--out DIR] [--json] [--quiet]
+                [--interval S] [--runs N] [--backend ...] [--broker URL] [--out DIR]
+                [--json] [--quiet]
 
 Exit status: 0 when the run met its expectation (a scenario passes; a
 negative control fails as it must; a chaos run has no failing invariant —
@@ -13,7 +14,9 @@ bad input (a bad scenario file, an unknown backend) or a run that could not
 start, 130 after Ctrl-C and 143 after SIGTERM. Both stop the run the same
 way: its processes are stopped and everything the backend made (namespaces,
 links, containers) is removed before the command exits. A second SIGTERM
-during that teardown kills the command at once.
+during that teardown kills the command at once. A campaign (`ctlab chaos
+--runs N`) exits 1 if any of its runs did not meet its expectation; a run
+that cannot start or is stopped ends it, with that run's status.
 """
 
 from __future__ import annotations
@@ -27,10 +30,14 @@ import sys
 from collections.abc import Coroutine
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from scenarios.faults import CHAOS_MIX, CHAOS_MIXES
-from scenarios.model import Broker, ScenarioError, load
+from scenarios import faults
+from scenarios.faults import CHAOS_MIX, CHAOS_MIXES, FaultStep
+from scenarios.model import Broker, Scenario, ScenarioError, load
+
+if TYPE_CHECKING:
+    from scenarios.backends import Backend
 
 CHAOS_BASE = Path(__file__).parent / "examples" / "chaos-base.yaml"
 
@@ -65,6 +72,10 @@ def add_parsers(sub: Any) -> None:
                             + "; ".join(f"{v}: {', '.join(k)}" for v, k in CHAOS_MIXES.items()))
     chaos.add_argument("--interval", type=float, default=5.0, metavar="S",
                        help="mean seconds between two faults (default 5)")
+    chaos.add_argument("--runs", type=_positive, default=1, metavar="N",
+                       help="a campaign: N runs, seeds SEED to SEED+N-1, each report in "
+                            "OUT/seed-<n>/ and an index of them in OUT/index.html and "
+                            "index.json (exit 1 if any run fails)")
     _common(chaos)
 
 
@@ -83,6 +94,16 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return n
+
+
 def _broker(text: str) -> Broker:
     if text in ("embedded", "mosquitto"):
         return Broker(text)
@@ -93,36 +114,54 @@ def _broker(text: str) -> Broker:
 
 
 def main(args: argparse.Namespace) -> int:
-    from scenarios import faults
     from scenarios.backends import BackendError, make
-    from scenarios.runner import RunOptions, run
 
+    runs = getattr(args, "runs", 1)
     try:
         base = load(args.base if args.command == "chaos" else args.scenario)
         if args.broker:
             base = replace(base, cluster=replace(base.cluster, broker=_broker(args.broker)))
         if args.seed is not None:
             base = base.with_seed(args.seed)
-        schedule = chaos = None
-        if args.command == "chaos":
-            kinds = args.kinds.split(",") if args.kinds else None
-            mix = CHAOS_MIX if args.mix is None else args.mix
-            chaos = _chaos_record(args, base.seed, faults.chaos_kinds(kinds, mix),
-                                  None if kinds else mix)
-            drawn = faults.chaos_faults(base.seed, args.duration, base.cluster.node_names,
-                                        kinds, faults.ChaosOptions(interval=args.interval),
-                                        mix)
-            base = replace(base.with_faults(drawn), duration=args.duration,
-                           name=f"chaos-{base.seed}")
-            schedule = faults.plan(base.faults, base.duration)
+        prepared = [_prepare(args, base.with_seed(base.seed + i)) for i in range(runs)]
         backend = make(args.backend)
     except (ScenarioError, OSError, ValueError, BackendError) as exc:
         print(f"ctlab {args.command}: {exc}", file=sys.stderr)
         return 2
-    opts = RunOptions(out=Path(args.out), progress=not args.quiet,
-                      chaos=args.command == "chaos")
+    if runs == 1:
+        rep = _run_one(args, backend, *prepared[0], Path(args.out))
+        if isinstance(rep, int):
+            return rep
+        _summary(rep, *_write(args, rep, Path(args.out)))
+        return 0 if rep["expectation_met"] else 1
+    return _campaign(args, backend, prepared)
+
+
+def _prepare(args: argparse.Namespace, base: Scenario
+             ) -> tuple[Scenario, tuple[FaultStep, ...] | None, dict[str, Any] | None]:
+    """The scenario to run, its schedule and, for chaos, the record of its draw."""
+    if args.command != "chaos":
+        return base, None, None
+    kinds = args.kinds.split(",") if args.kinds else None
+    mix = CHAOS_MIX if args.mix is None else args.mix
+    chaos = _chaos_record(args, base.seed, faults.chaos_kinds(kinds, mix),
+                          None if kinds else mix)
+    drawn = faults.chaos_faults(base.seed, args.duration, base.cluster.node_names, kinds,
+                                faults.ChaosOptions(interval=args.interval), mix)
+    base = replace(base.with_faults(drawn), duration=args.duration, name=f"chaos-{base.seed}")
+    return base, faults.plan(base.faults, base.duration), chaos
+
+
+def _run_one(args: argparse.Namespace, backend: Backend, sc: Scenario,
+             schedule: tuple[FaultStep, ...] | None, chaos: dict[str, Any] | None,
+             out: Path) -> dict[str, Any] | int:
+    """One run: its report, or the exit status it ended the command with."""
+    from scenarios.backends import BackendError
+    from scenarios.runner import RunOptions, run
+
+    opts = RunOptions(out=out, progress=not args.quiet, chaos=args.command == "chaos")
     try:
-        rep = asyncio.run(_terminable(run(base, backend, opts, schedule)))
+        rep = asyncio.run(_terminable(run(sc, backend, opts, schedule)))
     except BackendError as exc:
         print(f"ctlab {args.command}: {exc}", file=sys.stderr)
         return 2
@@ -134,15 +173,58 @@ def main(args: argparse.Namespace) -> int:
         if callable(signal.getsignal(signal.SIGTERM)):  # a program that runs us has its own
             signal.raise_signal(signal.SIGTERM)  # handler (the tests' conftest): it decides
         return 128 + signal.SIGTERM
-    from scenarios import report
-
     if chaos is not None:
         rep["chaos"] = chaos
-    js, page = report.write(args.out, rep)
+    return rep
+
+
+def _write(args: argparse.Namespace, rep: dict[str, Any], out: Path) -> tuple[Path, Path]:
+    from scenarios import report
+
+    js, page = report.write(out, rep)
     if args.json:
         print(json.dumps(rep, indent=1))
-    _summary(rep, js, page)
-    return 0 if rep["expectation_met"] else 1
+    return js, page
+
+
+def _campaign(args: argparse.Namespace, backend: Backend,
+              prepared: list[tuple[Scenario, tuple[FaultStep, ...] | None,
+                                   dict[str, Any] | None]]) -> int:
+    """`ctlab chaos --runs N`: the seeds in turn, each report in OUT/seed-<n>/,
+    and OUT/index.json and index.html over them. Exit 1 if any run did not meet
+    its expectation; a run that cannot start or is stopped ends the campaign
+    (its index then covers the runs done)."""
+    from scenarios import report
+
+    out = Path(args.out)
+    rows: list[dict[str, Any]] = []
+    status = 0
+    for i, (sc, schedule, chaos) in enumerate(prepared, 1):
+        sub = out / f"seed-{sc.seed}"
+        rep = _run_one(args, backend, sc, schedule, chaos, sub)
+        if isinstance(rep, int):
+            status = rep
+            break
+        _write(args, rep, sub)
+        row = report.campaign_row(rep, f"seed-{sc.seed}/report.html")
+        rows.append(row)
+        sys.stderr.write(f"[{i}/{len(prepared)}] {report.campaign_line(row)}\n")
+        if not rep["expectation_met"]:
+            status = 1
+    js, page = report.write_index(out, rows)
+    failed = [r for r in rows if not r["expectation_met"]]
+    sys.stderr.write(f"{len(rows)} runs: "
+                     + ", ".join(f"{n} {v}" for v, n in sorted(_tally(rows).items()))
+                     + "".join(f"\n  failed: {r['replay']}" for r in failed)
+                     + f"\n  index: {js} {page}\n")
+    return status
+
+
+def _tally(rows: list[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
+    return counts
 
 
 class _Terminated(Exception):

@@ -196,6 +196,28 @@ def test_a_chaos_page_shows_its_mix_and_replay_command() -> None:
     assert "--kinds kill,pause &amp; &lt;x&gt;</code>" in page
 
 
+def test_a_campaign_index_lists_each_run(tmp_path: Path) -> None:
+    r = sample_report()
+    r["seed"], r["expectation_met"] = 3, r["verdict"] != "fail"
+    r["chaos"] = {"replay": "ctlab chaos --seed 3 --duration 30 --mix 2 & <x>"}
+    row = report.campaign_row(r, "seed-3/report.html")
+    assert row["seed"] == 3 and row["report"] == "seed-3/report.html"
+    assert row["failing"] == [i["name"] for i in r["invariants"] if i["verdict"] == "fail"]
+    assert [f["kind"] for f in row["faults"]] == [f["kind"] for f in r["faults"]]
+    line = report.campaign_line(row)
+    assert line.startswith(f"seed 3: {r['verdict'].upper()} (")
+    js, page = report.write_index(tmp_path, [row, {**row, "seed": 4, "verdict": "fail",
+                                                   "expectation_met": False,
+                                                   "report": "seed-4/report.html"}])
+    index = json.loads(js.read_text())
+    assert [x["seed"] for x in index["runs"]] == [3, 4] and index["verdicts"]["fail"] >= 1
+    html_ = page.read_text()
+    assert '<a href="seed-4/report.html">4</a>' in html_ and "2 runs, 1 failed" in html_
+    assert "&amp; &lt;x&gt;" in html_ and "<x>" not in html_
+    empty = report.render_index([])
+    assert "No run completed." in empty
+
+
 def test_write_puts_both_files(tmp_path: Path) -> None:
     js, page = report.write(tmp_path / "out", sample_report())
     assert json.loads(js.read_text())["scenario"] == "failover-basic"

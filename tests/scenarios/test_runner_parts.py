@@ -97,6 +97,11 @@ def test_chaos_rejects_an_unknown_mix_and_kinds_with_a_mix(
         main(["chaos", "--mix", "1", "--kinds", "kill"])
     assert exc.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
+    for runs in ("0", "-1", "x"):
+        with pytest.raises(SystemExit) as exc:
+            main(["chaos", "--runs", runs])
+        assert exc.value.code == 2
+        assert f"{runs!r} is not a positive whole number" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

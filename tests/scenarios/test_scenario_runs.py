@@ -135,6 +135,47 @@ def test_chaos_replays_its_schedule_and_breaks_nothing(tmp_path: Path) -> None:
     assert rep["verdict"] != "fail" and rc == 0, summary(rep)
 
 
+def test_a_chaos_campaign_runs_each_seed_and_indexes_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`ctlab chaos --runs 2`: seeds 1 and 2, each report in OUT/seed-<n>/, an
+    index of both. The base has the standby's card pre-install switched off:
+    seed 1's kill of the active finds b's card empty (the campaign fails, and
+    says how to replay that run); seed 2 draws no fault and passes."""
+    base = tmp_path / "base.yaml"
+    base.write_text(f"""
+duration: 10s
+cluster:
+  nodes: {{a: {{priority: 200}}, b: {{priority: 100}}}}
+tc_file: {LIBRARY / "firewall.tc"}
+traffic:
+  web: {{proto: tcp, count: 100, open_rate: 200, packet_rate: 1, payload: [64, 256]}}
+invariants: {{preinstalled_ratio: {{min: 0.99}}}}
+mechanisms: {{preinstall: off}}
+""")
+    out = tmp_path / "out"
+    kinds = "kill,sync_loss,broker_pause"
+    rc = main(["chaos", "--runs", "2", "--seed", "1", "--duration", "10", "--base", str(base),
+               "--kinds", kinds, "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    index = json.loads((out / "index.json").read_text())
+    rows = {r["seed"]: r for r in index["runs"]}
+    assert list(rows) == [1, 2], err
+    assert rows[1]["verdict"] == "fail" and "preinstalled_ratio" in rows[1]["failing"], err
+    assert [(f["kind"], f["target"], f["applied"]) for f in rows[1]["faults"]] == \
+        [("kill", "a", True)]  # drawn on the role "active", fired on the node that had it
+    assert rows[2]["faults"] == [] and rows[2]["expectation_met"], err
+    assert index["verdicts"]["fail"] == 1 and rc == 1
+    replay = f"ctlab chaos --seed 1 --duration 10 --base {base} --kinds {kinds}"
+    assert rows[1]["replay"] == replay and f"failed: {replay}" in err
+    for seed in (1, 2):
+        rep = json.loads((out / f"seed-{seed}" / "report.json").read_text())
+        assert rep["seed"] == seed and rep["chaos"]["replay"] == rows[seed]["replay"]
+        assert rows[seed]["report"] == f"seed-{seed}/report.html"
+    page = (out / "index.html").read_text()
+    assert '<a href="seed-1/report.html">1</a>' in page and "2 runs, 1 failed" in page
+    assert "[1/2] seed 1: FAIL (kill->a" in err and "[2/2] seed 2: " in err
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_sigterm_stops_the_run_and_removes_what_it_made(backend: str, tmp_path: Path) -> None:
     """`ctlab run` killed with SIGTERM (a CI timeout, `kill`) in the middle of
