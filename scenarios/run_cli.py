@@ -4,8 +4,8 @@ scenarios.runner (DESIGN.md section 5).
     ctlab run SCENARIO.yaml [--backend local|netns|docker] [--broker URL] [--seed N]
               [--out DIR] [--json] [--quiet]
     ctlab chaos [--duration S] [--seed N] [--base SCENARIO.yaml] [--kinds k1,k2 | --mix N]
-                [--interval S] [--runs N] [--backend ...] [--broker URL] [--out DIR]
-                [--json] [--quiet]
+                [--interval S] [--runs N | --shrink [--shrink-runs N]] [--backend ...]
+                [--broker URL] [--out DIR] [--json] [--quiet]
 
 Exit status: 0 when the run met its expectation (a scenario passes; a
 negative control fails as it must; a chaos run has no failing invariant —
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from scenarios import faults
 from scenarios.faults import CHAOS_MIX, CHAOS_MIXES, FaultStep
-from scenarios.model import Broker, Scenario, ScenarioError, load
+from scenarios.model import Broker, Fault, Scenario, ScenarioError, load
 
 if TYPE_CHECKING:
     from scenarios.backends import Backend
@@ -72,6 +72,13 @@ def add_parsers(sub: Any) -> None:
                             + "; ".join(f"{v}: {', '.join(k)}" for v, k in CHAOS_MIXES.items()))
     chaos.add_argument("--interval", type=float, default=5.0, metavar="S",
                        help="mean seconds between two faults (default 5)")
+    chaos.add_argument("--shrink", action="store_true",
+                       help="if the run fails, run it again with parts of its schedule left "
+                            "out, and write the smallest schedule that still fails as "
+                            "OUT/shrunk.yaml, a scenario `ctlab run` replays (its runs' "
+                            "reports go in OUT/shrink/)")
+    chaos.add_argument("--shrink-runs", type=_positive, default=30, metavar="N",
+                       help="at most N runs to shrink with (default 30)")
     chaos.add_argument("--runs", type=_positive, default=1, metavar="N",
                        help="a campaign: N runs, seeds SEED to SEED+N-1, each report in "
                             "OUT/seed-<n>/ and an index of them in OUT/index.html and "
@@ -117,6 +124,10 @@ def main(args: argparse.Namespace) -> int:
     from scenarios.backends import BackendError, make
 
     runs = getattr(args, "runs", 1)
+    if runs > 1 and getattr(args, "shrink", False):
+        print(f"ctlab {args.command}: --shrink works on one run, not with --runs",
+              file=sys.stderr)
+        return 2
     try:
         base = load(args.base if args.command == "chaos" else args.scenario)
         if args.broker:
@@ -133,8 +144,66 @@ def main(args: argparse.Namespace) -> int:
         if isinstance(rep, int):
             return rep
         _summary(rep, *_write(args, rep, Path(args.out)))
+        if getattr(args, "shrink", False) and rep["verdict"] == "fail":
+            return _shrink(args, backend, *prepared[0])
         return 0 if rep["expectation_met"] else 1
     return _campaign(args, backend, prepared)
+
+
+def _shrink(args: argparse.Namespace, backend: Backend, sc: Scenario,
+            schedule: tuple[FaultStep, ...] | None, chaos: dict[str, Any] | None) -> int:
+    """`ctlab chaos --shrink` after a failed run: scenarios.shrink over its
+    schedule, each run's report in OUT/shrink/run-<k>/, the result in
+    OUT/shrunk.yaml and OUT/shrink.json. Exit 1 (the run failed), or the
+    status of a shrinking run that could not start or was stopped."""
+    from scenarios import invariants, report
+    from scenarios.shrink import scenario_text, shrink, write_scenario
+
+    out = Path(args.out)
+    made: list[dict[str, Any]] = []
+
+    class _Stop(Exception):
+        def __init__(self, status: int) -> None:
+            self.status = status
+
+    def fails(candidate: tuple[Fault, ...]) -> bool:
+        sub = out / "shrink" / f"run-{len(made) + 1}"
+        trial = sc.with_faults(candidate)
+        rep = _run_one(args, backend, trial, faults.plan(trial.faults, trial.duration),
+                       None, sub)  # (not the seed's schedule: no replay command)
+        if isinstance(rep, int):
+            raise _Stop(rep)
+        report.write(sub, rep)
+        failing = [i["name"] for i in rep["invariants"] if i["verdict"] == "fail"]
+        made.append({"faults": len(candidate), "verdict": rep["verdict"], "failing": failing,
+                     "report": str(sub.relative_to(out) / "report.html")})
+        sys.stderr.write(f"  shrink run {len(made)}: {len(candidate)} of {len(sc.faults)} "
+                         f"faults: {rep['verdict'].upper()}"
+                         + (f" ({', '.join(failing)})" if failing else "") + "\n")
+        return bool(rep["verdict"] == "fail")
+
+    try:
+        got = shrink(sc.faults, fails, args.shrink_runs)
+    except _Stop as stop:
+        return stop.status
+    replay = (chaos or {}).get("replay", "")
+    how = "1-minimal" if got.minimal else "the run budget ran out"
+    note = (f"Shrunk by ctlab chaos --shrink from {len(sc.faults)} faults to "
+            f"{len(got.faults)} in {got.runs} runs ({how}); the original run: {replay}")
+    path = write_scenario(out / "shrunk.yaml", scenario_text(
+        Path(args.base), sc, got.faults, list(invariants.INVARIANTS), note, args.broker))
+    (out / "shrink.json").write_text(report.to_json({
+        "from": len(sc.faults), "to": len(got.faults), "runs": got.runs,
+        "minimal": got.minimal, "scenario": path.name,
+        "faults": [{"at": f.at, "kind": f.kind, "target": f.target, "duration": f.duration,
+                    "params": dict(f.params)} for f in got.faults],
+        "attempts": made}), encoding="utf-8")
+    sys.stderr.write(f"shrunk: {len(sc.faults)} faults -> {len(got.faults)} in {got.runs} "
+                     f"runs{'' if got.minimal else ' (budget spent: not 1-minimal)'}: "
+                     + (", ".join(f"{f.kind}->{f.target} at {f.at:g}s" for f in got.faults)
+                        or "no fault (the run fails without any)")
+                     + f"\n  replay: ctlab run {path}\n")
+    return 1
 
 
 def _prepare(args: argparse.Namespace, base: Scenario

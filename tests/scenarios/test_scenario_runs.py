@@ -18,6 +18,7 @@ import pytest
 
 from scenarios.cli import main
 from scenarios.faults import chaos_schedule
+from scenarios.model import load
 from tests.procs import alive, descendants, netns_names, sigterm_when
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -174,6 +175,49 @@ mechanisms: {{preinstall: off}}
     page = (out / "index.html").read_text()
     assert '<a href="seed-1/report.html">1</a>' in page and "2 runs, 1 failed" in page
     assert "[1/2] seed 1: FAIL (kill->a" in err and "[2/2] seed 2: " in err
+
+
+def test_chaos_shrinks_a_failing_schedule_to_the_fault_that_matters(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`ctlab chaos --shrink`: seed 17 draws a sync delay on b, duplicated sync
+    messages from a, then kill -9 of the active. With the standby's card
+    pre-install off, the failover finds b's card empty. Shrinking leaves the
+    kill alone (runs: without the first two faults it still fails; without the
+    kill it passes), and OUT/shrunk.yaml replays it with `ctlab run`."""
+    base = tmp_path / "base.yaml"
+    base.write_text(f"""
+duration: 9s
+cluster:
+  nodes: {{a: {{priority: 200}}, b: {{priority: 100}}}}
+tc_file: {LIBRARY / "firewall.tc"}
+traffic:
+  web: {{proto: tcp, count: 100, open_rate: 200, packet_rate: 1, payload: [64, 256]}}
+invariants: {{preinstalled_ratio: {{min: 0.99}}}}
+mechanisms: {{preinstall: off}}
+""")
+    out = tmp_path / "out"
+    rc = main(["chaos", "--seed", "17", "--duration", "9", "--interval", "1", "--base", str(base),
+               "--kinds", "sync_dup,kill,sync_delay,card_capacity", "--shrink",
+               "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    rep = json.loads((out / "report.json").read_text())
+    assert [f["kind"] for f in rep["faults"]] == ["sync_delay", "sync_dup", "kill"], err
+    assert rc == 1 and rep["verdict"] == "fail", err
+    shrunk = json.loads((out / "shrink.json").read_text())
+    assert (shrunk["from"], shrunk["to"], shrunk["runs"], shrunk["minimal"]) == \
+        (3, 1, 2, True), err
+    assert [(f["kind"], f["target"]) for f in shrunk["faults"]] == [("kill", "active")]
+    assert [(a["faults"], a["verdict"]) for a in shrunk["attempts"]] == \
+        [(1, "fail"), (0, shrunk["attempts"][1]["verdict"])] and \
+        shrunk["attempts"][1]["verdict"] != "fail", err
+    assert "preinstalled_ratio" in shrunk["attempts"][0]["failing"]
+    for k in (1, 2):
+        assert (out / "shrink" / f"run-{k}" / "report.html").exists()
+    assert "shrunk: 3 faults -> 1 in 2 runs: kill->active at 5.389s" in err
+    assert f"replay: ctlab run {out / 'shrunk.yaml'}" in err
+    sc = load(out / "shrunk.yaml")
+    assert [(f.kind, f.target, f.at) for f in sc.faults] == [("kill", "active", 5.389)]
+    assert sc.seed == 17 and sc.duration == 9.0 and not sc.mechanisms.preinstall
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
