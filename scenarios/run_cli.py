@@ -30,14 +30,11 @@ import sys
 from collections.abc import Coroutine
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from scenarios import faults
 from scenarios.faults import CHAOS_MIX, CHAOS_MIXES, FaultStep
 from scenarios.model import Broker, Fault, Scenario, ScenarioError, load
-
-if TYPE_CHECKING:
-    from scenarios.backends import Backend
 
 CHAOS_BASE = Path(__file__).parent / "examples" / "chaos-base.yaml"
 
@@ -135,22 +132,22 @@ def main(args: argparse.Namespace) -> int:
         if args.seed is not None:
             base = base.with_seed(args.seed)
         prepared = [_prepare(args, base.with_seed(base.seed + i)) for i in range(runs)]
-        backend = make(args.backend)
+        make(args.backend)  # (a bad one is bad input; each run gets a backend of its own)
     except (ScenarioError, OSError, ValueError, BackendError) as exc:
         print(f"ctlab {args.command}: {exc}", file=sys.stderr)
         return 2
     if runs == 1:
-        rep = _run_one(args, backend, *prepared[0], Path(args.out))
+        rep = _run_one(args, *prepared[0], Path(args.out))
         if isinstance(rep, int):
             return rep
         _summary(rep, *_write(args, rep, Path(args.out)))
         if getattr(args, "shrink", False) and rep["verdict"] == "fail":
-            return _shrink(args, backend, *prepared[0])
+            return _shrink(args, *prepared[0])
         return 0 if rep["expectation_met"] else 1
-    return _campaign(args, backend, prepared)
+    return _campaign(args, prepared)
 
 
-def _shrink(args: argparse.Namespace, backend: Backend, sc: Scenario,
+def _shrink(args: argparse.Namespace, sc: Scenario,
             schedule: tuple[FaultStep, ...] | None, chaos: dict[str, Any] | None) -> int:
     """`ctlab chaos --shrink` after a failed run: scenarios.shrink over its
     schedule, each run's report in OUT/shrink/run-<k>/, the result in
@@ -169,7 +166,7 @@ def _shrink(args: argparse.Namespace, backend: Backend, sc: Scenario,
     def fails(candidate: tuple[Fault, ...]) -> bool:
         sub = out / "shrink" / f"run-{len(made) + 1}"
         trial = sc.with_faults(candidate)
-        rep = _run_one(args, backend, trial, faults.plan(trial.faults, trial.duration),
+        rep = _run_one(args, trial, faults.plan(trial.faults, trial.duration),
                        None, sub)  # (not the seed's schedule: no replay command)
         if isinstance(rep, int):
             raise _Stop(rep)
@@ -221,17 +218,19 @@ def _prepare(args: argparse.Namespace, base: Scenario
     return base, faults.plan(base.faults, base.duration), chaos
 
 
-def _run_one(args: argparse.Namespace, backend: Backend, sc: Scenario,
+def _run_one(args: argparse.Namespace, sc: Scenario,
              schedule: tuple[FaultStep, ...] | None, chaos: dict[str, Any] | None,
              out: Path) -> dict[str, Any] | int:
-    """One run: its report, or the exit status it ended the command with."""
-    from scenarios.backends import BackendError
-    from scenarios.runner import RunOptions, run
+    """One run, on a backend of its own (a backend holds one run's ports,
+    broker and processes): its report, or the exit status it ended the
+    command with."""
+    from scenarios.backends import BackendError, make
+    from scenarios.runner import RunOptions, StartupError, run
 
     opts = RunOptions(out=out, progress=not args.quiet, chaos=args.command == "chaos")
     try:
-        rep = asyncio.run(_terminable(run(sc, backend, opts, schedule)))
-    except BackendError as exc:
+        rep = asyncio.run(_terminable(run(sc, make(args.backend), opts, schedule)))
+    except (BackendError, StartupError) as exc:
         print(f"ctlab {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -256,7 +255,7 @@ def _write(args: argparse.Namespace, rep: dict[str, Any], out: Path) -> tuple[Pa
     return js, page
 
 
-def _campaign(args: argparse.Namespace, backend: Backend,
+def _campaign(args: argparse.Namespace,
               prepared: list[tuple[Scenario, tuple[FaultStep, ...] | None,
                                    dict[str, Any] | None]]) -> int:
     """`ctlab chaos --runs N`: the seeds in turn, each report in OUT/seed-<n>/,
@@ -270,7 +269,7 @@ def _campaign(args: argparse.Namespace, backend: Backend,
     status = 0
     for i, (sc, schedule, chaos) in enumerate(prepared, 1):
         sub = out / f"seed-{sc.seed}"
-        rep = _run_one(args, backend, sc, schedule, chaos, sub)
+        rep = _run_one(args, sc, schedule, chaos, sub)
         if isinstance(rep, int):
             status = rep
             break

@@ -75,6 +75,12 @@ ROLE_TIMING = {"hb_interval": 0.1, "dead_after": 0.8}
 EVENT_TYPES = {"new": "new", "update": "update", "destroy": "destroy"}
 
 
+class StartupError(RuntimeError):
+    """The cluster did not come up as the scenario describes it (a node that
+    never took its role, roles that did not settle): the run could not start.
+    The backend has torn down what it made."""
+
+
 @dataclass(frozen=True)
 class RunOptions:
     out: Path = Path("ctlab-report")
@@ -228,8 +234,8 @@ class Runner:
                 break
             if time.monotonic() > deadline:
                 roles = {n: (s or {}).get("role") for n, s in states.items()}
-                raise RuntimeError(f"the cluster did not settle in {self.opt.startup:g}s: "
-                                   f"roles {roles}")
+                raise StartupError(f"the cluster did not settle in {self.opt.startup:g}s: "
+                                   f"roles {roles} (node logs: {self.backend_logs()})")
             await asyncio.sleep(0.1)
         actives = [n for n, s in states.items() if s and s.get("role") == ACTIVE]
         sockets = {side: b.traffic_socket(side) for side in ("inside", "outside")}
@@ -249,7 +255,11 @@ class Runner:
             if st is not None and st.get("role") == role:
                 return
             await asyncio.sleep(0.05)
-        raise RuntimeError(f"{name} did not become {role} in {self.opt.startup:g}s")
+        raise StartupError(f"{name} did not become {role} in {self.opt.startup:g}s "
+                           f"(node logs: {self.backend_logs()})")
+
+    def backend_logs(self) -> Path:
+        return self.opt.out / "work" / "logs"
 
     def _settled(self, states: Mapping[str, dict[str, Any] | None]) -> bool:
         if any(s is None for s in states.values()):
@@ -781,4 +791,4 @@ async def run(scenario: Scenario, backend: Backend, options: RunOptions,
     return rep
 
 
-__all__ = ["RunOptions", "Runner", "entry_key", "expectation_met", "run"]
+__all__ = ["RunOptions", "Runner", "StartupError", "entry_key", "expectation_met", "run"]

@@ -8,9 +8,11 @@ scenarios/library/, so a new scenario cannot be left out."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ import pytest
 
 from scenarios.cli import main
 from scenarios.faults import chaos_schedule
-from scenarios.model import load
+from scenarios.model import Broker, load
 from tests.procs import alive, descendants, netns_names, sigterm_when
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -139,7 +141,9 @@ def test_chaos_replays_its_schedule_and_breaks_nothing(tmp_path: Path) -> None:
 def test_a_chaos_campaign_runs_each_seed_and_indexes_them(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`ctlab chaos --runs 2`: seeds 1 and 2, each report in OUT/seed-<n>/, an
-    index of both. The base has the standby's card pre-install switched off:
+    index of both, each run on a backend and a Mosquitto of its own (the
+    second run's broker once listened on the first run's port, and its nodes
+    never found it). The base has the standby's card pre-install switched off:
     seed 1's kill of the active finds b's card empty (the campaign fails, and
     says how to replay that run); seed 2 draws no fault and passes."""
     base = tmp_path / "base.yaml"
@@ -156,7 +160,7 @@ mechanisms: {{preinstall: off}}
     out = tmp_path / "out"
     kinds = "kill,sync_loss,broker_pause"
     rc = main(["chaos", "--runs", "2", "--seed", "1", "--duration", "10", "--base", str(base),
-               "--kinds", kinds, "--out", str(out), "--quiet"])
+               "--kinds", kinds, "--broker", "mosquitto", "--out", str(out), "--quiet"])
     err = capsys.readouterr().err
     index = json.loads((out / "index.json").read_text())
     rows = {r["seed"]: r for r in index["runs"]}
@@ -166,7 +170,8 @@ mechanisms: {{preinstall: off}}
         [("kill", "a", True)]  # drawn on the role "active", fired on the node that had it
     assert rows[2]["faults"] == [] and rows[2]["expectation_met"], err
     assert index["verdicts"]["fail"] == 1 and rc == 1
-    replay = f"ctlab chaos --seed 1 --duration 10 --base {base} --kinds {kinds}"
+    replay = f"ctlab chaos --seed 1 --duration 10 --base {base} --kinds {kinds} " \
+        "--broker mosquitto"
     assert rows[1]["replay"] == replay and f"failed: {replay}" in err
     for seed in (1, 2):
         rep = json.loads((out / f"seed-{seed}" / "report.json").read_text())
@@ -218,6 +223,30 @@ mechanisms: {{preinstall: off}}
     sc = load(out / "shrunk.yaml")
     assert [(f.kind, f.target, f.at) for f in sc.faults] == [("kill", "active", 5.389)]
     assert sc.seed == 17 and sc.duration == 9.0 and not sc.mechanisms.preinstall
+
+
+def test_a_cluster_that_does_not_come_up_is_a_clear_startup_error(tmp_path: Path) -> None:
+    """A broker URL where nothing listens: a never becomes active. The run
+    ends with StartupError (`ctlab run` and `chaos`: exit 2 and the message,
+    not a traceback), naming the node logs, and leaves no process behind."""
+    import asyncio
+    import socket
+
+    from scenarios.backends import make
+    from scenarios.runner import RunOptions, StartupError
+    from scenarios.runner import run as run_scenario
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sc = load(LIBRARY / "failover-basic.yaml").with_faults(())
+    sc = replace(sc, cluster=replace(sc.cluster, broker=Broker("url", f"mqtt://127.0.0.1:{port}")))
+    before = descendants(os.getpid())
+    with pytest.raises(StartupError, match=r"a did not become active in 1.5s \(node logs: "):
+        asyncio.run(run_scenario(sc, make("local"), RunOptions(out=tmp_path, startup=1.5,
+                                                               progress=False)))
+    assert (tmp_path / "work" / "logs" / "a.log").exists()
+    assert descendants(os.getpid()) - before == set()  # a (started: its log) is gone
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
