@@ -4,8 +4,8 @@ scenarios.runner (DESIGN.md section 5).
     ctlab run SCENARIO.yaml [--backend local|netns|docker] [--broker URL] [--seed N]
               [--out DIR] [--json] [--quiet]
     ctlab chaos [--duration S] [--seed N] [--base SCENARIO.yaml] [--kinds k1,k2 | --mix N]
-                [--interval S] [--runs N | --shrink [--shrink-runs N]] [--backend ...]
-                [--broker URL] [--out DIR] [--json] [--quiet]
+                [--interval S] [--runs N | --shrink [--shrink-runs N] [--shrink-tries K]]
+                [--backend ...] [--broker URL] [--out DIR] [--json] [--quiet]
 
 Exit status: 0 when the run met its expectation (a scenario passes; a
 negative control fails as it must; a chaos run has no failing invariant —
@@ -75,7 +75,10 @@ def add_parsers(sub: Any) -> None:
                             "OUT/shrunk.yaml, a scenario `ctlab run` replays (its runs' "
                             "reports go in OUT/shrink/)")
     chaos.add_argument("--shrink-runs", type=_positive, default=30, metavar="N",
-                       help="at most N runs to shrink with (default 30)")
+                       help="at most N runs to shrink with, retries included (default 30)")
+    chaos.add_argument("--shrink-tries", type=_positive, default=1, metavar="K",
+                       help="run each shrinking candidate up to K times; it fails if any "
+                            "run fails (for a failure that shows only sometimes; default 1)")
     chaos.add_argument("--runs", type=_positive, default=1, metavar="N",
                        help="a campaign: N runs, seeds SEED to SEED+N-1, each report in "
                             "OUT/seed-<n>/ and an index of them in OUT/index.html and "
@@ -180,7 +183,7 @@ def _shrink(args: argparse.Namespace, sc: Scenario,
         return bool(rep["verdict"] == "fail")
 
     try:
-        got = shrink(sc.faults, fails, args.shrink_runs)
+        got = shrink(sc.faults, fails, args.shrink_runs, args.shrink_tries)
     except _Stop as stop:
         return stop.status
     replay = (chaos or {}).get("replay", "")

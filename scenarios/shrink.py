@@ -15,9 +15,11 @@ any single fault of it made a run pass (or was not tried for lack of budget,
 which the result says). Pure: `fails` runs the scenario, so this module does
 no I/O and its tests need no cluster.
 
-A run that fails by chance lets a fault go that mattered, and one that passes
-by chance keeps a fault that did not: shrinking a flaky failure gives a
-schedule that failed once, which is still a real failing run to look at.
+A run that passes by chance keeps a fault that did not matter, and one that
+fails by chance lets go of one that did: shrinking a failure that shows only
+sometimes gives a schedule that failed at least once, still a real failing run
+to look at. `tries` runs each candidate up to that many times (it fails if any
+run does), which is what a race needs.
 """
 
 from __future__ import annotations
@@ -40,24 +42,39 @@ class Shrunk:
 
 
 def shrink(faults: Sequence[Fault], fails: Callable[[tuple[Fault, ...]], bool],
-           max_runs: int = 30) -> Shrunk:
+           max_runs: int = 30, tries: int = 1) -> Shrunk:
     """The smallest sub-schedule of `faults` for which fails() holds, found
     with at most `max_runs` calls. `faults` is assumed to fail (the caller
-    has seen it fail); sub-schedules keep the faults' order."""
+    has seen it fail); sub-schedules keep the faults' order. A failure that
+    shows only sometimes (a race): each candidate is run up to `tries` times
+    and fails if any of its runs does."""
+    if tries < 1:
+        raise ValueError("tries must be at least 1")
     cur = list(faults)
     runs = 0
+
+    def failing(candidate: tuple[Fault, ...]) -> bool | None:
+        """fails() within `tries` runs; None: the budget ran out first."""
+        nonlocal runs
+        for _ in range(tries):
+            if runs >= max_runs:
+                return None
+            runs += 1
+            if fails(candidate):
+                return True
+        return False
+
     n = 2
     while cur:
         n = min(n, len(cur))
         size = -(-len(cur) // n)  # ceil: n chunks of about equal size
         chunks = [range(i, min(i + size, len(cur))) for i in range(0, len(cur), size)]
         for chunk in chunks:
-            if runs >= max_runs:
+            verdict = failing(tuple(f for i, f in enumerate(cur) if i not in chunk))
+            if verdict is None:
                 return Shrunk(tuple(cur), runs, False)
-            candidate = tuple(f for i, f in enumerate(cur) if i not in chunk)
-            runs += 1
-            if fails(candidate):
-                cur = list(candidate)
+            if verdict:
+                cur = [f for i, f in enumerate(cur) if i not in chunk]
                 n = max(n - 1, 2)
                 break
         else:

@@ -68,6 +68,29 @@ def test_the_run_budget_bounds_the_search_and_says_so() -> None:
     assert shrink(faults, fails, max_runs=0) == type(got)(faults, 0, False)
 
 
+def test_tries_shrink_a_failure_that_shows_only_every_other_run() -> None:
+    """A race: a schedule with the culprit fails on every second run of it.
+    One try per candidate keeps everything (each removal seems to pass); two
+    find the culprit."""
+    faults = schedule(6)
+    calls: dict[tuple[Fault, ...], int] = {}
+
+    def fails(candidate: tuple[Fault, ...]) -> bool:
+        calls[candidate] = calls.get(candidate, 0) + 1
+        return faults[3] in candidate and calls[candidate] % 2 == 0
+    once = shrink(faults, fails, tries=1)
+    assert once.faults == faults and once.minimal
+    calls.clear()
+    twice = shrink(faults, fails, tries=2, max_runs=100)
+    assert twice.faults == (faults[3],) and twice.minimal
+    assert twice.runs == sum(calls.values())  # every try is a run
+    with pytest.raises(ValueError, match="tries must be at least 1"):
+        shrink(faults, fails, tries=0)
+    calls.clear()
+    short = shrink(faults, fails, tries=2, max_runs=3)  # the budget counts tries
+    assert short.runs == 3 and not short.minimal and sum(calls.values()) == 3
+
+
 def test_a_single_needed_fault_costs_one_run() -> None:
     faults = schedule(1)
     got = shrink(faults, lambda c: bool(c))
