@@ -262,9 +262,9 @@ def _campaign(args: argparse.Namespace,
               prepared: list[tuple[Scenario, tuple[FaultStep, ...] | None,
                                    dict[str, Any] | None]]) -> int:
     """`ctlab chaos --runs N`: the seeds in turn, each report in OUT/seed-<n>/,
-    and OUT/index.json and index.html over them. Exit 1 if any run did not meet
-    its expectation; a run that cannot start or is stopped ends the campaign
-    (its index then covers the runs done)."""
+    and OUT/index.json and index.html over them (--json prints the index).
+    Exit 1 if any run did not meet its expectation; a run that cannot start
+    or is stopped ends the campaign (its index then covers the runs done)."""
     from scenarios import report
 
     out = Path(args.out)
@@ -276,13 +276,15 @@ def _campaign(args: argparse.Namespace,
         if isinstance(rep, int):
             status = rep
             break
-        _write(args, rep, sub)
+        report.write(sub, rep)
         row = report.campaign_row(rep, f"seed-{sc.seed}/report.html")
         rows.append(row)
         sys.stderr.write(f"[{i}/{len(prepared)}] {report.campaign_line(row)}\n")
         if not rep["expectation_met"]:
             status = 1
     js, page = report.write_index(out, rows)
+    if args.json:  # one JSON document: the index
+        print(js.read_text(encoding="utf-8"), end="")
     failed = [r for r in rows if not r["expectation_met"]]
     sys.stderr.write(f"{len(rows)} runs: "
                      + ", ".join(f"{n} {v}" for v, n in sorted(_tally(rows).items()))

@@ -160,9 +160,12 @@ mechanisms: {{preinstall: off}}
     out = tmp_path / "out"
     kinds = "kill,sync_loss,broker_pause"
     rc = main(["chaos", "--runs", "2", "--seed", "1", "--duration", "10", "--base", str(base),
-               "--kinds", kinds, "--broker", "mosquitto", "--out", str(out), "--quiet"])
-    err = capsys.readouterr().err
+               "--kinds", kinds, "--broker", "mosquitto", "--out", str(out), "--quiet",
+               "--json"])
+    std = capsys.readouterr()
+    err = std.err
     index = json.loads((out / "index.json").read_text())
+    assert json.loads(std.out) == index  # --json: one document, the index
     rows = {r["seed"]: r for r in index["runs"]}
     assert list(rows) == [1, 2], err
     assert rows[1]["verdict"] == "fail" and "preinstalled_ratio" in rows[1]["failing"], err
