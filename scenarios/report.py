@@ -240,11 +240,7 @@ def render_index(rows: Sequence[Mapping[str, Any]]) -> str:
              f"<tbody>{body}</tbody></table>") if rows else \
         '<p class="empty">No run completed.</p>'
     title = f"ctlab chaos campaign · {len(rows)} runs · {failed} failed"
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{_e(title)}</title><style>{CSS}</style></head>
-<body>
+    return f"""{_page_top(title)}
 <header><h1>Chaos campaign {_badge("fail" if failed else "pass", True)}</h1>
 <p class="lede">{len(rows)} runs, {failed} failed. Each seed links to its report; the replay
 command draws its schedule again.</p></header>
@@ -603,6 +599,15 @@ def _schedule(report: Mapping[str, Any]) -> str:
             f"<th>backend action</th></tr></thead><tbody>{rows}</tbody></table>")
 
 
+def _page_top(title: str) -> str:
+    """A self-contained page's head, up to its <body>."""
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{_e(title)}</title><style>{CSS}</style></head>
+<body>"""
+
+
 def render_html(report: Mapping[str, Any]) -> str:
     """The page for a report dict (as build() returns or report.json holds)."""
     end = _run_end(report)
@@ -624,11 +629,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         head += f'<p>Replay: <code>{_e(chaos["replay"])}</code></p>'
 
     title = f"ctlab · {report.get('scenario', 'scenario')} · {verdict}"
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{_e(title)}</title><style>{CSS}</style></head>
-<body>
+    return f"""{_page_top(title)}
 <header><h1>{_e(report.get("scenario", "scenario"))} {_badge(verdict, True)}</h1>
 <p class="lede">ctlab run report. The seed and the fault schedule below replay this run.</p>
 {head}</header>

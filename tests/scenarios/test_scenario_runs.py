@@ -138,17 +138,12 @@ def test_chaos_replays_its_schedule_and_breaks_nothing(tmp_path: Path) -> None:
     assert rep["verdict"] != "fail" and rc == 0, summary(rep)
 
 
-def test_a_chaos_campaign_runs_each_seed_and_indexes_them(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`ctlab chaos --runs 2`: seeds 1 and 2, each report in OUT/seed-<n>/, an
-    index of both, each run on a backend and a Mosquitto of its own (the
-    second run's broker once listened on the first run's port, and its nodes
-    never found it). The base has the standby's card pre-install switched off:
-    seed 1's kill of the active finds b's card empty (the campaign fails, and
-    says how to replay that run); seed 2 draws no fault and passes."""
+def preinstall_off_base(tmp_path: Path, seconds: int) -> Path:
+    """A small chaos base (two nodes, 100 TCP flows) whose standby's card
+    pre-install is off: a run that kills the active fails preinstalled_ratio."""
     base = tmp_path / "base.yaml"
     base.write_text(f"""
-duration: 10s
+duration: {seconds}s
 cluster:
   nodes: {{a: {{priority: 200}}, b: {{priority: 100}}}}
 tc_file: {LIBRARY / "firewall.tc"}
@@ -157,6 +152,18 @@ traffic:
 invariants: {{preinstalled_ratio: {{min: 0.99}}}}
 mechanisms: {{preinstall: off}}
 """)
+    return base
+
+
+def test_a_chaos_campaign_runs_each_seed_and_indexes_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`ctlab chaos --runs 2`: seeds 1 and 2, each report in OUT/seed-<n>/, an
+    index of both, each run on a backend and a Mosquitto of its own (the
+    second run's broker once listened on the first run's port, and its nodes
+    never found it). The base has the standby's card pre-install switched off:
+    seed 1's kill of the active finds b's card empty (the campaign fails, and
+    says how to replay that run); seed 2 draws no fault and passes."""
+    base = preinstall_off_base(tmp_path, 10)
     out = tmp_path / "out"
     kinds = "kill,sync_loss,broker_pause"
     rc = main(["chaos", "--runs", "2", "--seed", "1", "--duration", "10", "--base", str(base),
@@ -192,17 +199,7 @@ def test_chaos_shrinks_a_failing_schedule_to_the_fault_that_matters(
     pre-install off, the failover finds b's card empty. Shrinking leaves the
     kill alone (runs: without the first two faults it still fails; without the
     kill it passes), and OUT/shrunk.yaml replays it with `ctlab run`."""
-    base = tmp_path / "base.yaml"
-    base.write_text(f"""
-duration: 9s
-cluster:
-  nodes: {{a: {{priority: 200}}, b: {{priority: 100}}}}
-tc_file: {LIBRARY / "firewall.tc"}
-traffic:
-  web: {{proto: tcp, count: 100, open_rate: 200, packet_rate: 1, payload: [64, 256]}}
-invariants: {{preinstalled_ratio: {{min: 0.99}}}}
-mechanisms: {{preinstall: off}}
-""")
+    base = preinstall_off_base(tmp_path, 9)
     out = tmp_path / "out"
     rc = main(["chaos", "--seed", "17", "--duration", "9", "--interval", "1", "--base", str(base),
                "--kinds", "sync_dup,kill,sync_delay,card_capacity", "--shrink",
