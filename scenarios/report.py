@@ -25,6 +25,7 @@ from __future__ import annotations
 import html
 import json
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,11 @@ def write(out_dir: str | Path, report: Mapping[str, Any]) -> tuple[Path, Path]:
     return js, page
 
 
+def invariants_with(rep: Mapping[str, Any], verdict: str) -> list[str]:
+    """The names of a report's invariants whose verdict is `verdict`."""
+    return [i["name"] for i in rep.get("invariants", []) if i["verdict"] == verdict]
+
+
 # ================================================================ campaigns
 def campaign_row(rep: Mapping[str, Any], page: str) -> dict[str, Any]:
     """One run of a chaos campaign (`ctlab chaos --runs N`) in its index:
@@ -184,9 +190,8 @@ def campaign_row(rep: Mapping[str, Any], page: str) -> dict[str, Any]:
         "seed": rep.get("seed"),
         "verdict": rep.get("verdict"),
         "expectation_met": bool(rep.get("expectation_met")),
-        "failing": [i["name"] for i in rep.get("invariants", []) if i["verdict"] == "fail"],
-        "unknown": [i["name"] for i in rep.get("invariants", [])
-                    if i["verdict"] == "unknown"],
+        "failing": invariants_with(rep, "fail"),
+        "unknown": invariants_with(rep, "unknown"),
         "faults": [{"at": f["at"], "kind": f["kind"], "target": f["target"],
                     "applied": f["applied"]} for f in rep.get("faults", [])],
         "failover_ms": m.get("failover_ms"),
@@ -212,13 +217,16 @@ def write_index(out_dir: str | Path, rows: Sequence[Mapping[str, Any]]) -> tuple
     """OUT/index.json ({"runs": rows, "verdicts": counts}) and OUT/index.html."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[str(r["verdict"])] = counts.get(str(r["verdict"]), 0) + 1
     js, page = out / "index.json", out / "index.html"
-    js.write_text(to_json({"runs": list(rows), "verdicts": counts}), encoding="utf-8")
+    js.write_text(to_json({"runs": list(rows), "verdicts": verdict_counts(rows)}),
+                  encoding="utf-8")
     page.write_text(render_index(rows), encoding="utf-8")
     return js, page
+
+
+def verdict_counts(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """How many campaign runs ended with each verdict."""
+    return dict(Counter(str(r["verdict"]) for r in rows))
 
 
 def render_index(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -174,7 +174,7 @@ def _shrink(args: argparse.Namespace, sc: Scenario,
         if isinstance(rep, int):
             raise _Stop(rep)
         report.write(sub, rep)
-        failing = [i["name"] for i in rep["invariants"] if i["verdict"] == "fail"]
+        failing = report.invariants_with(rep, "fail")
         made.append({"faults": len(candidate), "verdict": rep["verdict"], "failing": failing,
                      "report": str(sub.relative_to(out) / "report.html")})
         sys.stderr.write(f"  shrink run {len(made)}: {len(candidate)} of {len(sc.faults)} "
@@ -287,17 +287,11 @@ def _campaign(args: argparse.Namespace,
         print(js.read_text(encoding="utf-8"), end="")
     failed = [r for r in rows if not r["expectation_met"]]
     sys.stderr.write(f"{len(rows)} runs: "
-                     + ", ".join(f"{n} {v}" for v, n in sorted(_tally(rows).items()))
+                     + ", ".join(f"{n} {v}"
+                                 for v, n in sorted(report.verdict_counts(rows).items()))
                      + "".join(f"\n  failed: {r['replay']}" for r in failed)
                      + f"\n  index: {js} {page}\n")
     return status
-
-
-def _tally(rows: list[dict[str, Any]]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
-    return counts
 
 
 class _Terminated(Exception):

@@ -773,7 +773,7 @@ def expectation_met(sc: Scenario, rep: Mapping[str, Any]) -> bool:
     fail on the invariants it names."""
     if sc.expect.verdict == "pass":
         return bool(rep["verdict"] == "pass")
-    failing = {i["name"] for i in rep["invariants"] if i["verdict"] == "fail"}
+    failing = set(report.invariants_with(rep, "fail"))
     return rep["verdict"] == sc.expect.verdict and set(sc.expect.failing) <= failing
 
 

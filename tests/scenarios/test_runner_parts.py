@@ -140,6 +140,32 @@ def test_a_chaos_report_says_how_to_replay_it(argv: list[str], replay: str,
     assert isinstance(kinds, list) and (mix is None or kinds == list(faults.CHAOS_MIXES[mix]))
 
 
+@pytest.mark.parametrize("broker", ["mosquitto", "embedded"])
+def test_a_local_backend_used_for_a_second_run_starts_that_runs_broker(
+        tmp_path: Path, broker: str) -> None:
+    """Two runs in turn on one LocalBackend: each run's broker listens where
+    that run's nodes dial (its URL). The Mosquitto of the first run used to
+    be kept, and started again on the first run's port."""
+    from urllib.parse import urlsplit
+
+    from scenarios.backends import make
+    from scenarios.backends.base import ClusterPlan, wait_tcp
+
+    backend = make("local")
+
+    async def one_run(k: int) -> tuple[str, bool]:
+        await backend.setup(ClusterPlan(f"t{k}", ("a",), broker, tmp_path / f"run{k}"))
+        try:
+            url = urlsplit(await backend.start_broker())
+            assert url.hostname is not None and url.port is not None
+            return url.geturl(), await asyncio.to_thread(wait_tcp, url.hostname, url.port, 5.0)
+        finally:
+            await backend.teardown()
+    first, second = asyncio.run(one_run(1)), asyncio.run(one_run(2))
+    assert first[1] and second[1], (first, second)
+    assert first[0] != second[0]  # a port of its own
+
+
 def test_run_and_chaos_have_help(capsys: pytest.CaptureFixture[str]) -> None:
     for cmd in ("run", "chaos"):
         with pytest.raises(SystemExit) as exc:
