@@ -235,13 +235,20 @@ def render_index(rows: Sequence[Mapping[str, Any]]) -> str:
         return "<br>".join(
             f"{_fmt(f['at'], ' s')} {_e(f['kind'])} → {_e(f['target'])}"
             + ("" if f["applied"] else " <b>(not applied)</b>") for f in r["faults"]) or "—"
+    def shrunk(r: Mapping[str, Any]) -> str:  # (--shrink: the first failed run's)
+        got = r.get("shrunk")
+        if not got:
+            return ""
+        return (f"<br>shrunk to {got['to']} of {len(r['faults'])} faults"
+                + ("" if got["minimal"] else " (budget spent)")
+                + f": <a href=\"{_e(got['scenario'])}\">{_e(got['scenario'])}</a>")
     body = "".join(
         f"<tr><td><a href=\"{_e(r['report'])}\">{_e(r['seed'])}</a></td>"
         f"<td>{_badge(str(r['verdict']))}</td><td>{faults(r)}</td>"
         f"<td>{_fmt(r['failover_ms'], ' ms')}</td>"
         f"<td>{_fmt(r['flows_survived'])} / {_fmt(r['flows_established_before'])}</td>"
         f'<td class="detail">{_e(", ".join(r["failing"]) or "—")}</td>'
-        f"<td><code>{_e(r['replay'] or '')}</code></td></tr>" for r in rows)
+        f"<td><code>{_e(r['replay'] or '')}</code>{shrunk(r)}</td></tr>" for r in rows)
     failed = sum(1 for r in rows if not r["expectation_met"])
     table = ("<table><thead><tr><th>seed</th><th>verdict</th><th>faults</th><th>failover</th>"
              "<th>flows survived</th><th>failing</th><th>replay</th></tr></thead>"

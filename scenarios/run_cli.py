@@ -4,7 +4,7 @@ scenarios.runner (DESIGN.md section 5).
     ctlab run SCENARIO.yaml [--backend local|netns|docker] [--broker URL] [--seed N]
               [--out DIR] [--json] [--quiet]
     ctlab chaos [--duration S] [--seed N] [--base SCENARIO.yaml] [--kinds k1,k2 | --mix N]
-                [--interval S] [--runs N | --shrink [--shrink-runs N] [--shrink-tries K]]
+                [--interval S] [--runs N] [--shrink [--shrink-runs N] [--shrink-tries K]]
                 [--backend ...] [--broker URL] [--out DIR] [--json] [--quiet]
 
 Exit status: 0 when the run met its expectation (a scenario passes; a
@@ -16,7 +16,8 @@ way: its processes are stopped and everything the backend made (namespaces,
 links, containers) is removed before the command exits. A second SIGTERM
 during that teardown kills the command at once. A campaign (`ctlab chaos
 --runs N`) exits 1 if any of its runs did not meet its expectation; a run
-that cannot start or is stopped ends it, with that run's status.
+that cannot start or is stopped ends it, with that run's status. With
+--shrink, a campaign shrinks its first failed run, in that run's directory.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def add_parsers(sub: Any) -> None:
                        help="if the run fails, run it again with parts of its schedule left "
                             "out, and write the smallest schedule that still fails as "
                             "OUT/shrunk.yaml, a scenario `ctlab run` replays (its runs' "
-                            "reports go in OUT/shrink/)")
+                            "reports go in OUT/shrink/); with --runs, the campaign's first "
+                            "failed run is shrunk, in OUT/seed-<n>/")
     chaos.add_argument("--shrink-runs", type=_positive, default=30, metavar="N",
                        help="at most N runs to shrink with, retries included (default 30)")
     chaos.add_argument("--shrink-tries", type=_positive, default=1, metavar="K",
@@ -124,10 +126,6 @@ def main(args: argparse.Namespace) -> int:
     from scenarios.backends import BackendError, make
 
     runs = getattr(args, "runs", 1)
-    if runs > 1 and getattr(args, "shrink", False):
-        print(f"ctlab {args.command}: --shrink works on one run, not with --runs",
-              file=sys.stderr)
-        return 2
     try:
         base = load(args.base if args.command == "chaos" else args.scenario)
         if args.broker:
@@ -145,21 +143,25 @@ def main(args: argparse.Namespace) -> int:
             return rep
         _summary(rep, *_write(args, rep, Path(args.out)))
         if getattr(args, "shrink", False) and rep["verdict"] == "fail":
-            return _shrink(args, *prepared[0])
+            got = _shrink(args, prepared[0], Path(args.out))
+            return got if isinstance(got, int) else 1
         return 0 if rep["expectation_met"] else 1
     return _campaign(args, prepared)
 
 
-def _shrink(args: argparse.Namespace, sc: Scenario,
-            schedule: tuple[FaultStep, ...] | None, chaos: dict[str, Any] | None) -> int:
-    """`ctlab chaos --shrink` after a failed run: scenarios.shrink over its
-    schedule, each run's report in OUT/shrink/run-<k>/, the result in
-    OUT/shrunk.yaml and OUT/shrink.json. Exit 1 (the run failed), or the
-    status of a shrinking run that could not start or was stopped."""
+Prepared = tuple[Scenario, tuple[FaultStep, ...] | None, dict[str, Any] | None]
+
+
+def _shrink(args: argparse.Namespace, prepared: Prepared, out: Path) -> dict[str, Any] | int:
+    """`ctlab chaos --shrink` after a failed run (its report in `out`):
+    scenarios.shrink over its schedule, each run's report in
+    out/shrink/run-<k>/, the result in out/shrunk.yaml and out/shrink.json.
+    Returns what shrink.json holds, or the exit status of a shrinking run
+    that could not start or was stopped."""
     from scenarios import invariants, report
     from scenarios.shrink import scenario_text, shrink, write_scenario
 
-    out = Path(args.out)
+    sc, _schedule, chaos = prepared
     made: list[dict[str, Any]] = []
 
     class _Stop(Exception):
@@ -192,22 +194,22 @@ def _shrink(args: argparse.Namespace, sc: Scenario,
             f"{len(got.faults)} in {got.runs} runs ({how}); the original run: {replay}")
     path = write_scenario(out / "shrunk.yaml", scenario_text(
         Path(args.base), sc, got.faults, list(invariants.INVARIANTS), note, args.broker))
-    (out / "shrink.json").write_text(report.to_json({
+    result = {
         "from": len(sc.faults), "to": len(got.faults), "runs": got.runs,
         "minimal": got.minimal, "scenario": path.name,
         "faults": [{"at": f.at, "kind": f.kind, "target": f.target, "duration": f.duration,
                     "params": dict(f.params)} for f in got.faults],
-        "attempts": made}), encoding="utf-8")
+        "attempts": made}
+    (out / "shrink.json").write_text(report.to_json(result), encoding="utf-8")
     sys.stderr.write(f"shrunk: {len(sc.faults)} faults -> {len(got.faults)} in {got.runs} "
                      f"runs{'' if got.minimal else ' (budget spent: not 1-minimal)'}: "
                      + (", ".join(f"{f.kind}->{f.target} at {f.at:g}s" for f in got.faults)
                         or "no fault (the run fails without any)")
                      + f"\n  replay: ctlab run {path}\n")
-    return 1
+    return result
 
 
-def _prepare(args: argparse.Namespace, base: Scenario
-             ) -> tuple[Scenario, tuple[FaultStep, ...] | None, dict[str, Any] | None]:
+def _prepare(args: argparse.Namespace, base: Scenario) -> Prepared:
     """The scenario to run, its schedule and, for chaos, the record of its draw."""
     if args.command != "chaos":
         return base, None, None
@@ -258,13 +260,13 @@ def _write(args: argparse.Namespace, rep: dict[str, Any], out: Path) -> tuple[Pa
     return js, page
 
 
-def _campaign(args: argparse.Namespace,
-              prepared: list[tuple[Scenario, tuple[FaultStep, ...] | None,
-                                   dict[str, Any] | None]]) -> int:
+def _campaign(args: argparse.Namespace, prepared: list[Prepared]) -> int:
     """`ctlab chaos --runs N`: the seeds in turn, each report in OUT/seed-<n>/,
     and OUT/index.json and index.html over them (--json prints the index).
-    Exit 1 if any run did not meet its expectation; a run that cannot start
-    or is stopped ends the campaign (its index then covers the runs done)."""
+    With --shrink, the first failed run is then shrunk in its directory, and
+    the index names the schedule found. Exit 1 if any run did not meet its
+    expectation; a run that cannot start or is stopped ends the campaign (its
+    index then covers the runs done)."""
     from scenarios import report
 
     out = Path(args.out)
@@ -283,6 +285,16 @@ def _campaign(args: argparse.Namespace,
         if not rep["expectation_met"]:
             status = 1
     js, page = report.write_index(out, rows)
+    first = next((i for i, r in enumerate(rows) if r["verdict"] == "fail"), None)
+    if getattr(args, "shrink", False) and first is not None and status < 2:
+        name = f"seed-{rows[first]['seed']}"
+        sys.stderr.write(f"shrinking {name}, the first failed run:\n")
+        got = _shrink(args, prepared[first], out / name)
+        if isinstance(got, int):
+            return got
+        rows[first]["shrunk"] = {"scenario": f"{name}/{got['scenario']}", "to": got["to"],
+                                 "minimal": got["minimal"], "faults": got["faults"]}
+        js, page = report.write_index(out, rows)
     if args.json:  # one JSON document: the index
         print(js.read_text(encoding="utf-8"), end="")
     failed = [r for r in rows if not r["expectation_met"]]
@@ -290,6 +302,8 @@ def _campaign(args: argparse.Namespace,
                      + ", ".join(f"{n} {v}"
                                  for v, n in sorted(report.verdict_counts(rows).items()))
                      + "".join(f"\n  failed: {r['replay']}" for r in failed)
+                     + "".join(f"\n  shrunk to {r['shrunk']['to']} faults: ctlab run "
+                               f"{out / r['shrunk']['scenario']}" for r in rows if "shrunk" in r)
                      + f"\n  index: {js} {page}\n")
     return status
 

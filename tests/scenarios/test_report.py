@@ -214,6 +214,11 @@ def test_a_campaign_index_lists_each_run(tmp_path: Path) -> None:
     html_ = page.read_text()
     assert '<a href="seed-4/report.html">4</a>' in html_ and "2 runs, 1 failed" in html_
     assert "&amp; &lt;x&gt;" in html_ and "<x>" not in html_
+    shrunk = {**row, "seed": 5, "shrunk": {"scenario": "seed-5/shrunk.yaml", "to": 1,
+                                           "minimal": False, "faults": []}}
+    assert f"<br>shrunk to 1 of {len(row['faults'])} faults (budget spent): " \
+        '<a href="seed-5/shrunk.yaml">seed-5/shrunk.yaml</a>' in report.render_index([shrunk])
+    assert "shrunk to" not in html_  # (no run of that index was shrunk)
     empty = report.render_index([])
     assert "No run completed." in empty
 

@@ -97,8 +97,6 @@ def test_chaos_rejects_an_unknown_mix_and_kinds_with_a_mix(
         main(["chaos", "--mix", "1", "--kinds", "kill"])
     assert exc.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
-    assert main(["chaos", "--runs", "3", "--shrink", "--out", str(tmp_path / "out")]) == 2
-    assert "--shrink works on one run, not with --runs" in capsys.readouterr().err
     for runs in ("0", "-1", "x"):
         with pytest.raises(SystemExit) as exc:
             main(["chaos", "--runs", runs])

@@ -162,13 +162,15 @@ def test_a_chaos_campaign_runs_each_seed_and_indexes_them(
     second run's broker once listened on the first run's port, and its nodes
     never found it). The base has the standby's card pre-install switched off:
     seed 1's kill of the active finds b's card empty (the campaign fails, and
-    says how to replay that run); seed 2 draws no fault and passes."""
+    says how to replay that run); seed 2 draws no fault and passes. With
+    --shrink, seed 1 is then shrunk in its directory: its one fault stays (the
+    run without it passes), and the index names OUT/seed-1/shrunk.yaml."""
     base = preinstall_off_base(tmp_path, 10)
     out = tmp_path / "out"
     kinds = "kill,sync_loss,broker_pause"
     rc = main(["chaos", "--runs", "2", "--seed", "1", "--duration", "10", "--base", str(base),
                "--kinds", kinds, "--broker", "mosquitto", "--out", str(out), "--quiet",
-               "--json"])
+               "--json", "--shrink"])
     std = capsys.readouterr()
     err = std.err
     index = json.loads((out / "index.json").read_text())
@@ -190,6 +192,18 @@ def test_a_chaos_campaign_runs_each_seed_and_indexes_them(
     page = (out / "index.html").read_text()
     assert '<a href="seed-1/report.html">1</a>' in page and "2 runs, 1 failed" in page
     assert "[1/2] seed 1: FAIL (kill->a" in err and "[2/2] seed 2: " in err
+    shrunk = json.loads((out / "seed-1" / "shrink.json").read_text())
+    assert (shrunk["from"], shrunk["to"], shrunk["runs"], shrunk["minimal"]) == \
+        (1, 1, 1, True), err
+    assert shrunk["attempts"][0]["faults"] == 0 and shrunk["attempts"][0]["verdict"] != "fail"
+    assert rows[1]["shrunk"] == {"scenario": "seed-1/shrunk.yaml", "to": 1, "minimal": True,
+                                 "faults": shrunk["faults"]} and "shrunk" not in rows[2]
+    assert [(f.kind, f.target) for f in load(out / "seed-1" / "shrunk.yaml").faults] == \
+        [("kill", "active")]
+    assert (out / "seed-1" / "shrink" / "run-1" / "report.html").exists()
+    assert 'shrunk to 1 of 1 faults: <a href="seed-1/shrunk.yaml">' in page
+    assert "shrinking seed-1, the first failed run:" in err
+    assert f"shrunk to 1 faults: ctlab run {out / 'seed-1' / 'shrunk.yaml'}" in err
 
 
 def test_chaos_shrinks_a_failing_schedule_to_the_fault_that_matters(
