@@ -214,12 +214,13 @@ def campaign_line(row: Mapping[str, Any]) -> str:
 
 
 def write_index(out_dir: str | Path, rows: Sequence[Mapping[str, Any]]) -> tuple[Path, Path]:
-    """OUT/index.json ({"runs": rows, "verdicts": counts}) and OUT/index.html."""
+    """OUT/index.json ({"runs": rows, "verdicts": counts, "coverage": ...}) and
+    OUT/index.html."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     js, page = out / "index.json", out / "index.html"
-    js.write_text(to_json({"runs": list(rows), "verdicts": verdict_counts(rows)}),
-                  encoding="utf-8")
+    js.write_text(to_json({"runs": list(rows), "verdicts": verdict_counts(rows),
+                           "coverage": campaign_coverage(rows)}), encoding="utf-8")
     page.write_text(render_index(rows), encoding="utf-8")
     return js, page
 
@@ -227,6 +228,29 @@ def write_index(out_dir: str | Path, rows: Sequence[Mapping[str, Any]]) -> tuple
 def verdict_counts(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     """How many campaign runs ended with each verdict."""
     return dict(Counter(str(r["verdict"]) for r in rows))
+
+
+def campaign_coverage(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """What a campaign exercised: runs with a failover, the faults that took
+    effect by kind, and for each invariant left unknown (no run of it
+    exercised: no failover to time, say) in how many runs. A campaign of
+    unknowns passed nothing."""
+    return {
+        "runs": len(rows),
+        "failovers": sum(1 for r in rows if r["failover_ms"] is not None),
+        "faults_applied": dict(sorted(Counter(
+            f["kind"] for r in rows for f in r["faults"] if f["applied"]).items())),
+        "unknown": dict(sorted(Counter(n for r in rows for n in r["unknown"]).items(),
+                               key=lambda kv: (-kv[1], kv[0]))),
+    }
+
+
+def coverage_line(cov: Mapping[str, Any]) -> str:
+    """campaign_coverage() in one line."""
+    line = f"failovers in {cov['failovers']} of {cov['runs']} runs"
+    if cov["unknown"]:
+        line += "; unknown: " + ", ".join(f"{n} in {k}" for n, k in cov["unknown"].items())
+    return line
 
 
 def render_index(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -255,10 +279,16 @@ def render_index(rows: Sequence[Mapping[str, Any]]) -> str:
              f"<tbody>{body}</tbody></table>") if rows else \
         '<p class="empty">No run completed.</p>'
     title = f"ctlab chaos campaign · {len(rows)} runs · {failed} failed"
+    cov = campaign_coverage(rows)
+    fired = ", ".join(f"{_e(k)} {n}" for k, n in cov["faults_applied"].items()) or "none"
+    unknown = ", ".join(f"{_e(k)} in {n}" for k, n in cov["unknown"].items()) or "none"
     return f"""{_page_top(title)}
 <header><h1>Chaos campaign {_badge("fail" if failed else "pass", True)}</h1>
 <p class="lede">{len(rows)} runs, {failed} failed. Each seed links to its report; the replay
-command draws its schedule again.</p></header>
+command draws its schedule again.</p>
+<p class="coverage">Failovers in {cov['failovers']} of {len(rows)} runs. Faults that took
+effect: {fired}. Invariants left unknown (not exercised by the run's schedule): {unknown}.</p>
+</header>
 {table}
 </body></html>
 """

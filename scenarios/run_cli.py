@@ -301,6 +301,7 @@ def _campaign(args: argparse.Namespace, prepared: list[Prepared]) -> int:
     sys.stderr.write(f"{len(rows)} runs: "
                      + ", ".join(f"{n} {v}"
                                  for v, n in sorted(report.verdict_counts(rows).items()))
+                     + f"\n  coverage: {report.coverage_line(report.campaign_coverage(rows))}"
                      + "".join(f"\n  failed: {r['replay']}" for r in failed)
                      + "".join(f"\n  shrunk to {r['shrunk']['to']} faults: ctlab run "
                                f"{out / r['shrunk']['scenario']}" for r in rows if "shrunk" in r)

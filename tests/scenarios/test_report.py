@@ -223,6 +223,40 @@ def test_a_campaign_index_lists_each_run(tmp_path: Path) -> None:
     assert "No run completed." in empty
 
 
+def test_a_campaign_index_says_what_the_campaign_exercised(tmp_path: Path) -> None:
+    """A campaign of unknowns passed nothing: the index counts the runs with a
+    failover, the faults that took effect and each invariant left unknown."""
+    def row(seed: int, failover: float | None, faults: list[tuple[str, bool]],
+            unknown: list[str]) -> dict[str, object]:
+        return {"seed": seed, "verdict": "unknown" if unknown else "pass",
+                "expectation_met": True, "failing": [], "unknown": unknown,
+                "faults": [{"at": 1.0, "kind": k, "target": "a", "applied": a}
+                           for k, a in faults],
+                "failover_ms": failover, "flows_survived": 10,
+                "flows_established_before": 10, "replay": f"ctlab chaos --seed {seed}",
+                "report": f"seed-{seed}/report.html"}
+    rows = [row(1, 12.0, [("kill", True), ("sync_loss", True)], []),
+            row(2, None, [("broker_stop", True), ("pause", False)],
+                ["failover_time", "hw_hit_ratio"]),
+            row(3, None, [("sync_loss", True)], ["hw_hit_ratio"])]
+    cov = report.campaign_coverage(rows)
+    assert cov == {"runs": 3, "failovers": 1,
+                   "faults_applied": {"broker_stop": 1, "kill": 1, "sync_loss": 2},
+                   "unknown": {"hw_hit_ratio": 2, "failover_time": 1}}
+    assert list(cov["unknown"]) == ["hw_hit_ratio", "failover_time"]  # most often first
+    assert report.coverage_line(cov) == \
+        "failovers in 1 of 3 runs; unknown: hw_hit_ratio in 2, failover_time in 1"
+    js, page = report.write_index(tmp_path, rows)
+    assert json.loads(js.read_text())["coverage"] == cov
+    assert "Failovers in 1 of 3 runs. Faults that took\neffect: broker_stop 1, kill 1, " \
+        "sync_loss 2. Invariants left unknown (not exercised by the run's schedule): " \
+        "hw_hit_ratio in 2, failover_time in 1." in page.read_text()
+    none = report.campaign_coverage([])
+    assert report.coverage_line(none) == "failovers in 0 of 0 runs"
+    assert "effect: none. Invariants left unknown (not exercised by the run's schedule): " \
+        "none." in report.render_index([])
+
+
 def test_write_puts_both_files(tmp_path: Path) -> None:
     js, page = report.write(tmp_path / "out", sample_report())
     assert json.loads(js.read_text())["scenario"] == "failover-basic"

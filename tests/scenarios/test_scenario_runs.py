@@ -182,6 +182,9 @@ def test_a_chaos_campaign_runs_each_seed_and_indexes_them(
         [("kill", "a", True)]  # drawn on the role "active", fired on the node that had it
     assert rows[2]["faults"] == [] and rows[2]["expectation_met"], err
     assert index["verdicts"]["fail"] == 1 and rc == 1
+    cov = index["coverage"]  # seed 1's kill is the campaign's one failover
+    assert (cov["runs"], cov["failovers"], cov["faults_applied"]) == (2, 1, {"kill": 1}), err
+    assert "coverage: failovers in 1 of 2 runs" in err
     replay = f"ctlab chaos --seed 1 --duration 10 --base {base} --kinds {kinds} " \
         "--broker mosquitto"
     assert rows[1]["replay"] == replay and f"failed: {replay}" in err
