@@ -67,7 +67,7 @@ def add_parsers(sub: Any) -> None:
                        help=f"the chaos mix to draw from (default {CHAOS_MIX}, the newest): a "
                             "new default mix is a new version, so a seed recorded with an "
                             "older one replays with its --mix. Mixes: "
-                            + "; ".join(f"{v}: {', '.join(k)}" for v, k in CHAOS_MIXES.items()))
+                            + "; ".join(f"{v}: {m.describe()}" for v, m in CHAOS_MIXES.items()))
     chaos.add_argument("--interval", type=float, default=5.0, metavar="S",
                        help="mean seconds between two faults (default 5)")
     chaos.add_argument("--shrink", action="store_true",

@@ -4,6 +4,7 @@ every inject healed before the end, never more than one node down at once."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -12,7 +13,9 @@ from hypothesis import strategies as st
 from scenarios.faults import (
     CHAOS_MIX,
     CHAOS_MIXES,
+    FAILOVER_KINDS,
     FAULTS,
+    ChaosMix,
     ChaosOptions,
     FaultStep,
     chaos_faults,
@@ -105,23 +108,84 @@ def test_mix_1_replays_the_seeds_recorded_before_the_mixes(seed: int, duration: 
     assert [(f.at, f.kind, f.target, f.duration, f.params) for f in drawn] == \
         RECORDED[(seed, duration)]
     # the kinds of mix 1, given in its order, are the same draw
-    assert chaos_faults(seed, duration, ["a", "b", "c"], CHAOS_MIXES[1]) == drawn
+    assert chaos_faults(seed, duration, ["a", "b", "c"], CHAOS_MIXES[1].kinds) == drawn
 
 
 def test_the_chaos_mixes_are_an_explicit_versioned_registry() -> None:
-    assert CHAOS_MIX == max(CHAOS_MIXES) == 2
-    for version, kinds in CHAOS_MIXES.items():
-        assert kinds and len(set(kinds)) == len(kinds) and set(kinds) <= set(FAULTS), version
-        assert "clock_skew" not in kinds  # only on request: it ages entries early
-    assert set(CHAOS_MIXES[2]) == {*CHAOS_MIXES[1], "broker_pause"}
-    assert chaos_kinds() == list(CHAOS_MIXES[CHAOS_MIX])
-    with pytest.raises(ValueError, match="unknown chaos mix 9; known: 1, 2"):
+    assert CHAOS_MIX == max(CHAOS_MIXES) == 3
+    for version, mix in CHAOS_MIXES.items():
+        assert mix.kinds and set(mix.kinds) <= set(FAULTS), version
+        assert "clock_skew" not in mix.kinds  # only on request: it ages entries early
+    assert set(CHAOS_MIXES[2].kinds) == {*CHAOS_MIXES[1].kinds, "broker_pause"}
+    assert CHAOS_MIXES[3].kinds == CHAOS_MIXES[2].kinds  # the same kinds, other odds
+    assert {k: CHAOS_MIXES[3].weight(k) for k in CHAOS_MIXES[3].kinds if
+            CHAOS_MIXES[3].weight(k) != 1} == dict.fromkeys(FAILOVER_KINDS, 2)
+    assert CHAOS_MIXES[3].active == 0.5
+    assert CHAOS_MIXES[1].active is CHAOS_MIXES[2].active is None and not CHAOS_MIXES[2].weights
+    assert chaos_kinds() == list(CHAOS_MIXES[CHAOS_MIX].kinds)
+    with pytest.raises(ValueError, match="unknown chaos mix 9; known: 1, 2, 3"):
         chaos_faults(3, 60.0, ["a", "b"], mix=9)
-    # the default mix stalls the broker (seed 1, 25 s: ctlab chaos's CI run)
-    drawn = chaos_faults(1, 25.0, ["a", "b", "c"])
-    assert drawn == chaos_faults(1, 25.0, ["a", "b", "c"], mix=2)
-    assert [f.kind for f in drawn] == ["broker_stop", "pause", "broker_pause"]
-    assert drawn != chaos_faults(1, 25.0, ["a", "b", "c"], mix=1)
+    # the default mix takes the active down (seed 8, 25 s: ctlab chaos's CI run)
+    drawn = chaos_faults(8, 25.0, ["a", "b", "c"])
+    assert drawn == chaos_faults(8, 25.0, ["a", "b", "c"], mix=3)
+    assert [(f.kind, f.target) for f in drawn] == \
+        [("sync_loss", "a"), ("partition_broker", "active"), ("broker_stop", "broker")]
+    # mix 2 still draws what it drew (seed 1, 25 s: the CI run before mix 3)
+    assert [(f.at, f.kind, f.target) for f in chaos_faults(1, 25.0, ["a", "b", "c"], mix=2)] == \
+        [(3.221, "broker_stop", "broker"), (10.377, "pause", "active"),
+         (18.053, "broker_pause", "broker")]
+
+
+@pytest.mark.parametrize("fields", [
+    {"kinds": ()}, {"kinds": ("kill", "kill")}, {"kinds": ("nuke",)},
+    {"kinds": ("kill",), "weights": (("pause", 2),)},
+    {"kinds": ("kill",), "weights": (("kill", 0),)},
+    {"kinds": ("kill",), "active": 1.0}, {"kinds": ("kill",), "active": 0.0}],
+    ids=["empty", "twice", "unknown", "weight-outside", "weight-0", "always", "never"])
+def test_a_malformed_chaos_mix_is_refused(fields: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="malformed chaos mix"):
+        ChaosMix(**fields)  # type: ignore[arg-type]
+
+
+def _takes_the_active_down(faults: tuple[Fault, ...]) -> bool:  # ("a": the first active)
+    return any(f.kind in FAILOVER_KINDS and f.target in ("active", "a") for f in faults)
+
+
+def test_mix_3_takes_the_active_down_in_most_runs() -> None:
+    """The point of mix 3: a run that fails over, so that its failover
+    invariants are checked. Over 400 seeds of the shipped chaos base's shape
+    (three nodes, 30 s, a fault every 5 s; "a" the first active), mix 2 took the
+    active down in under a third of the runs, mix 3 in over half, with broker,
+    card and sync faults still in about a third each."""
+    def runs(mix: int, pred: Callable[[tuple[Fault, ...]], bool]) -> float:
+        drawn = [chaos_faults(s, 30.0, ["a", "b", "c"], mix=mix) for s in range(400)]
+        return sum(1 for d in drawn if pred(d)) / len(drawn)
+    assert runs(2, _takes_the_active_down) < 0.32 < 0.52 < runs(3, _takes_the_active_down)
+    for prefix in ("broker_", "card_", "sync_"):
+        share = runs(3, lambda d, p=prefix: any(f.kind.startswith(p) for f in d))
+        assert share > 0.2, prefix
+    # node outages aim at the active about half the time; other faults never do
+    faults = [f for s in range(400) for f in chaos_faults(s, 30.0, ["a", "b", "c"])]
+    outages = [f for f in faults if FAULTS[f.kind].disruptive and FAULTS[f.kind].target == "node"]
+    assert 0.4 < sum(f.target == "active" for f in outages) / len(outages) < 0.6
+    assert all(f.target in ("a", "b", "c") for f in faults
+               if not FAULTS[f.kind].disruptive and FAULTS[f.kind].target == "node")
+    # the weights: each failover kind drawn about twice as often as another kind
+    count = {k: sum(f.kind == k for f in faults) for k in CHAOS_MIXES[3].kinds}
+    assert min(count[k] for k in FAILOVER_KINDS) > max(
+        count[k] for k in ("sync_loss", "card_capacity", "broker_stop"))
+
+
+def test_chosen_kinds_draw_as_they_did_whatever_the_default_mix() -> None:
+    """--kinds has no weights and no aim, so the schedules recorded with it
+    (the README's seed 86, the campaign tests) replay under any default mix."""
+    kinds = ["broker_pause", "pause", "kill", "sync_delay"]
+    drawn = chaos_faults(86, 30.0, ["a", "b", "c"], kinds)
+    uniform = ChaosMix(tuple(kinds))
+    assert uniform.active is None and not uniform.weights
+    assert drawn == chaos_faults(86, 30.0, ["a", "b", "c"], kinds, mix=1)
+    assert [(f.at, f.kind, f.target) for f in drawn] == \
+        [(10.84, "broker_pause", "broker"), (18.159, "kill", "active")]  # as before mix 3
 
 
 def test_chaos_with_chosen_kinds_uses_only_them() -> None:
@@ -210,4 +274,4 @@ def test_chaos_never_mixes_a_disruptive_fault_with_another() -> None:
             others = [g for g in drawn if g is not f
                       and g.at <= end and f.at <= g.at + (g.duration or 0.0)]
             assert not others, (seed, f, others)
-        assert all(f.kind in CHAOS_MIXES[CHAOS_MIX] for f in drawn)  # clock_skew on request
+        assert all(f.kind in CHAOS_MIXES[CHAOS_MIX].kinds for f in drawn)  # clock_skew on request

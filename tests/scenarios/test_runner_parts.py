@@ -90,7 +90,7 @@ def test_run_rejects_a_bad_broker_override(tmp_path: Path,
 def test_chaos_rejects_an_unknown_mix_and_kinds_with_a_mix(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["chaos", "--mix", "9", "--out", str(tmp_path / "out")]) == 2
-    assert "unknown chaos mix 9; known: 1, 2" in capsys.readouterr().err
+    assert "unknown chaos mix 9; known: 1, 2, 3" in capsys.readouterr().err
     assert main(["chaos", "--kinds", "nuke", "--out", str(tmp_path / "out")]) == 2
     assert "unknown fault kind 'nuke'" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:  # one or the other
@@ -106,7 +106,7 @@ def test_chaos_rejects_an_unknown_mix_and_kinds_with_a_mix(
 
 
 @pytest.mark.parametrize(("argv", "replay", "mix"), [
-    ([], "ctlab chaos --seed 1 --duration 30 --mix 2", 2),
+    ([], "ctlab chaos --seed 1 --duration 30 --mix 3", 3),
     (["--seed", "23", "--duration", "25", "--mix", "1", "--backend", "netns"],
      "ctlab chaos --seed 23 --duration 25 --mix 1 --backend netns", 1),
     (["--seed", "86", "--kinds", "broker_pause,pause,kill", "--interval", "2.5",
@@ -135,7 +135,7 @@ def test_a_chaos_report_says_how_to_replay_it(argv: list[str], replay: str,
     again = record(shlex.split(str(rec["replay"]))[2:])
     assert again == rec  # the replay command replays itself
     kinds = rec["kinds"]
-    assert isinstance(kinds, list) and (mix is None or kinds == list(faults.CHAOS_MIXES[mix]))
+    assert isinstance(kinds, list) and (mix is None or kinds == list(faults.CHAOS_MIXES[mix].kinds))
 
 
 @pytest.mark.parametrize("broker", ["mosquitto", "embedded"])
