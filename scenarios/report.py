@@ -99,7 +99,8 @@ def _counter_total(points: Sequence[tuple[float, float]]) -> float:
 
 def metrics(history: History) -> dict[str, Any]:
     survival = no_broken_flows.analyse(history)
-    took = [t for _, t, _ in failover_time.durations(history) if t is not None]
+    took = [o.took for o in failover_time.durations(history)
+            if o.took is not None and not o.resumed]
     hits = hw_hit_ratio.hits(history)
     hw, total = sum(h[2] for h in hits), sum(h[2] + h[3] for h in hits)
     pre = preinstalled.ratios(history)

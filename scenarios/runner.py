@@ -23,7 +23,10 @@ The phases:
 Failover bookkeeping (what the failover, preinstall and hw_hits records mean):
 a failover begins when a disruptive fault hits the node the switch sends to
 (or, without a fault, when another node claims the active role); it completes
-at the first packet delivered through the new active. The new active's
+at the first packet delivered through the new active. An outage the active
+lives through (a pause, a cut link) that heals before anyone takes over ends
+instead at the first packet the old active delivers again ("resumed": how
+long its traffic stopped, and no failover). The new active's
 pre-installed ratio is read from its last full /state before it took over;
 the hardware hit ratio counts the paths of the packets it delivers in the
 `hw_window` seconds after the failover completed, for the flows that were
@@ -65,6 +68,10 @@ from scenarios.traffic import TrafficGen
 
 ACTIVE = "active"
 DISRUPTS_ACTIVE = ("kill", "pause", "restart", "partition_data", "partition_broker")
+# Of those, the outages the active's process lives through: one that heals
+# before any member takes over (a SIGSTOP shorter than dead_after) is absorbed,
+# and the failover it began ends when the old active forwards again.
+SURVIVABLE = ("pause", "partition_data", "partition_broker")
 EVENT_INVARIANTS = ("no_resurrected_flows", "no_premature_aging")
 STATE_TIMEOUT = 0.5
 # Heartbeats every 100 ms; a silent peer is dead after 800 ms. A crash is seen at
@@ -112,6 +119,8 @@ class _Failover:
     source: str
     started: float
     target: str | None = None
+    fault: int | None = None  # the schedule's fault that began it, if one did
+    healed: bool = False  # that fault (SURVIVABLE) healed before anyone took over
     window: tuple[float, PathCount] | None = None  # (end, counts)
     # the path each (flow, direction) last took before the failover began, and when
     paths_before: dict[tuple[str, int], tuple[str, float]] = field(default_factory=dict)
@@ -338,6 +347,11 @@ class Runner:
     def _delivered(self, node: str, path: str, flow_id: str, direction: int,
                    now: float) -> None:
         fo = self.failover
+        if fo is not None and fo.healed and fo.target is None and node == fo.source:
+            # back before anyone took over: no failover, no hardware window
+            self.ops.append(Op("ok", "cluster", now, F_FAILOVER,
+                               {"from": node, "to": node, "resumed": True}))
+            self.failover = fo = None
         if fo is None or fo.target != node:
             self.last_path[flow_id, direction] = (path, now)
             return
@@ -376,11 +390,11 @@ class Runner:
             self.failover = None
 
     def _begin_failover(self, source: str, now: float,
-                        detail: dict[str, Any] | None = None) -> None:
+                        detail: dict[str, Any] | None = None, fault: int | None = None) -> None:
         if self.failover is not None and self.failover.window is None:
             return  # one is already under way
         self._close_window(float("inf"))
-        self.failover = _Failover(source, now, paths_before=dict(self.last_path))
+        self.failover = _Failover(source, now, fault=fault, paths_before=dict(self.last_path))
         self.ops.append(Op("invoke", "cluster", now, F_FAILOVER,
                            {"from": source, **(detail or {})}))
 
@@ -607,12 +621,16 @@ class Runner:
         now = self.now()
         if (step.action == "inject" and step.kind in DISRUPTS_ACTIVE and self.switch
                 and self.switch.mode != "active-active" and target == self.switch.active):
-            self._begin_failover(target, now)
+            self._begin_failover(target, now, fault=step.fault)
         try:
             applied = await self._verb(step, target)
         except Exception as exc:  # a verb that blows up did not take effect: say so
             applied = (False, f"{type(exc).__name__}: {exc}")
         ok, detail = applied
+        fo = self.failover
+        if ok and step.action == "heal" and step.kind in SURVIVABLE and fo is not None \
+                and fo.fault == step.fault and fo.target is None:
+            fo.healed = True
         if ok and step.kind in DISRUPTS_ACTIVE[:3]:
             if step.action == "inject":
                 self.down.add(target)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from scenarios.invariants.failover_time import resumed
 from scenarios.invariants.faulted import fault_windows
 from scenarios.invariants.result import FAIL, PASS, Result, examples
 from scenarios.model import F_FAILOVER, History, Param, Snapshot
@@ -28,8 +29,9 @@ PREEMPT = "preempting"  # the reason a member gives when it takes the role back
 def check(history: History, snapshots: Sequence[Snapshot], params: Mapping[str, Any]) -> Result:
     slack = float(params.get("slack", 2.0))
     faults = [w for w in fault_windows(history) if w[0] not in NO_REASON]
-    moves = [op for op in history.by_f(F_FAILOVER)
-             if op.type == "invoke" and isinstance(op.value, Mapping)]
+    # (an outage the active came back from before anyone took over moved nothing)
+    moves = [op for op, done in history.pairs(F_FAILOVER)
+             if isinstance(op.value, Mapping) and not resumed(done)]
     unprompted = [op for op in moves if op.value.get("unprompted")]
     spurious, explained = [], 0
     for op in unprompted:

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from scenarios import report
 from scenarios.invariants import (
     FAIL,
     INVARIANTS,
@@ -166,6 +167,29 @@ def test_slow_failed_or_never_completed_failovers_fail() -> None:
     failover(h, 5.0, None)
     h.info("b", 9.0, F_SEEN, {"key": "k"})  # the run went on for 4 s: it did not complete
     assert run("failover_time", h).verdict == FAIL
+
+
+def test_an_outage_the_active_came_back_from_is_held_to_the_bound() -> None:
+    """A pause of the active that healed before anyone took over: the old
+    active forwards again ("resumed"). failover_time holds the outage to its
+    bound; it is no failover for the report's failover_ms or stable_roles."""
+    h = History()
+    h.invoke(CLUSTER_PROCESS, 5.0, F_FAILOVER, {"from": "a"})
+    h.ok(CLUSTER_PROCESS, 5.6, F_FAILOVER, {"from": "a", "to": "a", "resumed": True})
+    r = run("failover_time", h)
+    assert r.verdict == PASS and r.detail == "a resumed in 600 ms (bound 1000 ms)"
+    assert run("stable_roles", h).detail == "the active role never moved"
+    assert report.metrics(h)["failover_ms"] is None
+    failover(h, 9.0, 0.25)
+    assert run("failover_time", h).detail == \
+        "a resumed in 600 ms, a→b in 250 ms (bound 1000 ms)"
+    assert run("stable_roles", h).detail.startswith("1 moves of the active role, 1 begun")
+    assert report.metrics(h)["failover_ms"] == 250.0
+    h = History()  # a 1.5 s stall nobody took over from: the outage was too long
+    h.invoke(CLUSTER_PROCESS, 5.0, F_FAILOVER, {"from": "a"})
+    h.ok(CLUSTER_PROCESS, 6.5, F_FAILOVER, {"from": "a", "to": "a", "resumed": True})
+    r = run("failover_time", h)
+    assert r.verdict == FAIL and r.detail.endswith("a resumed at 5.000s took 1500 ms"), r
 
 
 def test_failover_time_unknown() -> None:

@@ -16,8 +16,10 @@ import pytest
 
 from node.conntrack import Tuple
 from node.packet import ip_bytes
+from scenarios import faults, report
 from scenarios.cli import main
-from scenarios.model import F_FAILOVER, Expectation, flow_key, load
+from scenarios.invariants import INVARIANTS
+from scenarios.model import F_FAILOVER, Expectation, History, flow_key, load
 from scenarios.progress import Progress
 from scenarios.runner import STATE_TIMEOUT, Runner, RunOptions, entry_key, expectation_met
 from scenarios.switch import Switch
@@ -311,3 +313,52 @@ def test_a_move_of_the_active_says_whether_a_fault_on_the_active_began_it() -> N
     assert r.switch.active == "a"
     moves = [op.value for op in r.ops if op.f == F_FAILOVER and op.type == "invoke"]
     assert moves[-1] == {"from": "b"}
+
+
+@pytest.mark.parametrize(("kind", "resumes"), [("pause", True), ("partition_broker", True),
+                                                ("kill", False), ("restart", False)])
+def test_an_outage_of_the_active_that_heals_before_a_takeover_is_no_failover(
+        kind: str, resumes: bool) -> None:
+    """A SIGSTOP of the active shorter than dead_after (0.575 s: `ctlab chaos
+    --seed 405 --duration 30 --backend netns`, mix 3) heals before any member
+    may declare it dead: nobody takes over and the old active forwards again.
+    That outage ends there ("resumed"); before, the failover it began stayed
+    open and failover_time failed it as incomplete. A killed or stopped active
+    does not come back by itself: its failover stays open until a member takes
+    over."""
+    async def body() -> Runner:
+        r = Runner(load(LIBRARY / "failover-basic.yaml"),
+                   SimpleNamespace(  # type: ignore[arg-type]
+                       control_url=lambda n: "", running=lambda n: False,
+                       signal=done, stop_node=done, start_node=done, cut=done, restore=done),
+                   RunOptions(progress=False))
+        r.switch = Switch(r.gen, r.nodes, {}, lambda node, side: ("127.0.0.1", 9))
+        r.switch.active = "a"
+        fault = faults.Fault(21.088, kind, "active", 0.575)
+        r.now = iter([21.088, 21.663]).__next__  # type: ignore[method-assign]
+        for step in faults.plan([fault], 30.0):
+            await r._apply(step)
+        r._delivered("a", "hw", "f1", 0, 21.67)
+        return r
+
+    async def done(*args: object) -> SimpleNamespace:
+        return SimpleNamespace(ok=True, detail="done")
+
+    r = asyncio.run(body())
+    ops = [(op.type, op.time, op.value) for op in r.ops if op.f == F_FAILOVER]
+    assert ops[0] == ("invoke", 21.088, {"from": "a"})
+    if resumes:
+        assert ops[1:] == [("ok", 21.67, {"from": "a", "to": "a", "resumed": True})]
+        assert r.failover is None
+    else:
+        assert ops[1:] == [] and r.failover is not None and r.failover.target is None
+    h = History()
+    for op in r.ops:
+        getattr(h, op.type)(op.process, op.time, op.f, op.value)
+    took = INVARIANTS["failover_time"].check(h, [], {"max_ms": 2000})
+    assert took.verdict == ("pass" if resumes else "unknown"), took
+    if resumes:
+        assert took.detail == "a resumed in 582 ms (bound 2000 ms)"
+        assert report.metrics(h)["failover_ms"] is None  # no failover happened
+        roles = INVARIANTS["stable_roles"].check(h, [], {})
+        assert roles.detail == "the active role never moved", roles
