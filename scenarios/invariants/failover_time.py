@@ -40,8 +40,7 @@ def durations(history: History) -> list[Outage]:
     for inv, done in history.pairs(F_FAILOVER):
         value = done.value if done is not None and isinstance(done.value, Mapping) else {}
         who = f"{value.get('from', '?')}→{value.get('to', '?')}"
-        if resumed(done):
-            assert done is not None
+        if done is not None and resumed(done):
             out.append(Outage(inv.time, done.time - inv.time, f"{value.get('from')} resumed",
                               True))
         elif done is not None and done.type == "ok":
@@ -59,16 +58,16 @@ def check(history: History, snapshots: Sequence[Snapshot], params: Mapping[str, 
         return Result(NAME, UNKNOWN, "no failover happened")
     last = history.ops[-1].time if len(history) else 0.0
     slow, unsure, fine = [], [], []
-    for start, took, who in ((o.start, o.took, o.who) for o in runs):
-        if took is None:
-            if "failed" in who or last - start > bound:
-                slow.append(f"{who} at {start:.3f}s")
+    for o in runs:
+        if o.took is None:
+            if "failed" in o.who or last - o.start > bound:
+                slow.append(f"{o.who} at {o.start:.3f}s")
             else:
-                unsure.append(f"{who} at {start:.3f}s")
-        elif took > bound:
-            slow.append(f"{who} at {start:.3f}s took {ms(took)}")
+                unsure.append(f"{o.who} at {o.start:.3f}s")
+        elif o.took > bound:
+            slow.append(f"{o.who} at {o.start:.3f}s took {ms(o.took)}")
         else:
-            fine.append(f"{who} in {ms(took)}")
+            fine.append(f"{o.who} in {ms(o.took)}")
     limit = f"(bound {ms(bound)})"
     if slow:
         return Result(NAME, FAIL, f"{len(slow)} of {len(runs)} failovers over {limit}: "
