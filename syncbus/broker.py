@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -40,17 +41,52 @@ SHUTDOWN_TIMEOUT = 5.0
 
 
 _HANDED_OUT: set[tuple[int, int]] = set()  # (socket type, port) this process gave out
+_EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
+PORTS_FROM = 10000  # below: the well-known and registered services' usual ports
+
+
+def port_pool(ephemeral: str, low: int = PORTS_FROM) -> range | None:
+    """The ports to hand out, given ip_local_port_range's text ("32768\t60999"):
+    the longest run from `low` up that lies outside the ephemeral range, or
+    None if there is none worth the name (fewer than 1000 ports). A port from
+    the ephemeral range, picked now and bound by a node later, could be taken
+    in between as the source port of any outgoing connection (the runner polls
+    every node over TCP): `ctlab run` then lost a node that could not listen on
+    its control port (CI, 2026-11-28: data-link-failover on the local backend)."""
+    try:
+        lo, hi = (int(v) for v in ephemeral.split())
+    except ValueError:
+        return None
+    below, above = range(low, max(low, lo)), range(max(low, hi + 1), 65536)
+    best = max(below, above, key=len)
+    return best if len(best) >= 1000 else None
+
+
+def _pool() -> range | None:
+    try:
+        return port_pool(_EPHEMERAL.read_text())
+    except OSError:  # not Linux, or no /proc: the kernel's choice, as bind(0)
+        return None
 
 
 def _unused_port(host: str, kind: int) -> int:
     """A port of socket type `kind` that nobody has bound on `host` right now
-    (the usual small race applies) and that this process has not handed out
-    before: the kernel may give the same ephemeral port to two bind(0) calls in
-    a row, and two nodes configured one after the other would then share it."""
+    and that this process has not handed out before (the kernel may give the
+    same ephemeral port to two bind(0) calls in a row, and two nodes configured
+    one after the other would then share it). It comes from outside the
+    ephemeral range where there is room (port_pool()), so that no connection
+    made meanwhile takes it; another program may still bind it first (the
+    usual small race)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    pool = _pool()
+    pick = random.SystemRandom()
     for _ in range(256):
+        port = pick.choice(pool) if pool is not None else 0
         with socket.socket(family, kind) as s:
-            s.bind((host, 0))
+            try:
+                s.bind((host, port))
+            except OSError:  # in use
+                continue
             port = int(s.getsockname()[1])
         if (kind, port) not in _HANDED_OUT:
             _HANDED_OUT.add((kind, port))
@@ -382,9 +418,9 @@ class BrokerProcess:
         return self.url
 
 
-__all__ = ["MOSQUITTO", "BrokerError", "BrokerProcess", "Mosquitto", "embedded_broker",
-           "free_port", "free_udp_port", "main", "serve", "signal_process", "stop_process",
-           "wait_listening"]
+__all__ = ["MOSQUITTO", "PORTS_FROM", "BrokerError", "BrokerProcess", "Mosquitto",
+           "embedded_broker", "free_port", "free_udp_port", "main", "port_pool", "serve",
+           "signal_process", "stop_process", "wait_listening"]
 
 if __name__ == "__main__":
     raise SystemExit(main())

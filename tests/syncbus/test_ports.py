@@ -1,7 +1,9 @@
 """Ports picked for brokers, nodes and scenario sockets: never the same one
 twice in a process (the kernel can return one ephemeral port to two bind(0)
-calls in a row, and two nodes configured one after the other then collide);
-and the one way children are stopped (by PID: SIGTERM, then SIGKILL)."""
+calls in a row, and two nodes configured one after the other then collide),
+and outside the ephemeral range (an outgoing connection could take one before
+its node binds it); and the one way children are stopped (by PID: SIGTERM,
+then SIGKILL)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,16 @@ import subprocess
 import sys
 import time
 
-from syncbus.broker import free_port, free_udp_port, signal_process, stop_process
+import pytest
+
+from syncbus.broker import (
+    PORTS_FROM,
+    free_port,
+    free_udp_port,
+    port_pool,
+    signal_process,
+    stop_process,
+)
 
 
 def test_ports_handed_out_are_distinct_and_bindable() -> None:
@@ -22,6 +33,21 @@ def test_ports_handed_out_are_distinct_and_bindable() -> None:
             socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
         u.bind(("127.0.0.1", udp[-1]))
         t.bind(("127.0.0.1", tcp[-1]))
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        lo, hi = map(int, f.read().split())
+    assert not [p for p in udp + tcp if lo <= p <= hi]  # no connection can take them
+
+
+@pytest.mark.parametrize(("text", "pool"), [
+    ("32768\t60999\n", range(PORTS_FROM, 32768)),  # Linux's default
+    ("49152 65535", range(PORTS_FROM, 49152)),  # IANA's dynamic ports
+    ("1024 40000", range(40001, 65536)),  # a low range: above it
+    ("10500 65000", None),  # no room worth the name: the kernel's choice
+    ("1024 65535", None),
+    ("", None), ("garbage", None), ("1 2 3", None),
+])
+def test_the_port_pool_lies_outside_the_ephemeral_range(text: str, pool: range | None) -> None:
+    assert port_pool(text) == pool
 
 
 def test_stop_process_terminates_then_kills_what_ignores_sigterm() -> None:
