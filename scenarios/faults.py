@@ -49,6 +49,29 @@ class Action:
 
 
 @dataclass(frozen=True)
+class Outage:
+    """How a node fault takes its node out of service, for the runner (which
+    node is down, when a failover began and how it ends) and the chaos mixes.
+
+    process: the node's process stops answering (the runner counts it down
+        until the heal);
+    survivable: the process lives through it: healed before any member took
+        over, the old active just carries on (the failover it began "resumed");
+    fails_over: aimed at the active, it makes another member take over (a cut
+        data link does so only where data links are tracked)."""
+
+    process: bool
+    survivable: bool
+    fails_over: bool
+
+
+CRASH = Outage(process=True, survivable=False, fails_over=True)  # kill -9, SIGTERM
+HANG = Outage(process=True, survivable=True, fails_over=True)  # SIGSTOP
+BROKER_CUT = Outage(process=False, survivable=True, fails_over=True)
+DATA_CUT = Outage(process=False, survivable=True, fails_over=False)
+
+
+@dataclass(frozen=True)
 class FaultKind:
     name: str
     target: str  # NODE or BROKER
@@ -58,24 +81,31 @@ class FaultKind:
     doc: str
     params: Mapping[str, Param] = field(default_factory=dict)
     disruptive: bool = False  # takes a node or the broker out of service
+    outage: Outage | None = None  # a node fault that takes its node out of service
+
+    def __post_init__(self) -> None:
+        if self.outage is not None and not (self.disruptive and self.target == NODE):
+            raise ValueError(f"fault kind {self.name}: an outage is a disruptive node fault")
 
 
 def _kind(name: str, target: str, resource: str, inject: Action, heal: Action, doc: str,
-          params: Mapping[str, Param] | None = None, disruptive: bool = False) -> FaultKind:
-    return FaultKind(name, target, resource, inject, heal, doc, params or {}, disruptive)
+          params: Mapping[str, Param] | None = None, outage: Outage | None = None,
+          disruptive: bool = False) -> FaultKind:
+    return FaultKind(name, target, resource, inject, heal, doc, params or {},
+                     disruptive or outage is not None, outage)
 
 
 _RESTORE_SYNC = Action("restore", (("link", "sync"),))
 
 FAULTS: dict[str, FaultKind] = {k.name: k for k in (
     _kind("kill", NODE, "process", Action("signal", (("signal", "SIGKILL"),)), Action("start"),
-          "kill -9 the node; heal: start it again (it rejoins as a standby)", disruptive=True),
+          "kill -9 the node; heal: start it again (it rejoins as a standby)", outage=CRASH),
     _kind("pause", NODE, "process", Action("signal", (("signal", "SIGSTOP"),)),
           Action("signal", (("signal", "SIGCONT"),)),
           "SIGSTOP the node; heal: SIGCONT (it wakes up believing it is still active)",
-          disruptive=True),
+          outage=HANG),
     _kind("restart", NODE, "process", Action("stop"), Action("start"),
-          "stop the node gracefully (SIGTERM); heal: start it again", disruptive=True),
+          "stop the node gracefully (SIGTERM); heal: start it again", outage=CRASH),
     _kind("broker_stop", BROKER, "broker", Action("broker-stop"), Action("broker-start"),
           "stop the MQTT broker; heal: start it again", disruptive=True),
     _kind("broker_pause", BROKER, "broker", Action("broker-signal", (("signal", "SIGSTOP"),)),
@@ -86,11 +116,11 @@ FAULTS: dict[str, FaultKind] = {k.name: k for k in (
     _kind("partition_broker", NODE, "broker-link", Action("cut", (("link", "broker"),)),
           Action("restore", (("link", "broker"),)),
           "cut the node off the broker (its data path stays up); heal: reconnect",
-          disruptive=True),
+          outage=BROKER_CUT),
     _kind("partition_data", NODE, "data-link", Action("cut", (("link", "data"),)),
           Action("restore", (("link", "data"),)),
           "cut the node's data path (its traffic ports; sync stays up); heal: restore",
-          disruptive=True),
+          outage=DATA_CUT),
     _kind("sync_loss", NODE, "sync",
           Action("impair", (("link", "sync"), ("loss", "$rate"))), _RESTORE_SYNC,
           "drop a share of the node's sync messages (both ways); heal: stop dropping",
@@ -157,10 +187,10 @@ class ChaosMix:
             f"{kinds}; a node outage hits the active with p={self.active:g}"
 
 
-# Node faults that take the active out of service: aimed at the active, each
-# forces a failover (kill, SIGSTOP, SIGTERM, or a cut from the broker; a cut data
-# link makes it give the role up only where data links are tracked).
-FAILOVER_KINDS = ("kill", "partition_broker", "pause", "restart")
+# Node faults that, aimed at the active, force a failover: kill, SIGSTOP,
+# SIGTERM, or a cut from the broker.
+FAILOVER_KINDS = tuple(sorted(k.name for k in FAULTS.values()
+                              if k.outage is not None and k.outage.fails_over))
 
 _MIX_2 = ("broker_pause", "broker_stop", "card_capacity", "card_insert_fail", "kill",
           "partition_broker", "partition_data", "pause", "restart", "sync_delay", "sync_dup",
@@ -334,6 +364,6 @@ def chaos_schedule(seed: int, duration: float, nodes: Sequence[str],
     return plan(chaos_faults(seed, duration, nodes, kinds, options, mix), duration)
 
 
-__all__ = ["CHAOS_MIX", "CHAOS_MIXES", "FAILOVER_KINDS", "FAULTS", "Action", "ChaosMix",
-           "ChaosOptions", "FaultKind", "FaultStep", "chaos_faults", "chaos_kinds",
-           "chaos_schedule", "plan"]
+__all__ = ["BROKER_CUT", "CHAOS_MIX", "CHAOS_MIXES", "CRASH", "DATA_CUT", "FAILOVER_KINDS",
+           "FAULTS", "HANG", "Action", "ChaosMix", "ChaosOptions", "FaultKind", "FaultStep",
+           "Outage", "chaos_faults", "chaos_kinds", "chaos_schedule", "plan"]

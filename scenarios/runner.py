@@ -67,11 +67,6 @@ from scenarios.switch import PathCount, Switch
 from scenarios.traffic import TrafficGen
 
 ACTIVE = "active"
-DISRUPTS_ACTIVE = ("kill", "pause", "restart", "partition_data", "partition_broker")
-# Of those, the outages the active's process lives through: one that heals
-# before any member takes over (a SIGSTOP shorter than dead_after) is absorbed,
-# and the failover it began ends when the old active forwards again.
-SURVIVABLE = ("pause", "partition_data", "partition_broker")
 EVENT_INVARIANTS = ("no_resurrected_flows", "no_premature_aging")
 STATE_TIMEOUT = 0.5
 # Heartbeats every 100 ms; a silent peer is dead after 800 ms. A crash is seen at
@@ -120,7 +115,7 @@ class _Failover:
     started: float
     target: str | None = None
     fault: int | None = None  # the schedule's fault that began it, if one did
-    healed: bool = False  # that fault (SURVIVABLE) healed before anyone took over
+    healed: bool = False  # that fault (a survivable outage) healed before anyone took over
     window: tuple[float, PathCount] | None = None  # (end, counts)
     # the path each (flow, direction) last took before the failover began, and when
     paths_before: dict[tuple[str, int], tuple[str, float]] = field(default_factory=dict)
@@ -619,7 +614,8 @@ class Runner:
     async def _apply(self, step: faults.FaultStep) -> None:
         target = self._resolve(step)
         now = self.now()
-        if (step.action == "inject" and step.kind in DISRUPTS_ACTIVE and self.switch
+        outage = faults.FAULTS[step.kind].outage
+        if (step.action == "inject" and outage is not None and self.switch
                 and self.switch.mode != "active-active" and target == self.switch.active):
             self._begin_failover(target, now, fault=step.fault)
         try:
@@ -628,10 +624,13 @@ class Runner:
             applied = (False, f"{type(exc).__name__}: {exc}")
         ok, detail = applied
         fo = self.failover
-        if ok and step.action == "heal" and step.kind in SURVIVABLE and fo is not None \
-                and fo.fault == step.fault and fo.target is None:
+        # An outage the active's process lives through (a SIGSTOP shorter than
+        # dead_after), healed before any member took over: the failover it began
+        # ends when the old active forwards again.
+        if ok and step.action == "heal" and outage is not None and outage.survivable \
+                and fo is not None and fo.fault == step.fault and fo.target is None:
             fo.healed = True
-        if ok and step.kind in DISRUPTS_ACTIVE[:3]:
+        if ok and outage is not None and outage.process:
             if step.action == "inject":
                 self.down.add(target)
             else:

@@ -17,6 +17,7 @@ from scenarios.faults import (
     FAULTS,
     ChaosMix,
     ChaosOptions,
+    FaultKind,
     FaultStep,
     chaos_faults,
     chaos_kinds,
@@ -109,6 +110,23 @@ def test_mix_1_replays_the_seeds_recorded_before_the_mixes(seed: int, duration: 
         RECORDED[(seed, duration)]
     # the kinds of mix 1, given in its order, are the same draw
     assert chaos_faults(seed, duration, ["a", "b", "c"], CHAOS_MIXES[1].kinds) == drawn
+
+
+def test_each_node_outage_says_what_it_does_to_the_node_and_its_role() -> None:
+    """The runner and mix 3 read these: which node is down, which outage the
+    active lives through (a short one "resumed"), which one fails over."""
+    table = {name: (k.outage.process, k.outage.survivable, k.outage.fails_over)
+             for name, k in FAULTS.items() if k.outage is not None}
+    assert table == {"kill": (True, False, True), "restart": (True, False, True),
+                     "pause": (True, True, True), "partition_broker": (False, True, True),
+                     "partition_data": (False, True, False)}
+    assert FAILOVER_KINDS == ("kill", "partition_broker", "pause", "restart")
+    for kind in FAULTS.values():  # an outage is a disruptive node fault
+        assert kind.outage is None or (kind.disruptive and kind.target == "node")
+    broker = FAULTS["broker_stop"]
+    with pytest.raises(ValueError, match="broker_stop: an outage is a disruptive node fault"):
+        FaultKind(broker.name, broker.target, broker.resource, broker.inject, broker.heal,
+                  broker.doc, {}, True, FAULTS["kill"].outage)
 
 
 def test_the_chaos_mixes_are_an_explicit_versioned_registry() -> None:
