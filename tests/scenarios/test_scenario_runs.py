@@ -90,6 +90,14 @@ def test_library_scenario_passes(name: str, backend: str, tmp_path: Path) -> Non
         into = [(n, r[1]) for n, v in rep["nodes"].items() for r in v["roles"]
                 if "new='active'" in r[1]]
         assert [n for n, _ in into] == ["a"], into  # a's start only
+    if name == "active-hang":  # b took over once; a, woken, was fenced; b's stall absorbed
+        into = [n for n, v in rep["nodes"].items() for r in v["roles"]
+                if "new='active'" in r[1]]
+        assert into == ["a", "b"], summary(rep)
+        assert any("new='standby'" in r[1] and "fenced by b" in r[1]
+                   for r in rep["nodes"]["a"]["roles"]), rep["nodes"]["a"]["roles"]
+        took = next(i["detail"] for i in rep["invariants"] if i["name"] == "failover_time")
+        assert took.startswith("a→b in ") and ", b resumed in " in took, took
     if name == "ftp-related-failover":  # defer was on and acknowledged (by a, rejoined)
         held = [n["defer"] for n in rep["nodes"].values() if n.get("defer")]
         assert held and any(d["deferred"] > 0 and d["released_acked"] > 0 for d in held), \
