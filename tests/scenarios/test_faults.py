@@ -143,7 +143,8 @@ def test_the_chaos_mixes_are_an_explicit_versioned_registry() -> None:
     assert chaos_kinds() == list(CHAOS_MIXES[CHAOS_MIX].kinds)
     with pytest.raises(ValueError, match="unknown chaos mix 9; known: 1, 2, 3"):
         chaos_faults(3, 60.0, ["a", "b"], mix=9)
-    # the default mix takes the active down (seed 159, 25 s: ctlab chaos's CI run)
+    # the default mix takes the active down (seed 159, 25 s: the chaos run in CI until
+    # the library's active-hang took over its pauses)
     drawn = chaos_faults(159, 25.0, ["a", "b", "c"])
     assert drawn == chaos_faults(159, 25.0, ["a", "b", "c"], mix=3)
     assert [(f.at, f.kind, f.target, f.duration) for f in drawn] == \
