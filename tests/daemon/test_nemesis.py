@@ -377,7 +377,9 @@ def test_a_frozen_active_that_wakes_up_is_fenced_and_stays_standby(cl: Cluster) 
     fires and b must find the silence itself. When a wakes up, its timers are
     all late and every peer looks silent to it: it must not take the role on
     that stale view. It sees b's higher term, steps down (no preempt here),
-    stays standby, and has the flows b opened meanwhile."""
+    stays standby, and has the flows b opened meanwhile. It does so on the
+    first heartbeats it reads, not on a timeout: the zombie active lasts a few
+    milliseconds (2-5 ms measured), under dead_after (0.35 s) here."""
     a = cl.node("a", priority=200).wait_ready()
     wait_until(lambda: a.role() == "active", 10, "a active")
     b = cl.node("b", priority=100).wait_ready()
@@ -395,7 +397,9 @@ def test_a_frozen_active_that_wakes_up_is_fenced_and_stays_standby(cl: Cluster) 
         time.sleep(0.5)
     finally:
         os.kill(a.pid, signal.SIGCONT)
-    wait_until(lambda: a.role() == "standby", 5, "a to step down")
+        woke = time.monotonic()
+    wait_until(lambda: a.role() == "standby", 5, "a to step down", interval=0.005)
+    assert time.monotonic() - woke < 0.25  # fenced by what it reads, not by a timeout
     wait_until(lambda: sports_of(a) >= set(range(48600, 48606)), 10, "a to get b's flows")
     for _ in range(10):  # and it stays that way: no flapping on a's late timers
         assert (a.role(), b.role()) == ("standby", "active")
