@@ -131,10 +131,10 @@ def test_every_library_scenario_is_run() -> None:
 
 
 def test_chaos_replays_its_schedule_and_breaks_nothing(tmp_path: Path) -> None:
-    """Seed 120 of the default mix (3), 15 s: c's card refuses inserts, then
-    kill -9 of the active (a failover to b, with c's card still empty of what
-    it refused). Every invariant is checked, none left unknown. (A hung active,
-    and a stall shorter than dead_after, are the library's active-hang.)"""
+    """Seed 120 of the default mix (3), 15 s: c's card refuses inserts for
+    3.8 s, then kill -9 of the active (a failover to b). Every invariant is
+    checked, none left unknown. (A hung active, and a stall shorter than
+    dead_after, are the library's active-hang.)"""
     rc, rep = run(["chaos", "--duration", "15", "--seed", "120"], tmp_path)
     nodes = ["a", "b", "c"]
     expected = chaos_schedule(120, 15.0, nodes)
