@@ -81,11 +81,15 @@ class FaultKind:
     doc: str
     params: Mapping[str, Param] = field(default_factory=dict)
     disruptive: bool = False  # takes a node or the broker out of service
-    outage: Outage | None = None  # a node fault that takes its node out of service
+    # what a node fault that takes its node out of service does (a node fault is
+    # disruptive exactly when it has one)
+    outage: Outage | None = None
 
     def __post_init__(self) -> None:
         if self.outage is not None and not (self.disruptive and self.target == NODE):
             raise ValueError(f"fault kind {self.name}: an outage is a disruptive node fault")
+        if self.target == NODE and self.disruptive and self.outage is None:
+            raise ValueError(f"fault kind {self.name}: a disruptive node fault needs its outage")
 
 
 def _kind(name: str, target: str, resource: str, inject: Action, heal: Action, doc: str,
@@ -311,7 +315,7 @@ def chaos_faults(seed: int, duration: float, nodes: Sequence[str],
     drawn = CHAOS_MIXES[mix] if kinds is None else ChaosMix(tuple(names))
     active = drawn.active
     if len(nodes) < 2:
-        names = [n for n in names if not (FAULTS[n].disruptive and FAULTS[n].target == NODE)]
+        names = [n for n in names if FAULTS[n].outage is None]
     if not names:
         return ()
     weights = [drawn.weight(n) for n in names] if drawn.weights else None
@@ -334,9 +338,9 @@ def chaos_faults(seed: int, duration: float, nodes: Sequence[str],
         # Roles (resolved when the fault fires) only for disruptive faults: two
         # faults on one resource must not end up on one node.
         targets = ((BROKER_TARGET,) if kind.target == BROKER
-                   else (*sorted(nodes), *ROLE_TARGETS) if kind.disruptive
+                   else (*sorted(nodes), *ROLE_TARGETS) if kind.outage is not None
                    else tuple(sorted(nodes)))
-        if active is not None and kind.disruptive and kind.target == NODE:
+        if active is not None and kind.outage is not None:
             target = ("active" if rng.random() < active
                       else rng.choice([t for t in targets if t != "active"]))
         else:

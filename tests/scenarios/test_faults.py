@@ -127,6 +127,10 @@ def test_each_node_outage_says_what_it_does_to_the_node_and_its_role() -> None:
     with pytest.raises(ValueError, match="broker_stop: an outage is a disruptive node fault"):
         FaultKind(broker.name, broker.target, broker.resource, broker.inject, broker.heal,
                   broker.doc, {}, True, FAULTS["kill"].outage)
+    kill = FAULTS["kill"]  # and a disruptive node fault says which outage it is
+    with pytest.raises(ValueError, match="kill: a disruptive node fault needs its outage"):
+        FaultKind(kill.name, kill.target, kill.resource, kill.inject, kill.heal, kill.doc, {},
+                  True, None)
 
 
 def test_the_chaos_mixes_are_an_explicit_versioned_registry() -> None:
