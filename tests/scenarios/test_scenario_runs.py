@@ -79,6 +79,12 @@ def test_failover_basic(backend: str, tmp_path: Path) -> None:
     assert abs(sum(phases.values()) - phases["report"] - rep["duration"]) < 0.5, phases
 
 
+def became_active(rep: dict[str, Any]) -> list[tuple[str, str]]:
+    """(node, role log line) of every move into the active role, node by node."""
+    return [(n, r[1]) for n, v in rep["nodes"].items() for r in v["roles"]
+            if "new='active'" in r[1]]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_library_scenario_passes(name: str, backend: str, tmp_path: Path) -> None:
@@ -87,13 +93,10 @@ def test_library_scenario_passes(name: str, backend: str, tmp_path: Path) -> Non
         summary(rep)
     assert rc == 0 and rep["verdict"] == "pass", summary(rep)
     if name == "broker-restart":  # nobody took over, not even during the stall (SIGSTOP)
-        into = [(n, r[1]) for n, v in rep["nodes"].items() for r in v["roles"]
-                if "new='active'" in r[1]]
+        into = became_active(rep)
         assert [n for n, _ in into] == ["a"], into  # a's start only
     if name == "active-hang":  # b took over once; a, woken, was fenced; b's stall absorbed
-        into = [n for n, v in rep["nodes"].items() for r in v["roles"]
-                if "new='active'" in r[1]]
-        assert into == ["a", "b"], summary(rep)
+        assert [n for n, _ in became_active(rep)] == ["a", "b"], summary(rep)
         assert any("new='standby'" in r[1] and "fenced by b" in r[1]
                    for r in rep["nodes"]["a"]["roles"]), rep["nodes"]["a"]["roles"]
         took = next(i["detail"] for i in rep["invariants"] if i["name"] == "failover_time")
