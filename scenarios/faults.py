@@ -58,16 +58,21 @@ class Outage:
     survivable: the process lives through it: healed before any member took
         over, the old active just carries on (the failover it began "resumed");
     fails_over: aimed at the active, it makes another member take over (a cut
-        data link does so only where data links are tracked)."""
+        data link does so only where data links are tracked);
+    forwards: the node's data path keeps forwarding through it (only its sync is
+        cut): the active's traffic stops only when the switch moves to a member
+        that took over, so that is when the failover begins, and an outage healed
+        before anyone took over stopped no traffic at all."""
 
     process: bool
     survivable: bool
     fails_over: bool
+    forwards: bool = False
 
 
 CRASH = Outage(process=True, survivable=False, fails_over=True)  # kill -9, SIGTERM
 HANG = Outage(process=True, survivable=True, fails_over=True)  # SIGSTOP
-BROKER_CUT = Outage(process=False, survivable=True, fails_over=True)
+BROKER_CUT = Outage(process=False, survivable=True, fails_over=True, forwards=True)
 DATA_CUT = Outage(process=False, survivable=True, fails_over=False)
 
 

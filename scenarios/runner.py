@@ -24,9 +24,11 @@ Failover bookkeeping (what the failover, preinstall and hw_hits records mean):
 a failover begins when a disruptive fault hits the node the switch sends to
 (or, without a fault, when another node claims the active role); it completes
 at the first packet delivered through the new active. An outage the active
-lives through (a pause, a cut link) that heals before anyone takes over ends
-instead at the first packet the old active delivers again ("resumed": how
-long its traffic stopped, and no failover). The new active's
+lives through (a pause, a cut data link) that heals before anyone takes over
+ends instead at the first packet the old active delivers again ("resumed": how
+long its traffic stopped, and no failover). An active cut off the broker keeps
+forwarding: its failover begins when the switch moves to the member that took
+over, and a cut healed before that is no outage. The new active's
 pre-installed ratio is read from its last full /state before it took over;
 the hardware hit ratio counts the paths of the packets it delivers in the
 `hw_window` seconds after the failover completed, for the flows that were
@@ -121,6 +123,17 @@ class _Failover:
     paths_before: dict[tuple[str, int], tuple[str, float]] = field(default_factory=dict)
 
 
+@dataclass
+class _Cut:
+    """An outage of the active that its data path lives through (its broker link
+    cut): the fault a takeover during it is blamed on, until the old active
+    forwards after the heal."""
+
+    source: str
+    fault: int
+    healed: bool = False
+
+
 def entry_key(orig: Mapping[str, Any]) -> str:
     """model.flow_key of an entry's original tuple in the control API's JSON."""
     return flow_key(Tuple(int(orig["family"]), int(orig["proto"]), ip_bytes(orig["src"]),
@@ -144,6 +157,7 @@ class Runner:
         self.t0 = 0.0
         self.resolved: dict[int, str] = {}  # fault index -> the node a role target hit
         self.failover: _Failover | None = None
+        self.cut: _Cut | None = None
         # (flow, direction) -> (hw | sw, when): its last delivery
         self.last_path: dict[tuple[str, int], tuple[str, float]] = {}
         sysctl = scenario.sysctl_values()
@@ -341,6 +355,8 @@ class Runner:
     # ================================================================ failover
     def _delivered(self, node: str, path: str, flow_id: str, direction: int,
                    now: float) -> None:
+        if self.cut is not None and self.cut.healed and node == self.cut.source:
+            self.cut = None  # it kept the role: nothing to blame on the cut any more
         fo = self.failover
         if fo is not None and fo.healed and fo.target is None and node == fo.source:
             # back before anyone took over: no failover, no hardware window
@@ -398,12 +414,18 @@ class Runner:
         assert sw is not None
         old = sw.active
         if self.failover is None or self.failover.window is not None:
-            # not begun by a fault on the active: why the node took the role
-            # (stable_roles judges it)
-            promo = (self.views[new].state or {}).get("promotion")
-            reason = promo.get("reason", "") if isinstance(promo, dict) else ""
-            self._begin_failover(old or "?", now,
-                                 {"unprompted": True, "to": new, "reason": reason})
+            cut = self.cut
+            if cut is not None and cut.source == old:
+                # the active's traffic stops now, not when its broker link was cut
+                self._begin_failover(old, now, fault=cut.fault)
+                self.cut = None
+            else:
+                # not begun by a fault on the active: why the node took the role
+                # (stable_roles judges it)
+                promo = (self.views[new].state or {}).get("promotion")
+                reason = promo.get("reason", "") if isinstance(promo, dict) else ""
+                self._begin_failover(old or "?", now,
+                                     {"unprompted": True, "to": new, "reason": reason})
         assert self.failover is not None
         self.failover.target = new
         got = self._preinstalled(new, old)
@@ -615,8 +637,10 @@ class Runner:
         target = self._resolve(step)
         now = self.now()
         outage = faults.FAULTS[step.kind].outage
-        if (step.action == "inject" and outage is not None and self.switch
-                and self.switch.mode != "active-active" and target == self.switch.active):
+        on_active = (outage is not None and self.switch is not None
+                     and self.switch.mode != "active-active" and target == self.switch.active)
+        forwards = outage is not None and outage.forwards
+        if step.action == "inject" and on_active and not forwards:
             self._begin_failover(target, now, fault=step.fault)
         try:
             applied = await self._verb(step, target)
@@ -630,6 +654,11 @@ class Runner:
         if ok and step.action == "heal" and outage is not None and outage.survivable \
                 and fo is not None and fo.fault == step.fault and fo.target is None:
             fo.healed = True
+        if ok and step.action == "inject" and on_active and forwards:
+            self.cut = _Cut(target, step.fault)
+        if ok and step.action == "heal" and self.cut is not None \
+                and self.cut.fault == step.fault:
+            self.cut.healed = True
         if ok and outage is not None and outage.process:
             if step.action == "inject":
                 self.down.add(target)

@@ -114,12 +114,15 @@ def test_mix_1_replays_the_seeds_recorded_before_the_mixes(seed: int, duration: 
 
 def test_each_node_outage_says_what_it_does_to_the_node_and_its_role() -> None:
     """The runner and mix 3 read these: which node is down, which outage the
-    active lives through (a short one "resumed"), which one fails over."""
-    table = {name: (k.outage.process, k.outage.survivable, k.outage.fails_over)
+    active lives through (a short one "resumed"), which one fails over, and
+    which leaves the active's data path forwarding."""
+    table = {name: (k.outage.process, k.outage.survivable, k.outage.fails_over,
+                    k.outage.forwards)
              for name, k in FAULTS.items() if k.outage is not None}
-    assert table == {"kill": (True, False, True), "restart": (True, False, True),
-                     "pause": (True, True, True), "partition_broker": (False, True, True),
-                     "partition_data": (False, True, False)}
+    assert table == {"kill": (True, False, True, False), "restart": (True, False, True, False),
+                     "pause": (True, True, True, False),
+                     "partition_broker": (False, True, True, True),
+                     "partition_data": (False, True, False, False)}
     assert FAILOVER_KINDS == ("kill", "partition_broker", "pause", "restart")
     for kind in FAULTS.values():  # an outage is a disruptive node fault
         assert kind.outage is None or (kind.disruptive and kind.target == "node")

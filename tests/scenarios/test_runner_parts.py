@@ -9,6 +9,7 @@ import io
 import json
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -315,17 +316,12 @@ def test_a_move_of_the_active_says_whether_a_fault_on_the_active_began_it() -> N
     assert moves[-1] == {"from": "b"}
 
 
-@pytest.mark.parametrize(("kind", "resumes"), [("pause", True), ("partition_broker", True),
-                                                ("kill", False), ("restart", False)])
-def test_an_outage_of_the_active_that_heals_before_a_takeover_is_no_failover(
-        kind: str, resumes: bool) -> None:
-    """A SIGSTOP of the active shorter than dead_after (0.575 s: `ctlab chaos
-    --seed 405 --duration 30 --backend netns`, mix 3) heals before any member
-    may declare it dead: nobody takes over and the old active forwards again.
-    That outage ends there ("resumed"); before, the failover it began stayed
-    open and failover_time failed it as incomplete. A killed or stopped active
-    does not come back by itself: its failover stays open until a member takes
-    over."""
+def _outage_of_a(kind: str, times: list[float],
+                 after: Callable[[Runner], object] = lambda r: None,
+                 during: Callable[[Runner], object] = lambda r: None) -> Runner:
+    """A failover-basic runner whose active, a, takes a `kind` fault at 21.088 s
+    (the runner's clock reads `times`, one per fault step), healed 0.575 s
+    later; `during` runs between the two, `after` once the fault healed."""
     async def body() -> Runner:
         r = Runner(load(LIBRARY / "failover-basic.yaml"),
                    SimpleNamespace(  # type: ignore[arg-type]
@@ -335,26 +331,47 @@ def test_an_outage_of_the_active_that_heals_before_a_takeover_is_no_failover(
         r.switch = Switch(r.gen, r.nodes, {}, lambda node, side: ("127.0.0.1", 9))
         r.switch.active = "a"
         fault = faults.Fault(21.088, kind, "active", 0.575)
-        r.now = iter([21.088, 21.663]).__next__  # type: ignore[method-assign]
-        for step in faults.plan([fault], 30.0):
-            await r._apply(step)
-        r._delivered("a", "hw", "f1", 0, 21.67)
+        r.now = iter(times).__next__  # type: ignore[method-assign]
+        inject, heal = faults.plan([fault], 30.0)
+        await r._apply(inject)
+        during(r)
+        await r._apply(heal)
+        after(r)
         return r
 
     async def done(*args: object) -> SimpleNamespace:
         return SimpleNamespace(ok=True, detail="done")
 
-    r = asyncio.run(body())
-    ops = [(op.type, op.time, op.value) for op in r.ops if op.f == F_FAILOVER]
+    return asyncio.run(body())
+
+
+def _failovers(r: Runner) -> tuple[list[tuple[str, float, object]], History]:
+    h = History()
+    for op in r.ops:
+        getattr(h, op.type)(op.process, op.time, op.f, op.value)
+    return [(op.type, op.time, op.value) for op in r.ops if op.f == F_FAILOVER], h
+
+
+@pytest.mark.parametrize(("kind", "resumes"), [("pause", True), ("kill", False),
+                                                ("restart", False)])
+def test_an_outage_of_the_active_that_heals_before_a_takeover_is_no_failover(
+        kind: str, resumes: bool) -> None:
+    """A SIGSTOP of the active shorter than dead_after (0.575 s: `ctlab chaos
+    --seed 405 --duration 30 --backend netns`, mix 3) heals before any member
+    may declare it dead: nobody takes over and the old active forwards again.
+    That outage ends there ("resumed"); before, the failover it began stayed
+    open and failover_time failed it as incomplete. A killed or stopped active
+    does not come back by itself: its failover stays open until a member takes
+    over."""
+    r = _outage_of_a(kind, [21.088, 21.663],
+                     lambda r: r._delivered("a", "hw", "f1", 0, 21.67))
+    ops, h = _failovers(r)
     assert ops[0] == ("invoke", 21.088, {"from": "a"})
     if resumes:
         assert ops[1:] == [("ok", 21.67, {"from": "a", "to": "a", "resumed": True})]
         assert r.failover is None
     else:
         assert ops[1:] == [] and r.failover is not None and r.failover.target is None
-    h = History()
-    for op in r.ops:
-        getattr(h, op.type)(op.process, op.time, op.f, op.value)
     took = INVARIANTS["failover_time"].check(h, [], {"max_ms": 2000})
     assert took.verdict == ("pass" if resumes else "unknown"), took
     if resumes:
@@ -362,3 +379,42 @@ def test_an_outage_of_the_active_that_heals_before_a_takeover_is_no_failover(
         assert report.metrics(h)["failover_ms"] is None  # no failover happened
         roles = INVARIANTS["stable_roles"].check(h, [], {})
         assert roles.detail == "the active role never moved", roles
+
+
+def test_an_active_cut_off_the_broker_keeps_forwarding_until_the_switch_moves() -> None:
+    """The active's broker link cut (its data path stays up) stops none of its
+    traffic: a cut healed before anyone took over is no outage at all (it was
+    reported as one the length of the cut, "a resumed in 582 ms", although a
+    forwarded throughout), and a takeover during it begins its failover when
+    the switch moves to the new active, blamed on the cut, not unprompted."""
+    r = _outage_of_a("partition_broker", [21.088, 21.663],
+                     during=lambda r: r._delivered("a", "hw", "f1", 0, 21.3),
+                     after=lambda r: r._delivered("a", "hw", "f1", 0, 21.67))
+    ops, h = _failovers(r)
+    assert ops == [] and r.failover is None and r.cut is None
+    assert INVARIANTS["failover_time"].check(h, [], {}).detail == "no failover happened"
+    assert INVARIANTS["stable_roles"].check(h, [], {}).detail == "the active role never moved"
+
+    def takeover(r: Runner) -> None:  # b takes the role at 21.9 s
+        r.views["a"].state = {"role": "active", "term": 1}
+        r.views["b"].state = {"role": "active", "term": 2,
+                              "promotion": {"term": 2, "reason": "no live active"}}
+        r._follow(r._known(), 21.9)
+
+    def forwarded(r: Runner) -> None:  # a forwards after the heal, still the active
+        r._delivered("a", "hw", "f1", 0, 21.8)
+
+    blamed = [("invoke", 21.9, {"from": "a"})]  # as a kill's, at the move
+    for during, after, heal_at, expect in [
+            (takeover, forwarded, 22.5, blamed),
+            (lambda r: None, takeover, 21.7, blamed),  # healed, a not heard from since
+            (lambda r: None, lambda r: (forwarded(r), takeover(r)), 21.7,
+             [("invoke", 21.9, {"from": "a", "unprompted": True, "to": "b",
+                                "reason": "no live active"})])]:
+        r = _outage_of_a("partition_broker", [21.088, heal_at], after, during)
+        ops, h = _failovers(r)
+        assert ops == expect and r.switch is not None and r.switch.active == "b"
+        assert r.failover is not None and r.failover.target == "b"
+        if expect is blamed:
+            assert r.failover.fault == 0 and r.cut is None
+            assert INVARIANTS["stable_roles"].check(h, [], {}).verdict == "pass"
