@@ -645,6 +645,39 @@ def _schedule(report: Mapping[str, Any]) -> str:
             f"<th>backend action</th></tr></thead><tbody>{rows}</tbody></table>")
 
 
+ROLE_ROWS = 400
+
+
+def _role_changes(report: Mapping[str, Any]) -> str:
+    """The faults and what each node's election made of them (its role log:
+    roles, peers up and down, its readiness gate; each process's start), in
+    one list, in seconds of the run (negative: during setup)."""
+    rows: list[tuple[float, int, str, str]] = []
+    for f in report.get("faults", []):
+        what = f"{f['kind']} → {f['target']}"
+        rows.append((f["at"], 0, "fault", what + ("" if f.get("applied") else " (not applied)")))
+        if f.get("healed") and f.get("heal_at") is not None:
+            rows.append((f["heal_at"], 0, "fault", what + " healed"))
+    for node, v in (report.get("nodes") or {}).items():
+        for at in v.get("started") or ():
+            rows.append((at, 1, node, "process started"))
+        for entry in v.get("roles") or ():
+            kind, _, text = str(entry[1]).partition(" ")
+            rows.append((entry[0], 1, node, text if text.startswith(kind) else str(entry[1])))
+    quiet = "" if any(r[1] for r in rows) else '<p class="empty">No node reported its role log.</p>'
+    if not rows:
+        return quiet
+    rows.sort(key=lambda r: (r[0], r[1]))
+    more = len(rows) - ROLE_ROWS
+    body = "".join(f'<tr><td class="num">{at:.3f}s</td><td>{_e(who)}</td>'
+                   f'<td class="detail"><code>{_e(what)}</code></td></tr>'
+                   for at, _, who, what in rows[:ROLE_ROWS])
+    return ("<table><thead><tr><th>at</th><th>who</th><th>what</th></tr></thead>"
+            f"<tbody>{body}</tbody></table>"
+            + (f'<p class="empty">{more} later rows are in report.json.</p>' if more > 0 else "")
+            + quiet)
+
+
 def _page_top(title: str) -> str:
     """A self-contained page's head, up to its <body>."""
     return f"""<!DOCTYPE html>
@@ -685,6 +718,8 @@ def render_html(report: Mapping[str, Any]) -> str:
 {_metric_cards(report.get("metrics", {}))}
 <h2>Fault timeline</h2>
 {_timeline(report, end)}
+<h2>Roles</h2>
+{_role_changes(report)}
 <h2>Packet rates per node</h2>
 {_rates(report, end)}
 <h2>Table sizes</h2>

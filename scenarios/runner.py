@@ -109,6 +109,35 @@ class _NodeView:
     events_since: int = 0
     last_counters: dict[str, float] = field(default_factory=dict)
     failures: int = 0
+    # each process of the node (its epoch), in the order they were seen: when it
+    # started on this host's monotonic clock, how sure that is (the round trip
+    # of the /state it was read from: the least one counts), and its role log
+    started: dict[int, tuple[float, float]] = field(default_factory=dict)
+    roles: dict[int, list[list[Any]]] = field(default_factory=dict)
+
+    def note_started(self, st: Mapping[str, Any], sent: float, got: float) -> None:
+        """A full /state read between `sent` and `got`: its uptime says when the
+        node's process started, within half the round trip."""
+        epoch, uptime = st.get("epoch"), st.get("uptime")
+        if not isinstance(epoch, int) or not isinstance(uptime, (int, float)):
+            return
+        rtt = got - sent
+        if epoch not in self.started or rtt < self.started[epoch][1]:
+            self.started[epoch] = ((sent + got) / 2 - uptime, rtt)
+        log = st.get("roles")
+        if isinstance(log, list):  # the node keeps its last 200 entries: add the new ones
+            have = self.roles.setdefault(epoch, [])
+            last = have[-1][0] if have else float("-inf")
+            have.extend(e for e in log if isinstance(e, list) and e
+                        and isinstance(e[0], (int, float)) and (
+                e[0] > last or (e[0] == last and e not in have)))
+
+    def role_log(self, t0: float) -> list[list[Any]]:
+        """Every process's role log in the order they ran, its times in seconds
+        of the run (t0: the run's start on the monotonic clock): a process's own
+        log counts from its own start."""
+        return [[round(at + self.started[e][0] - t0, 3), *rest]
+                for e, log in self.roles.items() for at, *rest in log]
 
 
 @dataclass
@@ -472,6 +501,7 @@ class Runner:
     async def _state(self, name: str, full: bool = True) -> dict[str, Any] | None:
         v = self.views[name]
         path = "/state" if full else "/state?brief=1"
+        sent = time.monotonic()
         try:
             st = await control.get(self.backend.control_url(name), path, STATE_TIMEOUT)
         except control.ControlError:
@@ -485,6 +515,7 @@ class Runner:
             v.standby_state = None  # ... and what the old one held is gone
         if full:
             v.full = st
+            v.note_started(st, sent, time.monotonic())
             if st.get("role") != ACTIVE:
                 v.standby_state = st
         v.epoch = st.get("epoch")
@@ -723,7 +754,8 @@ class Runner:
     # ================================================================ the end
     def _node_reports(self) -> dict[str, Any]:
         """Each node's last /state, trimmed to what explains a run: its role
-        history, readiness gate, tables and sync figures."""
+        history (of every process it ran, in seconds of the run, like the
+        faults' times), readiness gate, tables and sync figures."""
         out: dict[str, Any] = {}
         for name, v in self.views.items():
             st = v.full or v.standby_state
@@ -735,6 +767,8 @@ class Runner:
                 "install_latency_ms", "bad_messages", "replica", "outbox", "nemesis",
                 "mechanisms", "offload", "counters", "promotions", "defer", "gc")}
             out[name]["reachable"] = v.state is not None
+            out[name]["roles"] = v.role_log(self.t0)
+            out[name]["started"] = [round(at - self.t0, 3) for at, _ in v.started.values()]
             out[name]["card"] = self.cards.get(name)
         return out
 

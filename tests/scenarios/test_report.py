@@ -3,6 +3,7 @@ headless Chromium renders (and that a person can read)."""
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import os
@@ -166,10 +167,40 @@ def test_html_is_one_self_contained_page() -> None:
     for outside in ("http://", "https://", "<script", "<link", "src=", "@import", "url("):
         assert outside not in lowered, outside
     assert page.count("<svg") == 5  # timeline, rates of a and b, table sizes, histogram
-    for heading in ("Verdict", "Fault timeline", "Packet rates per node", "Table sizes",
+    for heading in ("Verdict", "Fault timeline", "Roles", "Packet rates per node", "Table sizes",
                     "Sync lag", "Fault schedule"):
         assert f"<h2>{heading}</h2>" in page
     assert "card_insert_fail (not applied)" in page
+
+
+def test_the_roles_section_lists_faults_and_role_logs_in_run_time() -> None:
+    """What each node's election made of the faults, in one list with them,
+    ordered by the run's clock (a fault before what it caused at the same
+    millisecond)."""
+    r = sample_report()  # kill a at 6.0 s, healed at 12.0 s
+    assert "No node reported its role log" in report.render_html(r)
+    r["nodes"] = {
+        "a": {"started": [-1.2, 12.3], "roles": [
+            [-0.9, "RoleChanged RoleChanged(old='joining', new='active', term=1)"],
+            [12.8, "RoleChanged RoleChanged(old='joining', new='standby', term=0)"]]},
+        "b": {"started": [-1.1], "roles": [
+            [6.0, "PeerDown PeerDown(node='a', reason='will', was_active=True)"],
+            [6.0, "RoleChanged RoleChanged(old='standby', new='active', term=2)"]]},
+        "c": {"reachable": False}}
+    page = report.render_html(r)
+    section = page[page.index("<h2>Roles</h2>"):page.index("<h2>Packet rates")]
+    cells = [c.split("</td>")[0] for c in section.split("<td")[1:]]
+    lines = [" ".join(cells[i:i + 3]) for i in range(0, len(cells), 3)]
+    said = [html.unescape(line.replace(' class="num">', "").replace(' class="detail"><code>', "")
+                          .replace("</code>", "").replace(">", "")) for line in lines]
+    assert said[:4] == ["-1.200s a process started", "-1.100s b process started",
+                        "-0.900s a RoleChanged(old='joining', new='active', term=1)",
+                        "6.000s fault kill → a"], said
+    assert said[4:6] == ["6.000s b PeerDown(node='a', reason='will', was_active=True)",
+                         "6.000s b RoleChanged(old='standby', new='active', term=2)"]
+    assert said.index("12.000s fault kill → a healed") < said.index("12.300s a process started")
+    assert said[-1] == "15.000s fault card_insert_fail → b healed"
+    assert len(said) == 13  # 9 role rows, 5 fault rows less the failed insert's heal
 
 
 def test_html_escapes_what_it_shows() -> None:

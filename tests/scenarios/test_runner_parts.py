@@ -418,3 +418,35 @@ def test_an_active_cut_off_the_broker_keeps_forwarding_until_the_switch_moves() 
         if expect is blamed:
             assert r.failover.fault == 0 and r.cut is None
             assert INVARIANTS["stable_roles"].check(h, [], {}).verdict == "pass"
+
+
+def test_the_report_gives_each_nodes_role_log_in_seconds_of_the_run() -> None:
+    """A node logs its role changes on its own clock, from its own start (a
+    restarted node's from its new start). The runner reads where that start
+    lies on its clock from each full /state's uptime (within half the round
+    trip: the fastest read counts), keeps the log of every process the node
+    ran, and the report gives it in seconds of the run, as the faults' times."""
+    r = Runner(load(LIBRARY / "failover-basic.yaml"),
+               SimpleNamespace(control_url=lambda n: ""),  # type: ignore[arg-type]
+               RunOptions(progress=False))
+    r.t0 = 1000.0  # the run began at 1000 s on this host's monotonic clock
+    a = r.views["a"]
+    first = [[0.3, "RoleChanged active"], [0.7, "PeerUp b"]]
+    a.note_started({"epoch": 7, "uptime": 2.0, "roles": first}, 1000.5, 1000.9)  # rtt 0.4
+    a.note_started({"epoch": 7, "uptime": 5.05, "roles": [*first, [4.0, "PeerDown b"]]},
+                   1003.99, 1004.01)  # rtt 0.02: the better estimate (start at 998.95)
+    a.note_started({"epoch": 7, "uptime": 9.0, "roles": [[0.7, "PeerUp b"], [4.0, "PeerDown b"],
+                                                         [8.5, "fenced"]]},  # 0.3 fell out
+                   1007.0, 1010.0)  # rtt 3: ignored for the start
+    a.note_started({"epoch": 9, "uptime": 1.0, "roles": [[0.25, "RoleChanged standby"]]},
+                   1012.0, 1012.1)  # killed and started again: a new process
+    a.note_started({"epoch": 9, "uptime": "x", "roles": "garbage"}, 1013.0, 1013.1)  # ignored
+    assert a.role_log(r.t0) == [[-0.75, "RoleChanged active"], [-0.35, "PeerUp b"],
+                                [2.95, "PeerDown b"], [7.45, "fenced"],
+                                [11.3, "RoleChanged standby"]]
+    assert a.started == {7: (pytest.approx(998.95), pytest.approx(0.02)),
+                         9: (pytest.approx(1011.05), pytest.approx(0.1))}
+    a.full = {"role": "standby", "roles": [[0.25, "RoleChanged standby"]]}
+    nodes = r._node_reports()
+    assert nodes["a"]["roles"] == a.role_log(r.t0) and nodes["a"]["started"] == [-1.05, 11.05]
+    assert nodes["b"] == {"reachable": False}
