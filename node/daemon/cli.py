@@ -18,6 +18,7 @@ import asyncio
 import json
 import logging
 import sys
+import textwrap
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -29,15 +30,24 @@ DEFAULT_NODE_URL = "http://127.0.0.1:8001"
 
 # ================================================================ ctlab node
 def node_main(argv: Sequence[str]) -> int:
-    ap = argparse.ArgumentParser(prog="ctlab node", description="Run one ctlab node.")
+    from node.daemon import config
+
+    ap = argparse.ArgumentParser(
+        prog="ctlab node", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run one ctlab node until SIGTERM or SIGINT. It prints one JSON line when "
+                    "ready (node, control URL, broker URL).",
+        epilog="The config file (YAML, or JSON for a .json name); node, cluster and ports "
+               "are required, the rest\nhas defaults, and an unknown field is an error:\n\n"
+               + textwrap.indent(config.reference(), "  ")
+               + "\n\nAn active-standby pair on loopback: node/daemon/examples/ (its README).\n"
+                 "Exit codes: 0 stopped, 1 a runtime failure, 2 bad usage or configuration (one "
+                 "line naming\nthe field, never a traceback).")
     ap.add_argument("--config", required=True, metavar="FILE", help="YAML or JSON config")
     ap.add_argument("--log-level", default="WARNING",
                     choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = ap.parse_args(list(argv))
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from node.daemon import config
-
     try:
         cfg = config.load(args.config)
     except ConfigError as exc:

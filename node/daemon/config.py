@@ -15,6 +15,7 @@
       outside: {bind: "127.0.0.1:7002"}          # no peer: answer the last sender
       # annotate: true  prefixes every datagram sent with the packet's path (hw,
       #                 sw-fastpath, sw): 8 bytes, wire.encode_annotation()
+      # type: memory    an in-memory port (in-process tests; default udp)
     tc: |                         # a tc batch script (iproute2 syntax), applied at start
       qdisc add dev inside ingress
     tc_file: firewall.tc          # or the script in a file (relative to this file)
@@ -50,6 +51,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,6 +160,13 @@ class NodeConfig:
 
 
 # ================================================================ loading
+def reference() -> str:
+    """The annotated example at the top of this module (`ctlab node --help`
+    prints it): every field there is, with its default or an example value."""
+    doc = __doc__ or ""
+    return textwrap.dedent(doc.split("\n\n", 1)[1].split("\n\nEvery problem", 1)[0])
+
+
 def load(path: str | Path) -> NodeConfig:
     """Read and validate a config file (.json as JSON, anything else as YAML)."""
     p = Path(path)

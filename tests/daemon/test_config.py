@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from node.daemon import config
 from node.daemon.config import ConfigError
@@ -116,6 +117,37 @@ def run_node(tmp_path: Path, text: str, suffix: str = ".yaml") -> subprocess.Com
     return subprocess.run([sys.executable, "-m", "scenarios.cli", "node", "--config", str(p)],
                           capture_output=True, text=True, timeout=60, cwd=REPO,
                           env=dict(os.environ, PYTHONPATH=str(REPO)))
+
+
+def test_the_reference_in_ctlab_node_help_is_a_valid_config_naming_every_field(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ctlab node --help` prints config.reference(). As YAML it is a config
+    that parses (but for tc_file, the alternative to tc; its TLS files made
+    here), and it names every field the parser reads, so it cannot fall behind
+    a new one."""
+    doc = yaml.safe_load(config.reference())
+    del doc["tc_file"]
+    doc["ports"]["inside"]["annotate"] = True  # the two fields it gives as comments
+    doc["ports"]["inside"]["type"] = "udp"
+    for name in ("ca.pem", "c.pem", "c.key"):
+        (tmp_path / name).write_text("-")
+    read: set[str] = set()
+    get = config._Section.get
+
+    def recording(self: Any, key: str, default: Any) -> Any:
+        read.add(self.path(key))
+        return get(self, key, default)
+
+    monkeypatch.setattr(config._Section, "get", recording)
+    cfg = config.parse(doc, base=tmp_path)
+    assert cfg.node == "a" and cfg.role.track_data and cfg.broker.tls is not None
+    text = config.reference()
+    unnamed = {path for path in read if f"{path.rpartition('.')[2]}:" not in text}
+    assert not unnamed and len(read) > 40, (unnamed, sorted(read))
+    helped = subprocess.run([sys.executable, "-m", "scenarios.cli", "node", "--help"],
+                            capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert helped.returncode == 0 and "  mechanisms:" in helped.stdout
+    assert "dead_after: 0.35" in helped.stdout and "node/daemon/examples/" in helped.stdout
 
 
 @pytest.mark.parametrize(("text", "suffix", "message"), [
