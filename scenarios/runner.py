@@ -442,12 +442,13 @@ class Runner:
         sw = self.switch
         assert sw is not None
         old = sw.active
+        cut = self.cut if self.cut is not None and self.cut.source == old else None
+        if cut is not None:
+            self.cut = None  # the switch leaves the cut node: the cut explains no later move
         if self.failover is None or self.failover.window is not None:
-            cut = self.cut
-            if cut is not None and cut.source == old:
+            if cut is not None:
                 # the active's traffic stops now, not when its broker link was cut
-                self._begin_failover(old, now, fault=cut.fault)
-                self.cut = None
+                self._begin_failover(cut.source, now, fault=cut.fault)
             else:
                 # not begun by a fault on the active: why the node took the role
                 # (stable_roles judges it)

@@ -418,6 +418,12 @@ def test_an_active_cut_off_the_broker_keeps_forwarding_until_the_switch_moves() 
         if expect is blamed:
             assert r.failover.fault == 0 and r.cut is None
             assert INVARIANTS["stable_roles"].check(h, [], {}).verdict == "pass"
+    # killed during the cut: the kill's failover; the cut explains nothing after it
+    r = _outage_of_a("partition_broker", [21.088, 22.5], during=lambda r: (
+        r._begin_failover("a", 21.5, fault=1), takeover(r)))
+    ops, h = _failovers(r)
+    assert ops == [("invoke", 21.5, {"from": "a"})] and r.cut is None
+    assert r.failover is not None and r.failover.fault == 1
 
 
 def test_the_report_gives_each_nodes_role_log_in_seconds_of_the_run() -> None:
