@@ -156,7 +156,7 @@ class _Failover:
 class _Cut:
     """An outage of the active that its data path lives through (its broker link
     cut): the fault a takeover during it is blamed on, until the old active
-    forwards after the heal."""
+    forwards after the heal or the switch leaves it."""
 
     source: str
     fault: int
