@@ -31,6 +31,7 @@ ISSUE_LIBRARY = {"failover-basic", "failover-under-load", "failback-preempt", "b
 BEYOND_THE_ISSUE = {
     "data-link-failover",  # found by chaos (seed 14, netns): FAULT
     "active-hang",  # a hung active fenced when it wakes; a stall nobody takes over (seed 405)
+    "active-broker-cut",  # the active's data path forwards through its broker cut
 }
 
 TC = """tc: |

@@ -101,6 +101,15 @@ def test_library_scenario_passes(name: str, backend: str, tmp_path: Path) -> Non
                    for r in rep["nodes"]["a"]["roles"]), rep["nodes"]["a"]["roles"]
         took = next(i["detail"] for i in rep["invariants"] if i["name"] == "failover_time")
         assert took.startswith("a→b in ") and ", b resumed in " in took, took
+    if name == "active-broker-cut":  # b took over during the cut; a, back, was fenced
+        assert [n for n, _ in became_active(rep)] == ["a", "b"], summary(rep)
+        took = next(r[0] for r in rep["nodes"]["b"]["roles"] if "new='active'" in r[1])
+        fenced = next(r[0] for r in rep["nodes"]["a"]["roles"] if "fenced by b" in r[1])
+        # on the run's clock, the faults' (the cut from 5 s to 8 s): b within
+        # dead_after of the cut, a once the cut healed (a reconnect's backoff later)
+        assert 4.95 <= took < 6.5 and 7.95 <= fenced < 11.0, (took, fenced)
+        took_ms = next(i["detail"] for i in rep["invariants"] if i["name"] == "failover_time")
+        assert took_ms.startswith("a→b in "), took_ms  # the switch's move, not the detection
     if name == "ftp-related-failover":  # defer was on and acknowledged (by a, rejoined)
         held = [n["defer"] for n in rep["nodes"].values() if n.get("defer")]
         assert held and any(d["deferred"] > 0 and d["released_acked"] > 0 for d in held), \
