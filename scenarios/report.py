@@ -661,9 +661,8 @@ def _role_changes(report: Mapping[str, Any]) -> str:
     for node, v in (report.get("nodes") or {}).items():
         for at in v.get("started") or ():
             rows.append((at, 1, node, "process started"))
-        for entry in v.get("roles") or ():
-            kind, _, text = str(entry[1]).partition(" ")
-            rows.append((entry[0], 1, node, text if text.startswith(kind) else str(entry[1])))
+        for at, what in v.get("roles") or ():
+            rows.append((at, 1, node, str(what)))
     quiet = "" if any(r[1] for r in rows) else '<p class="empty">No node reported its role log.</p>'
     if not rows:
         return quiet

@@ -236,7 +236,7 @@ class Daemon:
         q = self.member.role_events
         while True:
             ev = await q.get()
-            text = f"{type(ev).__name__} {ev!r}"
+            text = repr(ev)  # a NamedTuple's: its type's name, then its fields
             self.node.role_log.append((self.clock(), text))
             log.info("%s: %s", self.node.cfg.node, text)
 

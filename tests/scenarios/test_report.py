@@ -181,11 +181,11 @@ def test_the_roles_section_lists_faults_and_role_logs_in_run_time() -> None:
     assert "No node reported its role log" in report.render_html(r)
     r["nodes"] = {
         "a": {"started": [-1.2, 12.3], "roles": [
-            [-0.9, "RoleChanged RoleChanged(old='joining', new='active', term=1)"],
-            [12.8, "RoleChanged RoleChanged(old='joining', new='standby', term=0)"]]},
+            [-0.9, "RoleChanged(old='joining', new='active', term=1)"],
+            [12.8, "RoleChanged(old='joining', new='standby', term=0)"]]},
         "b": {"started": [-1.1], "roles": [
-            [6.0, "PeerDown PeerDown(node='a', reason='will', was_active=True)"],
-            [6.0, "RoleChanged RoleChanged(old='standby', new='active', term=2)"]]},
+            [6.0, "PeerDown(node='a', reason='will', was_active=True)"],
+            [6.0, "RoleChanged(old='standby', new='active', term=2)"]]},
         "c": {"reachable": False}}
     page = report.render_html(r)
     section = page[page.index("<h2>Roles</h2>"):page.index("<h2>Packet rates")]
