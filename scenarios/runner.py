@@ -764,7 +764,7 @@ class Runner:
                 out[name] = {"reachable": False}
                 continue
             out[name] = {k: st.get(k) for k in (
-                "role", "term", "epoch", "roles", "gate", "tables", "sync_lag_ms",
+                "role", "term", "epoch", "gate", "tables", "sync_lag_ms",
                 "install_latency_ms", "bad_messages", "replica", "outbox", "nemesis",
                 "mechanisms", "offload", "counters", "promotions", "defer", "gc")}
             out[name]["reachable"] = v.state is not None
