@@ -7,7 +7,12 @@ Active-standby (VRRP's rules, with pfsync's gate and a fencing term):
     broker: a broker shutting down publishes the wills of live members, then
     drops every connection (what it forwards in between was sent before); a
     will within `reconnect_grace` of this member's reconnect (or of a stall)
-    only ends the peer's session, unless the peer has been heard since;
+    only ends the peer's session, unless the peer has been heard since; with
+    `will_grace`, a will also waits that long for the peer to reconnect (a
+    heartbeat from a later connection cancels it): a flap of a member's MQTT
+    connection shorter than that moves no role, and a kill -9 costs that much
+    more (0, the default: the will acts at once; at most `dead_after`, after
+    which the peer's silence decides anyway);
   - with no live active, the best eligible member takes over: highest
     priority, then the node name (deterministic, so all agree); a member that
     has just become eligible first lets two heartbeats pass (a cold start);
@@ -94,6 +99,7 @@ class ElectionConfig:
     reconnect_grace: float = 5.0  # after a bus outage, peers get this long to reappear
     # (a restarted broker takes 1-2 s to listen, and each member its reconnect backoff)
     readiness_gate: bool = True  # False (a negative control): eligible at once
+    will_grace: float = 0.0  # a will waits this long for its peer to reconnect
 
     def __post_init__(self) -> None:
         if not 0 <= self.priority <= 255:
@@ -104,6 +110,9 @@ class ElectionConfig:
             raise ValueError("need 0 < hb_interval < dead_after")
         if self.discover < 0 or self.sync_timeout <= 0:
             raise ValueError("discover must be >= 0 and sync_timeout > 0")
+        if not 0 <= self.will_grace <= self.dead_after:
+            raise ValueError("need 0 <= will_grace <= dead_after (beyond it the silence "
+                             "decides)")
 
 
 # ---------------------------------------------------------------- events
@@ -150,6 +159,7 @@ class Peer:
     hb_seq: int = 0
     will_session: int = -1  # the session a will declared dead (-1: none)
     pending_will: Heartbeat | None = None  # a will not confirmed yet (on_echo)
+    will_at: float = float("-inf")  # when pending_will came (will_grace counts from it)
     quiet: bool = False  # declared dead by silence (a timeout), not by its will
     beat_at: float = float("-inf")  # its last heartbeat (a grace moves heard_at, not this)
 
@@ -197,6 +207,10 @@ class Election:
         self._grace_until = float("-inf")  # the end of the last reconnect grace
         self._grace_from = float("-inf")  # and its start
         self.transitions: list[tuple[float, RoleChanged]] = []
+        # Wills of live peers: received; taken (the peer's death); withdrawn (it
+        # reconnected first, within will_grace); voided (our own connection went
+        # down first: the broker going down publishes the wills of live members).
+        self.wills = dict.fromkeys(("received", "taken", "withdrawn", "voided"), 0)
 
     # ------------------------------------------------------------ inputs
     def set_connected(self, connected: bool, session: int, now: float) -> list[Event]:
@@ -208,6 +222,8 @@ class Election:
         first = connected and self.session == 0
         if not connected:  # a will not confirmed yet was the broker going down
             for p in self.peers.values():
+                if p.pending_will is not None:
+                    self.wills["voided"] += 1
                 p.pending_will = None
         self.connected = connected
         self.session = session
@@ -297,6 +313,9 @@ class Election:
             # had queued after the wills: an echo of a heartbeat sent before the
             # will proves nothing.) The probe leaves now; our own disconnect
             # cancels the will.
+            if p.pending_will is None:  # (a duplicate does not restart its grace)
+                self.wills["received"] += 1
+                p.will_at = now
             p.pending_will = hb
             self._will_at = now
             self._next_hb = min(self._next_hb, now)
@@ -308,7 +327,9 @@ class Election:
         p.hb_seq = seq
         p.hb = hb
         p.heard_at = p.beat_at = now
-        p.pending_will = None  # heard from a later connection: it reconnected
+        if p.pending_will is not None:  # heard from a later connection: it reconnected
+            self.wills["withdrawn"] += 1
+            p.pending_will = None
         if not p.alive:
             p.alive, p.quiet = True, False
             out.append(PeerUp(p.node))
@@ -325,10 +346,13 @@ class Election:
         out: list[Event] = []
         bus_ok = self.bus_ok(now)
         confirmed = self._echo_sent > self._will_at
+        will_grace = self.cfg.will_grace
         for p in self.peers.values():
-            if p.pending_will is not None and confirmed and bus_ok:
+            if p.pending_will is not None and confirmed and bus_ok \
+                    and now - p.will_at >= will_grace:
                 out.append(PeerDown(p.node, "will", p.hb.role == ROLE_ACTIVE))
                 p.alive, p.hb, p.pending_will = False, p.pending_will, None
+                self.wills["taken"] += 1
             if p.alive and now - p.heard_at > self.cfg.dead_after:
                 # silent long enough: dead once a heartbeat we sent since is back
                 silent = p.heard_at + self.cfg.dead_after
@@ -349,6 +373,10 @@ class Election:
                 # until its probe has left (then on_echo() decides)
                 if p.alive and self._hb_sent < p.heard_at + self.cfg.dead_after:
                     t = min(t, p.heard_at + self.cfg.dead_after)
+        if self.cfg.will_grace:
+            for p in self.peers.values():
+                if p.pending_will is not None:  # its grace ends (then tick() decides)
+                    t = min(t, p.will_at + self.cfg.will_grace)
         g = self.gate
         if g.state == DISCOVERING:
             t = min(t, self._started + self.cfg.discover)

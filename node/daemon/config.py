@@ -22,6 +22,9 @@
     card: {capacity: 2097152, insert_rate: 600000, insert_latency: 0.001, poll_interval: 1.0}
     role: {mode: active-standby, priority: 100, preempt: false, hb_interval: 0.1,
            dead_after: 0.35, discover: 0.3, sync_timeout: 10,
+           will_grace: 0,         # a peer's MQTT will waits this long (<= dead_after) for
+                                  #   the peer to reconnect: a shorter flap of its broker
+                                  #   link moves no role; a kill -9 is found that much later
            track_data: true}      # a data port's link down (or its wire cut): FAULT,
                                   #   the active role given up (keepalived's track_interface)
     control: {listen: "127.0.0.1:8001"}
@@ -116,6 +119,7 @@ class RoleConfig:
     discover: float = 0.3
     sync_timeout: float = 10.0
     track_data: bool = True  # data links tracked: one down puts the node in FAULT (link.py)
+    will_grace: float = 0.0  # a peer's will waits this long for the peer to reconnect
 
 
 @dataclass(frozen=True)
@@ -301,10 +305,14 @@ def _role(s: _Section) -> RoleConfig:
                      s.number("dead_after", 0.35, lo=0.002, hi=600.0),
                      s.number("discover", 0.3, lo=0.0, hi=600.0),
                      s.number("sync_timeout", 10.0, lo=0.001, hi=3600.0),
-                     s.flag("track_data", True))
+                     s.flag("track_data", True),
+                     s.number("will_grace", 0.0, lo=0.0, hi=600.0))
     s.done()
     if not out.hb_interval < out.dead_after:
         raise ConfigError("role.dead_after: must be longer than role.hb_interval")
+    if out.will_grace > out.dead_after:
+        raise ConfigError("role.will_grace: must not be longer than role.dead_after "
+                          "(a peer silent that long is dead anyway)")
     return out
 
 

@@ -130,7 +130,8 @@ class Node:
             sync = SyncConfig(cfg.cluster, cfg.node, cfg.cluster_key, priority=r.priority,
                               preempt=r.preempt, mode=r.mode, hb_interval=r.hb_interval,
                               dead_after=r.dead_after, discover=r.discover,
-                              sync_timeout=r.sync_timeout, replication=m.replication,
+                              sync_timeout=r.sync_timeout, will_grace=r.will_grace,
+                              replication=m.replication,
                               preinstall=m.preinstall, distributed_aging=m.distributed_aging,
                               readiness_gate=m.readiness_gate, defer=cfg.sync.defer)
         except ValueError as exc:

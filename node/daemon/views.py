@@ -297,7 +297,8 @@ def state_json(node: Node, now: float, bus: dict[str, Any],
         "node": node.cfg.node, "cluster": node.cfg.cluster, "epoch": node.epoch,
         "role": el.role, "term": el.term, "mode": node.cfg.role.mode,
         "priority": node.cfg.role.priority, "active": el.active(), "eligible": el.eligible(),
-        "fault": el.fault, "members": el.members(),
+        "fault": el.fault, "members": el.members(), "will_grace": el.cfg.will_grace,
+        "wills": dict(el.wills),
         "gate": {"state": g.state, "reason": g.reason, "timed_out": g.timed_out,
                  "source": g.source, "since": round(now - g.since, 3),
                  "history": [[round(t - node.started, 3), s, r] for t, s, r in g.history]},
@@ -405,6 +406,11 @@ def metrics_text(node: Node, now: float, bus: dict[str, Any],
             int(el.gate.state == "ready"))
     m.gauge("ctlab_peers_alive", "Peers heard recently",
             sum(1 for p in el.peers.values() if p.alive))
+    for outcome, n in el.wills.items():
+        m.counter("ctlab_role_wills_total", "MQTT wills of live peers: received, and taken as "
+                  "the peer's death, withdrawn (it reconnected within role.will_grace) or "
+                  "voided (this node's broker connection went down first)", n,
+                  outcome=outcome)
     m.gauge("ctlab_bus_connected", "Connected to the broker", int(bool(bus.get("connected"))))
     m.counter("ctlab_bus_connects_total", "Broker (re)connections", bus.get("connects", 0))
     m.counter("ctlab_bus_socket_races_total",

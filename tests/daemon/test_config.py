@@ -77,6 +77,8 @@ def test_a_good_config_parses_into_frozen_values() -> None:
     ("role.priority", 1.5, "role.priority: expected an integer"),
     ("role.dead_after", 0.05, "role.dead_after: must be longer than role.hb_interval"),
     ("role.track_data", "no", "role.track_data: expected true or false"),
+    ("role.will_grace", -0.1, "role.will_grace: -0.1 is out of range"),
+    ("role.will_grace", 0.5, "role.will_grace: must not be longer than role.dead_after"),
     ("control.listen", "127.0.0.1", "control.listen: expected HOST:PORT"),
     ("sysctl", {"nf_conntrack_bogus": 1}, "sysctl: unknown sysctl net.netfilter.nf_conntrack_bo"),
     ("sysctl", {"nf_conntrack_udp_timeout": "x"}, "sysctl: net.netfilter.nf_conntrack_udp"),
@@ -97,6 +99,11 @@ def test_a_bad_field_is_one_config_error_naming_it(path: str, value: Any, field:
 def test_data_links_are_tracked_unless_turned_off() -> None:
     assert config.parse(good()).role.track_data is True
     assert config.parse(with_("role.track_data", False)).role.track_data is False
+
+
+def test_a_will_acts_at_once_unless_a_grace_is_set() -> None:
+    assert config.parse(good()).role.will_grace == 0.0
+    assert config.parse(with_("role.will_grace", 0.35)).role.will_grace == 0.35
 
 
 def test_tc_inline_and_tc_file_are_exclusive() -> None:

@@ -172,10 +172,14 @@ def test_metrics_parse_as_prometheus_text_with_the_documented_families(node: Nod
                          ("ctlab_gc_pause_seconds", "histogram"),
                          ("ctlab_bus_socket_races_total", "counter"),
                          ("ctlab_sync_fast_lane_total", "counter"),
-                         ("ctlab_role", "gauge")]:
+                         ("ctlab_role", "gauge"),
+                         ("ctlab_role_wills_total", "counter")]:
         assert types.get(family) == kind, family
     assert samples[("ctlab_bus_socket_races_total", ())] == 0  # (no dropped link here)
     assert samples[("ctlab_role", (("role", "active"),))] == 1
+    assert {dict(lb)["outcome"]: v for (name, lb), v in samples.items()
+            if name == "ctlab_role_wills_total"} == dict.fromkeys(
+                ("received", "taken", "withdrawn", "voided"), 0)  # (a lone node)
     assert {dict(lb)["path"] for name, lb in samples if name == "ctlab_packets_total"} \
         == {"hw", "sw", "sw-fastpath"}
     buckets = sorted(((float(dict(lb)["le"]), v) for (name, lb), v in samples.items()

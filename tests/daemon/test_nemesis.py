@@ -371,6 +371,42 @@ def test_a_cut_broker_link_fires_the_will_and_after_up_the_node_resyncs(cl: Clus
 
 
 @pytest.mark.broker
+def test_with_a_will_grace_a_short_broker_flap_of_the_active_moves_no_role(cl: Cluster) -> None:
+    """role.will_grace 0.6 s (dead_after 0.8 s): a's MQTT connection is cut (no
+    DISCONNECT: the broker publishes its will) and restored 0.2 s later. a is
+    back on a new connection within the grace: b stays standby, a active, no
+    term moves. Then a kill -9 of a: b takes over on the will, once the grace
+    has passed (not at once, and not on dead_after's silence alone)."""
+    role = {"will_grace": 0.6, "dead_after": 0.8}
+    a = cl.node("a", priority=200, role={**role, "preempt": True}).wait_ready()
+    b = cl.node("b", priority=100, role=role).wait_ready()
+    wait_until(lambda: a.role() == "active" and b.role() == "standby", 15,
+               "a active and b standby")
+    term = a.state()["term"]
+    assert a.post("/nemesis", {"broker_link": "cut"})["broker_link"] == "cut"
+    time.sleep(0.2)
+    assert a.post("/nemesis", {"broker_link": "up"})["broker_link"] == "up"
+    wait_until(lambda: a.state()["bus"]["connects"] >= 2, 5, "a to reconnect")
+    time.sleep(1.0)  # past the grace and dead_after
+    assert (a.role(), b.role()) == ("active", "standby")
+    assert a.state()["term"] == term
+    b_roles = [what for _, what in b.state()["roles"]]
+    assert not any("new='active'" in r for r in b_roles), b_roles
+    assert not any(r.startswith("PeerDown") for r in b_roles), b_roles
+    # the will did come (the cut closed a's connection), and a's return withdrew it
+    assert b.state()["wills"] == {"received": 1, "taken": 0, "withdrawn": 1, "voided": 0}
+    assert b.state()["will_grace"] == 0.6
+    t0 = time.monotonic()
+    a.kill9()
+    wait_until(lambda: b.role() == "active", 5, "b to take over")
+    took = time.monotonic() - t0
+    assert 0.55 <= took < 2.0, took
+    downs = [r for _, r in b.state()["roles"] if r.startswith("PeerDown")]
+    assert downs and "reason='will'" in downs[-1], downs
+    assert b.state()["wills"]["taken"] == 1
+
+
+@pytest.mark.broker
 def test_a_frozen_active_that_wakes_up_is_fenced_and_stays_standby(cl: Cluster) -> None:
     """SIGSTOP, the stuck process of the textbook split brain: its broker
     connection stays up (the freeze is shorter than the keepalive), so no will

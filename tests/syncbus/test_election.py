@@ -175,6 +175,7 @@ def test_a_will_from_a_broker_going_down_changes_nothing() -> None:
     c.run(1.0)
     assert c.roles() == {"a": "active", "b": "standby"}
     assert not any(isinstance(ev, PeerDown) for _, ev in c.events)
+    assert b.wills == {"received": 1, "taken": 0, "withdrawn": 0, "voided": 1}
 
 
 def test_a_silent_active_is_declared_dead_after_dead_after() -> None:
@@ -654,3 +655,62 @@ def test_a_restored_will_of_a_peer_that_stays_away_ends_in_a_takeover() -> None:
     c.run(0.5)  # the grace (5 s) is over and a was not heard: it is dead
     assert b.role == "active" and b.term == a.term + 1
     assert any(n == "b" and isinstance(ev, PeerDown) and ev.was_active for n, ev in c.events)
+
+
+@pytest.mark.parametrize("grace", [0.0, 0.2])
+def test_a_will_grace_rides_out_a_flap_of_the_actives_broker_link(grace: float) -> None:
+    """a's MQTT connection drops (the broker publishes its will) and a is back
+    on a new connection 0.15 s later. Without a grace (the default) b takes
+    over on the will; with will_grace 0.2 the will waits for a, a reconnects
+    within it, nobody takes over and a stays active."""
+    c = Cluster()
+    a = c.add("a", priority=200, will_grace=grace)
+    c.run(1.0)
+    b = c.add("b", priority=100, will_grace=grace)
+    c.run(1.0)
+    c.down.add("a")
+    before = len(c.events)
+    will = Heartbeat("a", "offline", 200, a.term, False, 0, 0, 0)
+    c.events += [("b", ev) for ev in b.on_heartbeat(1, 0, will, c.now)]
+    assert b.next_deadline() <= c.now + grace + 1e-9
+    c.run(0.15)  # b's probes came back long ago: only the grace can hold the will
+    c.down.discard("a")
+    a.set_connected(True, 1, c.now)  # a reconnects: its heartbeats say session 1
+    c.run(0.5)
+    moved = [ev for _, ev in c.events[before:] if isinstance(ev, (PeerDown, RoleChanged))]
+    if not grace:
+        assert c.roles() == {"a": "standby", "b": "active"}  # a fenced by b's term
+        assert b.wills == {"received": 1, "taken": 1, "withdrawn": 0, "voided": 0}
+        assert ("a", "will") in [(ev.node, ev.reason) for ev in moved
+                                 if isinstance(ev, PeerDown)]
+        return
+    assert b.peers["a"].alive and b.peers["a"].pending_will is None
+    assert c.roles() == {"a": "active", "b": "standby"}
+    assert not moved
+    assert b.wills == {"received": 1, "taken": 0, "withdrawn": 1, "voided": 0}
+
+
+def test_a_will_grace_delays_a_takeover_by_that_much() -> None:
+    """kill -9 with will_grace 0.2: the will takes effect when the grace ends
+    (not at once, not at dead_after)."""
+    c = Cluster()
+    c.add("a", priority=200, will_grace=0.2, dead_after=0.5)
+    c.run(1.0)
+    b = c.add("b", priority=100, will_grace=0.2, dead_after=0.5)
+    c.run(1.0)
+    c.will("a")
+    killed = c.now
+    c.run(0.19)
+    assert b.role == "standby"
+    c.run(0.03)
+    assert b.role == "active"
+    down = [ev for n, ev in c.events if n == "b" and isinstance(ev, PeerDown)]
+    assert [(d.node, d.reason) for d in down] == [("a", "will")]
+    took = next(t for t, ev in b.transitions if ev.new == "active")
+    assert killed + 0.2 <= took < killed + 0.22
+
+
+@pytest.mark.parametrize("grace", [-0.01, 0.36])
+def test_a_will_grace_is_between_zero_and_dead_after(grace: float) -> None:
+    with pytest.raises(ValueError, match="will_grace"):
+        ElectionConfig("a", will_grace=grace)
