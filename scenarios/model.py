@@ -16,6 +16,9 @@ through it, which faults to inject when, and which invariants must hold::
       cluster_key: on               # HMAC on every sync message
       defer: 50ms                   # hold a packet that changed a connection until a
                                     # peer has the change (pfsync defer; default off)
+      will_grace: 500ms             # a member's MQTT will waits this long for it to
+                                    # reconnect (at most dead_after, 800ms; default 0:
+                                    # a flap of a member's broker link moves the role)
       nodes:
         a: {priority: 200}
         b: {priority: 100, card: small}   # a card profile below (default: "default")
@@ -87,6 +90,13 @@ from syncbus.core import MAX_DEFER
 
 # ================================================================ vocabulary
 MODES = ("active-standby", "active-active")
+# The nodes' role timing: heartbeats every 100 ms; a silent peer is dead after
+# 800 ms. A crash is seen at once through the MQTT will; the timeout only
+# decides for a hung node (SIGSTOP), and it must outlast the scheduling stalls
+# of a busy two-core machine, or a loaded active looks dead to a restarted peer
+# and the roles flap.
+HB_INTERVAL = 0.1
+DEAD_AFTER = 0.8
 BROKER_KINDS = ("embedded", "mosquitto")
 PROTOS = ("tcp", "udp", "icmp", "ftp")
 FTP_MODES = ("passive", "active")
@@ -227,6 +237,7 @@ class Cluster:
     broker: Broker = Broker("embedded")
     cluster_key: bool = False
     defer: float = 0.0  # seconds (node config sync.defer); 0: off
+    will_grace: float = 0.0  # seconds (node config role.will_grace); 0: a will acts at once
 
     @property
     def node_names(self) -> tuple[str, ...]:
@@ -445,6 +456,7 @@ class _Loader:
         broker = self.broker(s.node("broker"))
         key = s.flag("cluster_key", False)
         defer = s.seconds("defer", 0.0, lo=0.0, hi=MAX_DEFER) or 0.0
+        will_grace = s.seconds("will_grace", 0.0, lo=0.0, hi=DEAD_AFTER) or 0.0
         nodes = []
         for nname, value in s.mapping_of("nodes", required=True).entries(named=True):
             n = self.mapping(value, f"node {nname}")
@@ -464,7 +476,7 @@ class _Loader:
             raise self.error(knode, f"{reserved[0]!r} is reserved (fault targets active, "
                              "standby and broker); name the node otherwise")
         s.done()
-        return Cluster(tuple(nodes), name, mode, preempt, broker, key, defer)
+        return Cluster(tuple(nodes), name, mode, preempt, broker, key, defer, will_grace)
 
     def broker(self, node: yaml.Node | None) -> Broker:
         if node is None:

@@ -51,11 +51,13 @@ from node.packet import ip_bytes
 from scenarios import control, faults, invariants, report
 from scenarios.backends.base import Backend, ClusterPlan
 from scenarios.model import (
+    DEAD_AFTER,
     F_CT,
     F_EXPIRE,
     F_FAILOVER,
     F_HW_HITS,
     F_PREINSTALL,
+    HB_INTERVAL,
     FaultRecord,
     History,
     InvariantSpec,
@@ -71,11 +73,7 @@ from scenarios.traffic import TrafficGen
 ACTIVE = "active"
 EVENT_INVARIANTS = ("no_resurrected_flows", "no_premature_aging")
 STATE_TIMEOUT = 0.5
-# Heartbeats every 100 ms; a silent peer is dead after 800 ms. A crash is seen at
-# once through the MQTT will; the timeout only decides for a hung node (SIGSTOP),
-# and it must outlast the scheduling stalls of a busy two-core machine, or a
-# loaded active looks dead to a restarted peer and the roles flap.
-ROLE_TIMING = {"hb_interval": 0.1, "dead_after": 0.8}
+ROLE_TIMING = {"hb_interval": HB_INTERVAL, "dead_after": DEAD_AFTER}  # (scenarios.model)
 EVENT_TYPES = {"new": "new", "update": "update", "destroy": "destroy"}
 
 
@@ -228,7 +226,7 @@ class Runner:
                      "insert_latency": card.insert_latency,
                      "poll_interval": card.poll_interval},
             "role": {"mode": cl.mode, "priority": spec.priority, "preempt": cl.preempt,
-                     **ROLE_TIMING},
+                     "will_grace": cl.will_grace, **ROLE_TIMING},
             "sysctl": dict(sc.sysctl),
             "mechanisms": {"replication": m.replication, "preinstall": m.preinstall,
                            "distributed_aging": m.distributed_aging,

@@ -32,6 +32,7 @@ BEYOND_THE_ISSUE = {
     "data-link-failover",  # found by chaos (seed 14, netns): FAULT
     "active-hang",  # a hung active fenced when it wakes; a stall nobody takes over (seed 405)
     "active-broker-cut",  # the active's data path forwards through its broker cut
+    "active-broker-flap",  # short broker flaps of the active ridden out (cluster.will_grace)
 }
 
 TC = """tc: |
@@ -183,6 +184,7 @@ def test_broker_url_and_tc_file(tmp_path: Path) -> None:
     ("cluster:\n", "cluster:\n  broker: amqp://x\n", "amqp",
      "broker: expected embedded, mosquitto or an mqtt:// or mqtts:// URL"),
     ("cluster:\n", "cluster:\n  defer: 5s\n", "5s", "defer: "),
+    ("cluster:\n", "cluster:\n  will_grace: 1s\n", "1s", "will_grace: "),
 ])
 def test_errors_point_at_the_offending_value(old: str, new: str, needle: str,
                                              message: str) -> None:

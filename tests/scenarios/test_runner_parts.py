@@ -456,3 +456,24 @@ def test_the_report_gives_each_nodes_role_log_in_seconds_of_the_run() -> None:
     nodes = r._node_reports()
     assert nodes["a"]["roles"] == a.role_log(r.t0) and nodes["a"]["started"] == [-1.05, 11.05]
     assert nodes["b"] == {"reachable": False}
+
+
+@pytest.mark.parametrize(("line", "grace"), [("", 0.0), ("  will_grace: 500ms\n", 0.5)])
+def test_the_clusters_will_grace_reaches_every_nodes_role_config(line: str, grace: float,
+                                                                  tmp_path: Path) -> None:
+    """cluster.will_grace becomes each node's role.will_grace, under the
+    nodes' dead_after (the node's own parser accepts the config)."""
+    from node.daemon import config
+
+    text = (LIBRARY / "failover-basic.yaml").read_text().replace("cluster:\n",
+                                                                 "cluster:\n" + line, 1)
+    (tmp_path / "firewall.tc").write_text((LIBRARY / "firewall.tc").read_text())
+    (tmp_path / "s.yaml").write_text(text)
+    r = Runner(load(tmp_path / "s.yaml"),
+               SimpleNamespace(control_url=lambda n: ""),  # type: ignore[arg-type]
+               RunOptions(progress=False))
+    for name in r.nodes:
+        cfg = r.node_config(name)
+        cfg["ports"] = {"inside": {"bind": "127.0.0.1:1"}}
+        role = config.parse(cfg).role
+        assert role.will_grace == grace and role.dead_after == 0.8

@@ -110,6 +110,11 @@ def test_library_scenario_passes(name: str, backend: str, tmp_path: Path) -> Non
         assert 4.95 <= took < 6.5 and 7.95 <= fenced < 11.0, (took, fenced)
         took_ms = next(i["detail"] for i in rep["invariants"] if i["name"] == "failover_time")
         assert took_ms.startswith("a→b in "), took_ms  # the switch's move, not the detection
+    if name == "active-broker-flap":  # two flaps within will_grace: nobody took over
+        assert [n for n, _ in became_active(rep)] == ["a"], summary(rep)
+        assert not any(r[1].startswith("PeerDown") for r in rep["nodes"]["b"]["roles"]), \
+            rep["nodes"]["b"]["roles"]
+        assert [f["target"] for f in rep["faults"]] == ["a", "a"], rep["faults"]
     if name == "ftp-related-failover":  # defer was on and acknowledged (by a, rejoined)
         held = [n["defer"] for n in rep["nodes"].values() if n.get("defer")]
         assert held and any(d["deferred"] > 0 and d["released_acked"] > 0 for d in held), \
