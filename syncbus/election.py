@@ -210,6 +210,8 @@ class Election:
         # Wills of live peers: received; taken (the peer's death); withdrawn (it
         # reconnected first, within will_grace); voided (our own connection went
         # down first: the broker going down publishes the wills of live members).
+        # A will that the peer's silence overtook (dead_after ran out first) is
+        # only received: that death is a timeout.
         self.wills = dict.fromkeys(("received", "taken", "withdrawn", "voided"), 0)
 
     # ------------------------------------------------------------ inputs
