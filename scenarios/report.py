@@ -323,6 +323,8 @@ dl.meta dt { color: var(--muted); font-size: .8rem; text-transform: uppercase;
   letter-spacing: .04em; }
 dl.meta dd { margin: 0; font-size: 1.15rem; font-weight: 600;
   font-variant-numeric: tabular-nums; overflow-wrap: anywhere; }
+dl.meta div.wide { grid-column: 1 / -1; }
+dl.meta div.wide dd { font-size: 1rem; font-weight: 500; }
 table { border-collapse: collapse; width: 100%; font-size: .95rem; }
 th, td { text-align: left; padding: .5rem .65rem; border-bottom: 1px solid var(--line);
   vertical-align: top; }
@@ -686,6 +688,23 @@ def _page_top(title: str) -> str:
 <body>"""
 
 
+def cluster_line(c: Mapping[str, Any]) -> str:
+    """report.json's "cluster" in one line: the settings runs are compared by."""
+    def ms(key: str) -> str:
+        v = c.get(key)
+        return f"{round(1000 * v):,} ms" if isinstance(v, (int, float)) else "—"
+    off = [k.replace("_", " ") for k, on in (c.get("mechanisms") or {}).items() if not on]
+    parts = [str(c.get("mode")), f"broker {c.get('broker')}",
+             "preempt " + ("on" if c.get("preempt") else "off"),
+             f"heartbeat {ms('hb_interval')}", f"dead_after {ms('dead_after')}",
+             f"will_grace {ms('will_grace')}",
+             "defer " + (ms("defer") if c.get("defer") else "off"),
+             "cluster key " + ("on" if c.get("cluster_key") else "off")]
+    if off:
+        parts.append("off: " + ", ".join(off))
+    return " · ".join(parts)
+
+
 def render_html(report: Mapping[str, Any]) -> str:
     """The page for a report dict (as build() returns or report.json holds)."""
     end = _run_end(report)
@@ -697,12 +716,17 @@ def render_html(report: Mapping[str, Any]) -> str:
                                   for k, v in (report.get("phases") or {}).items()) or "—"),
             ("faults", len(report.get("faults", []))),
             ("revision", str(rev)[:12])]
+    cluster = report.get("cluster")
+    if isinstance(cluster, Mapping):
+        meta.append(("cluster", cluster_line(cluster)))
     chaos = report.get("chaos")
     if isinstance(chaos, Mapping):
         meta.append(("chaos mix", chaos.get("mix") if chaos.get("mix") is not None
                      else "kinds " + ", ".join(map(str, chaos.get("kinds") or ()))))
-    head = ('<dl class="meta">' + "".join(f"<div><dt>{_e(k)}</dt><dd>{_e(v)}</dd></div>"
-                                          for k, v in meta) + "</dl>")
+    wide = ("phases", "cluster")  # lines, not figures: a row of their own
+    head = ('<dl class="meta">' + "".join(
+        f"<div{' class=wide' if k in wide else ''}><dt>{_e(k)}</dt><dd>{_e(v)}</dd></div>"
+        for k, v in sorted(meta, key=lambda kv: kv[0] in wide)) + "</dl>")
     if isinstance(chaos, Mapping) and chaos.get("replay"):
         head += f'<p>Replay: <code>{_e(chaos["replay"])}</code></p>'
 

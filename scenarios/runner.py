@@ -58,6 +58,7 @@ from scenarios.model import (
     F_HW_HITS,
     F_PREINSTALL,
     HB_INTERVAL,
+    MECHANISMS,
     FaultRecord,
     History,
     InvariantSpec,
@@ -215,6 +216,16 @@ class Runner:
         self.phase, self._phase_at = phase, at
 
     # ================================================================ config
+    def cluster_settings(self) -> dict[str, Any]:
+        """What the run's cluster was built with (report.json "cluster"): the
+        settings two runs are compared by."""
+        cl, m = self.sc.cluster, self.sc.mechanisms
+        return {"mode": cl.mode, "preempt": cl.preempt, "broker": cl.broker.kind,
+                "cluster_key": cl.cluster_key, "defer": cl.defer, "will_grace": cl.will_grace,
+                **ROLE_TIMING,
+                "nodes": {n.name: {"priority": n.priority, "card": n.card} for n in cl.nodes},
+                "mechanisms": {k: getattr(m, k) for k in MECHANISMS}}
+
     def node_config(self, name: str) -> dict[str, Any]:
         sc, cl = self.sc, self.sc.cluster
         spec = next(n for n in cl.nodes if n.name == name)
@@ -836,6 +847,7 @@ class Runner:
                               "by_node": {n: {"hw": c.hw, "sw": c.sw}
                                           for n, c in sw.stats.by_node.items()}}}
         rep["nodes"] = self._node_reports()
+        rep["cluster"] = self.cluster_settings()
         self._enter("done")
         rep["phases"] = dict(self.phase_times)  # wall seconds per phase, setup to report
         rep["expect"] = {"verdict": self.sc.expect.verdict,

@@ -376,3 +376,21 @@ def test_the_page_gives_each_phase_its_wall_time() -> None:
     page = report.render_html(r)
     assert "setup 2.0 s · run 22.0 s · final 1.4 s" in page
     assert "<dt>phases</dt><dd>—</dd>" in report.render_html(sample_report())
+
+
+def test_the_page_names_the_clusters_settings() -> None:
+    """report.json's "cluster" (what the runner built the cluster with) is one
+    line of the page's header, durations in milliseconds."""
+    r = sample_report()
+    assert "<dt>cluster</dt>" not in report.render_html(r)  # (an older report has none)
+    r["cluster"] = {"mode": "active-standby", "preempt": False, "broker": "embedded",
+                    "cluster_key": True, "defer": 0.05, "will_grace": 0.6,
+                    "hb_interval": 0.1, "dead_after": 0.8,
+                    "nodes": {"a": {"priority": 200, "card": "default"}},
+                    "mechanisms": {"replication": True, "preinstall": False,
+                                   "distributed_aging": True, "readiness_gate": True}}
+    page = report.render_html(r)
+    line = page.split("<dt>cluster</dt><dd>")[1].split("</dd>")[0]
+    assert html.unescape(line) == (
+        "active-standby · broker embedded · preempt off · heartbeat 100 ms · dead_after 800 ms"
+        " · will_grace 600 ms · defer 50 ms · cluster key on · off: preinstall")

@@ -477,3 +477,10 @@ def test_the_clusters_will_grace_reaches_every_nodes_role_config(line: str, grac
         cfg["ports"] = {"inside": {"bind": "127.0.0.1:1"}}
         role = config.parse(cfg).role
         assert role.will_grace == grace and role.dead_after == 0.8
+    settings = r.cluster_settings()  # (report.json "cluster")
+    assert settings["will_grace"] == grace and settings["dead_after"] == 0.8
+    assert settings["nodes"] == {"a": {"priority": 200, "card": "default"},
+                                 "b": {"priority": 100, "card": "default"}}
+    assert settings["mechanisms"] == dict.fromkeys(
+        ("replication", "preinstall", "distributed_aging", "readiness_gate"), True)
+    json.dumps(settings)  # JSON-ready

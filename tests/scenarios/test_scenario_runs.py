@@ -111,6 +111,7 @@ def test_library_scenario_passes(name: str, backend: str, tmp_path: Path) -> Non
         took_ms = next(i["detail"] for i in rep["invariants"] if i["name"] == "failover_time")
         assert took_ms.startswith("a→b in "), took_ms  # the switch's move, not the detection
     if name == "active-broker-flap":  # two flaps within will_grace: nobody took over
+        assert rep["cluster"]["will_grace"] == 0.6, rep["cluster"]
         assert [n for n, _ in became_active(rep)] == ["a"], summary(rep)
         assert not any(r[1].startswith("PeerDown") for r in rep["nodes"]["b"]["roles"]), \
             rep["nodes"]["b"]["roles"]
