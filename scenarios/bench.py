@@ -128,12 +128,14 @@ def bench_sync(seconds: float) -> dict[str, Any]:
 FAILOVER_SIZES = (1000, 20_000, 200_000)
 
 
-def bench_failover(seconds: float, sizes: tuple[int, ...] = FAILOVER_SIZES) -> dict[str, Any]:
+def bench_failover(seconds: float, sizes: tuple[int, ...] = FAILOVER_SIZES,
+                   will_grace: float = 0.0) -> dict[str, Any]:
     """Failure -> standby active and forwarding in hardware, for each table size,
     with two real node processes and a real broker (node.daemon.bench)."""
     from node.daemon.bench import bench_failover as run
 
-    return run(sizes, say=lambda line: print(line, file=sys.stderr, flush=True))
+    return run(sizes, say=lambda line: print(line, file=sys.stderr, flush=True),
+               will_grace=will_grace)
 
 
 BENCHES: dict[str, Callable[[float], dict[str, Any]]] = {
@@ -141,7 +143,7 @@ BENCHES: dict[str, Callable[[float], dict[str, Any]]] = {
 
 
 def run_bench(what: str, *, as_json: bool, seconds: float,
-              entries: tuple[int, ...] = FAILOVER_SIZES) -> int:
+              entries: tuple[int, ...] = FAILOVER_SIZES, will_grace: float = 0.0) -> int:
     from syncbus.bench import exit_on_sigterm
 
     exit_on_sigterm()  # `bench sync` and `bench failover` start brokers and nodes
@@ -149,7 +151,7 @@ def run_bench(what: str, *, as_json: bool, seconds: float,
     figures: dict[str, Any] = {}
     for name in names:
         print(f"bench {name} ...", file=sys.stderr)
-        result = bench_failover(seconds, entries) if name == "failover" \
+        result = bench_failover(seconds, entries, will_grace) if name == "failover" \
             else BENCHES[name](seconds)
         figures.update(result)
         if not as_json:

@@ -30,6 +30,17 @@ def _sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def _grace(text: str) -> float:
+    """--will-grace: seconds, within the bench nodes' dead_after (0.35)."""
+    try:
+        grace = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= grace <= 0.35:
+        raise argparse.ArgumentTypeError(f"must be 0..0.35 (the nodes' dead_after): {text!r}")
+    return grace
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ctlab",
@@ -74,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--entries", type=_sizes, default=None, metavar="N[,N...]",
                        help="failover: the table sizes to fail over with "
                             "(default 1000,20000,200000)")
+    bench.add_argument("--will-grace", type=_grace, default=0.0, metavar="S",
+                       help="failover: both nodes' role.will_grace, 0 to dead_after 0.35 "
+                            "(default 0: b acts on a's MQTT will at once)")
     from scenarios import run_cli
 
     run_cli.add_parsers(sub)
@@ -101,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from scenarios.bench import run_bench
 
             return run_bench(args.what, as_json=args.json, seconds=args.seconds,
+                             will_grace=args.will_grace,
                              **({"entries": args.entries} if args.entries else {}))
     except BrokenPipeError:
         return 1

@@ -65,7 +65,8 @@ def flow_packet(i: int) -> bytes:
     return build(udp(client, SERVER, 1024 + port, 5353, b"ping"))
 
 
-def _config(name: str, cluster: str, url: str, priority: int, entries: int) -> dict[str, Any]:
+def _config(name: str, cluster: str, url: str, priority: int, entries: int,
+            will_grace: float = 0.0) -> dict[str, Any]:
     return {
         "node": name, "cluster": cluster, "cluster_key": KEY,
         "broker": {"url": url, "keepalive": 2},
@@ -76,7 +77,8 @@ def _config(name: str, cluster: str, url: str, priority: int, entries: int) -> d
         # the flows are idle after their one datagram: keep them in the flow
         # table (and the card) for the run, as failover-under-load does for TCP
         "sysctl": {"nf_conntrack_max": 2 * entries + 1024, "nf_flowtable_udp_timeout": 600},
-        "role": {"priority": priority, "preempt": priority > 100, "sync_timeout": 60.0},
+        "role": {"priority": priority, "preempt": priority > 100, "sync_timeout": 60.0,
+                 "will_grace": will_grace},
         "control": {"listen": f"127.0.0.1:{free_port()}"},
     }
 
@@ -154,14 +156,14 @@ def _wait(cond: Callable[[], Any], timeout: float, what: str, nodes: list[_Node]
 
 
 @contextlib.contextmanager
-def _pair(url: str, entries: int) -> Iterator[tuple[_Node, _Node]]:
+def _pair(url: str, entries: int, will_grace: float = 0.0) -> Iterator[tuple[_Node, _Node]]:
     cluster = "fo" + os.urandom(4).hex()
     with tempfile.TemporaryDirectory(prefix="ctlab-bench-failover-") as tmp:
         nodes: list[_Node] = []
         try:
-            a = _Node(Path(tmp), _config("a", cluster, url, 200, entries))
+            a = _Node(Path(tmp), _config("a", cluster, url, 200, entries, will_grace))
             nodes.append(a)
-            b = _Node(Path(tmp), _config("b", cluster, url, 100, entries))
+            b = _Node(Path(tmp), _config("b", cluster, url, 100, entries, will_grace))
             nodes.append(b)
             _wait(lambda: a.get("/health")["role"] == "active"
                   and b.brief()["role"] == "standby" and b.brief()["gate"]["state"] == "ready",
@@ -224,10 +226,11 @@ def _takeover(a: _Node, b: _Node, probe: bytes) -> dict[str, Any]:
                                                        "pending", "reason")}}
 
 
-def run_size(url: str, entries: int, say: Say, rng: random.Random) -> dict[str, Any]:
+def run_size(url: str, entries: int, say: Say, rng: random.Random,
+             will_grace: float = 0.0) -> dict[str, Any]:
     packets = [flow_packet(i) for i in range(entries)]
-    with _pair(url, entries) as (a, b):
-        out: dict[str, Any] = {"entries": entries}
+    with _pair(url, entries, will_grace) as (a, b):
+        out: dict[str, Any] = {"entries": entries, "will_grace": will_grace}
         out.update(_fill(a, b, packets, say))
         out["rss_mb"] = {"a": a.rss_mb(), "b": b.rss_mb()}
         # the longest stop of each node's event loop by a full garbage collection
@@ -250,16 +253,19 @@ def _broker(kind: str) -> Iterator[tuple[str, str]]:
 
 
 def bench_failover(sizes: tuple[int, ...] = (1000, 20_000, 200_000), broker: str | None = None,
-                   say: Say | None = None, seed: int = 1) -> dict[str, Any]:
+                   say: Say | None = None, seed: int = 1,
+                   will_grace: float = 0.0) -> dict[str, Any]:
     """kill_to_active_ms and kill_to_first_hw_ms for each table size (the
-    largest size's are the headline figures), and the details per size."""
+    largest size's are the headline figures), and the details per size. With
+    `will_grace` (both nodes' role.will_grace) b acts on a's will that much
+    later: what riding out broker flaps costs a crash."""
     say = say or (lambda line: None)
     kind = broker or ("mosquitto" if Path(MOSQUITTO).exists() else "amqtt")
     rng = random.Random(seed)
     runs = []
     with _broker(kind) as (url, name):
         for n in sizes:
-            runs.append(run_size(url, n, say, rng))
+            runs.append(run_size(url, n, say, rng, will_grace))
     top = max(runs, key=lambda r: r["entries"])
     return {"failover_broker": name, "failover_entries": top["entries"],
             "failover_kill_to_active_ms": top["kill_to_active_ms"],

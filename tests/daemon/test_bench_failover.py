@@ -30,6 +30,29 @@ def test_bench_failover_takes_over_with_every_flow_in_the_card() -> None:
         assert set(run["gc_full_max_ms"]) == {"a", "b"}
 
 
+def test_with_a_will_grace_the_takeover_waits_for_it() -> None:
+    """--will-grace 0.25: b acts on a's will once the grace has passed, and
+    still has every flow in its card (the cost of riding out broker flaps)."""
+    res = bench_failover((300,), will_grace=0.25)
+    (run,) = res["failover_runs"]
+    assert run["will_grace"] == 0.25 and run["probe_path"] == "hw"
+    assert run["at_promotion"]["installed"] == 300
+    assert 250 <= run["kill_to_active_ms"] < 350 + 250, run  # the grace, under dead_after's
+
+
+@pytest.mark.parametrize(("grace", "ok"), [("0.2", True), ("0", True), ("0.5", False),
+                                           ("-1", False), ("soon", False)])
+def test_the_will_grace_option_is_checked(grace: str, ok: bool) -> None:
+    from scenarios.cli import _parser
+
+    if ok:
+        assert _parser().parse_args(["bench", "failover", "--will-grace", grace]).will_grace \
+            == float(grace)
+    else:
+        with pytest.raises(SystemExit):
+            _parser().parse_args(["bench", "failover", "--will-grace", grace])
+
+
 def test_flow_packets_are_distinct_udp_flows_in_the_benchmarking_range() -> None:
     ct = Conntrack(events=False)
     for i in (0, 1, 59_999, 60_000, 123_456):
