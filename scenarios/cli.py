@@ -31,13 +31,16 @@ def _sizes(text: str) -> tuple[int, ...]:
 
 
 def _grace(text: str) -> float:
-    """--will-grace: seconds, within the bench nodes' dead_after (0.35)."""
+    """--will-grace: seconds, within the bench nodes' dead_after (the default)."""
+    from node.daemon.config import RoleConfig
+
     try:
         grace = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= grace <= 0.35:
-        raise argparse.ArgumentTypeError(f"must be 0..0.35 (the nodes' dead_after): {text!r}")
+    if not 0.0 <= grace <= RoleConfig.dead_after:
+        raise argparse.ArgumentTypeError(
+            f"must be 0..{RoleConfig.dead_after} (the nodes' dead_after): {text!r}")
     return grace
 
 
