@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -58,7 +59,6 @@ from scenarios.model import (
     F_HW_HITS,
     F_PREINSTALL,
     HB_INTERVAL,
-    MECHANISMS,
     FaultRecord,
     History,
     InvariantSpec,
@@ -224,7 +224,7 @@ class Runner:
                 "cluster_key": cl.cluster_key, "defer": cl.defer, "will_grace": cl.will_grace,
                 **ROLE_TIMING,
                 "nodes": {n.name: {"priority": n.priority, "card": n.card} for n in cl.nodes},
-                "mechanisms": {k: getattr(m, k) for k in MECHANISMS}}
+                "mechanisms": dataclasses.asdict(m)}
 
     def node_config(self, name: str) -> dict[str, Any]:
         sc, cl = self.sc, self.sc.cluster
@@ -239,9 +239,7 @@ class Runner:
             "role": {"mode": cl.mode, "priority": spec.priority, "preempt": cl.preempt,
                      "will_grace": cl.will_grace, **ROLE_TIMING},
             "sysctl": dict(sc.sysctl),
-            "mechanisms": {"replication": m.replication, "preinstall": m.preinstall,
-                           "distributed_aging": m.distributed_aging,
-                           "readiness_gate": m.readiness_gate},
+            "mechanisms": dataclasses.asdict(m),
         }
         if cl.defer:
             cfg["sync"] = {"defer": cl.defer}
