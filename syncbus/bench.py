@@ -205,6 +205,7 @@ async def _receive(bus: MqttBus, core: SyncCore, ct: Conntrack, ctl: str,
     round1 = 0.0
     conns: int | None = None
     done: dict[str, Any] | None = None
+    polled = 0
     on_message = core.on_message
     gc.disable()
     try:
@@ -230,7 +231,9 @@ async def _receive(bus: MqttBus, core: SyncCore, ct: Conntrack, ctl: str,
                     round1 = last
             if expect is not None and rep.stats["items"] >= expect and done is not None:
                 break
-            if child.poll() not in (None, 0):
+            polled += 1
+            if not polled % 64 and child.poll() not in (None, 0):  # (a syscall: the GIL
+                # released and taken back, and B off its core, at every frame before)
                 raise RuntimeError(f"the publisher died (exit {child.returncode})")
     finally:
         gc.enable()
