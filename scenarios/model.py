@@ -112,6 +112,7 @@ OP_TYPES = ("invoke", "ok", "fail", "info")
 F_OPEN, F_CLOSE, F_TRANSFER, F_STALL = "open", "close", "transfer", "stall"
 F_FAILOVER, F_PREINSTALL, F_HW_HITS = "failover", "preinstall", "hw_hits"
 F_CT, F_EXPIRE, F_SEEN = "ct", "expire", "seen"
+F_ROLES = "roles"  # the members' role logs, read at the end of a run
 CLUSTER_PROCESS, NEMESIS_PROCESS = "cluster", "nemesis"
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

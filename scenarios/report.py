@@ -31,7 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from scenarios.faults import FAULTS, FaultStep
-from scenarios.invariants import Result, compose, failover_time, hw_hit_ratio, no_broken_flows
+from scenarios.invariants import (
+    Result,
+    compose,
+    failover_time,
+    hw_hit_ratio,
+    no_broken_flows,
+    single_active,
+)
 from scenarios.invariants import preinstalled_ratio as preinstalled
 from scenarios.model import FaultRecord, History
 
@@ -109,6 +116,8 @@ def metrics(history: History) -> dict[str, Any]:
     per_node = _points(history)
     return {
         "failover_ms": round(max(took) * 1000, 3) if took else None,
+        # two members active at once (active-standby; None without role logs)
+        "split_brain": single_active.summary(history),
         "flows_established_before": len(survival.before),
         "flows_survived": len(survival.survived),
         "hw_hit_ratio_after_failover": round(hw / total, 6) if total else None,
@@ -196,6 +205,7 @@ def campaign_row(rep: Mapping[str, Any], page: str) -> dict[str, Any]:
         "faults": [{"at": f["at"], "kind": f["kind"], "target": f["target"],
                     "applied": f["applied"]} for f in rep.get("faults", [])],
         "failover_ms": m.get("failover_ms"),
+        "two_actives_ms": (m.get("split_brain") or {}).get("total_ms"),
         "flows_survived": m.get("flows_survived"),
         "flows_established_before": m.get("flows_established_before"),
         "replay": (rep.get("chaos") or {}).get("replay"),
@@ -209,6 +219,8 @@ def campaign_line(row: Mapping[str, Any]) -> str:
     line = f"seed {row['seed']}: {str(row['verdict']).upper()} ({faults})"
     if row["failover_ms"] is not None:
         line += f", failover {row['failover_ms']:.0f} ms"
+    if row.get("two_actives_ms"):
+        line += f", two actives {row['two_actives_ms']:.0f} ms"
     if row["failing"]:
         line += f"; failing: {', '.join(row['failing'])}"
     return line
@@ -271,12 +283,14 @@ def render_index(rows: Sequence[Mapping[str, Any]]) -> str:
         f"<tr><td><a href=\"{_e(r['report'])}\">{_e(r['seed'])}</a></td>"
         f"<td>{_badge(str(r['verdict']))}</td><td>{faults(r)}</td>"
         f"<td>{_fmt(r['failover_ms'], ' ms')}</td>"
+        f"<td>{_fmt(r.get('two_actives_ms'), ' ms')}</td>"
         f"<td>{_fmt(r['flows_survived'])} / {_fmt(r['flows_established_before'])}</td>"
         f'<td class="detail">{_e(", ".join(r["failing"]) or "—")}</td>'
         f"<td><code>{_e(r['replay'] or '')}</code>{shrunk(r)}</td></tr>" for r in rows)
     failed = sum(1 for r in rows if not r["expectation_met"])
     table = ("<table><thead><tr><th>seed</th><th>verdict</th><th>faults</th><th>failover</th>"
-             "<th>flows survived</th><th>failing</th><th>replay</th></tr></thead>"
+             "<th>two actives</th><th>flows survived</th><th>failing</th><th>replay</th>"
+             "</tr></thead>"
              f"<tbody>{body}</tbody></table>") if rows else \
         '<p class="empty">No run completed.</p>'
     title = f"ctlab chaos campaign · {len(rows)} runs · {failed} failed"
@@ -620,6 +634,7 @@ def _metric_cards(m: Mapping[str, Any]) -> str:
     lag = m.get("sync_lag_ms") or {}
     cards = [
         ("failover", _fmt(m.get("failover_ms"), " ms")),
+        ("two actives", _two_actives(m.get("split_brain"))),
         ("flows survived", f"{_fmt(m.get('flows_survived'))} / "
                            f"{_fmt(m.get('flows_established_before'))}"),
         ("hw hits after failover", _fmt(m.get("hw_hit_ratio_after_failover"), "%")),
@@ -632,6 +647,15 @@ def _metric_cards(m: Mapping[str, Any]) -> str:
     ]
     return '<dl class="meta">' + "".join(f"<div><dt>{_e(k)}</dt><dd>{_e(v)}</dd></div>"
                                          for k, v in cards) + "</dl>"
+
+
+def _two_actives(split: Mapping[str, Any] | None) -> str:
+    """The metric card: how long two members held the active role at once."""
+    if not split:
+        return "—"
+    n = len(split["windows"])
+    return (f"{_fmt(split['total_ms'], ' ms')} in {n} window{'s' if n != 1 else ''}"
+            if n else "never")
 
 
 def _schedule(report: Mapping[str, Any]) -> str:

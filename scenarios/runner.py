@@ -51,13 +51,16 @@ from node.conntrack import Tuple
 from node.packet import ip_bytes
 from scenarios import control, faults, invariants, report
 from scenarios.backends.base import Backend, ClusterPlan
+from scenarios.invariants import single_active
 from scenarios.model import (
+    CLUSTER_PROCESS,
     DEAD_AFTER,
     F_CT,
     F_EXPIRE,
     F_FAILOVER,
     F_HW_HITS,
     F_PREINSTALL,
+    F_ROLES,
     HB_INTERVAL,
     FaultRecord,
     History,
@@ -130,6 +133,10 @@ class _NodeView:
             have.extend(e for e in log if isinstance(e, list) and e
                         and isinstance(e[0], (int, float)) and (
                 e[0] > last or (e[0] == last and e not in have)))
+
+    def role_starts(self, t0: float) -> list[float]:
+        """When each of the node's processes started, in seconds of the run."""
+        return [round(at - t0, 3) for at, _ in self.started.values()]
 
     def role_log(self, t0: float) -> list[list[Any]]:
         """Every process's role log in the order they ran, its times in seconds
@@ -776,9 +783,17 @@ class Runner:
                 "mechanisms", "offload", "counters", "promotions", "defer", "gc")}
             out[name]["reachable"] = v.state is not None
             out[name]["roles"] = v.role_log(self.t0)
-            out[name]["started"] = [round(at - self.t0, 3) for at, _ in v.started.values()]
+            out[name]["started"] = v.role_starts(self.t0)
             out[name]["card"] = self.cards.get(name)
         return out
+
+    def _roles(self) -> dict[str, Any]:
+        """Every node's role timeline (its processes' starts and role changes,
+        in seconds of the run), as single_active reads it."""
+        return {"mode": self.sc.cluster.mode, "end": self.now(),
+                "nodes": {name: single_active.role_timeline(v.role_log(self.t0),
+                                                            v.role_starts(self.t0))
+                          for name, v in self.views.items()}}
 
     async def _finish(self) -> list[Snapshot]:
         self._enter("quiesce")
@@ -828,6 +843,7 @@ class Runner:
 
     def _report(self, snapshots: list[Snapshot], elapsed: float) -> dict[str, Any]:
         self._collect()
+        self.ops.append(Op("info", CLUSTER_PROCESS, self.now(), F_ROLES, self._roles()))
         for op in sorted(self.ops, key=lambda o: o.time):
             self.history.append(op)
         for r in self.records:

@@ -21,6 +21,7 @@ from scenarios.invariants import (
     no_premature_aging,
     no_resurrected_flows,
     preinstalled_ratio,
+    single_active,
     stable_roles,
 )
 from scenarios.invariants.result import FAIL, PASS, UNKNOWN, Result, compose
@@ -43,7 +44,8 @@ class Invariant:
 INVARIANTS: dict[str, Invariant] = {
     m.NAME: Invariant(m.NAME, m.check, m.PARAMS, (m.__doc__ or "").strip())
     for m in (no_broken_flows, failover_time, preinstalled_ratio, hw_hit_ratio,
-              no_premature_aging, no_resurrected_flows, convergence, card_subset, stable_roles)
+              no_premature_aging, no_resurrected_flows, convergence, card_subset, stable_roles,
+              single_active)
 }
 
 

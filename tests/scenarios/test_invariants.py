@@ -16,6 +16,7 @@ from scenarios.invariants import (
     check,
     check_all,
     compose,
+    single_active,
 )
 from scenarios.model import (
     CLUSTER_PROCESS,
@@ -26,6 +27,7 @@ from scenarios.model import (
     F_HW_HITS,
     F_OPEN,
     F_PREINSTALL,
+    F_ROLES,
     F_SEEN,
     F_STALL,
     F_TRANSFER,
@@ -70,7 +72,7 @@ def closes(h: History, n: int, at: float, broken: frozenset[int] = frozenset()) 
 def test_registry_names_modules_and_params() -> None:
     assert list(INVARIANTS) == ["no_broken_flows", "failover_time", "preinstalled_ratio",
                                 "hw_hit_ratio", "no_premature_aging", "no_resurrected_flows",
-                                "convergence", "card_subset", "stable_roles"]
+                                "convergence", "card_subset", "stable_roles", "single_active"]
     for inv in INVARIANTS.values():
         assert inv.doc and all(p.default is not None for p in inv.params.values())
 
@@ -425,3 +427,103 @@ def test_stable_roles_slack_bounds_how_long_a_healed_fault_explains() -> None:
     move(h, 9.5, "a", "b", "no live active")
     assert run("stable_roles", h).verdict == FAIL  # 2.5 s after the heal
     assert run("stable_roles", h, slack=3.0).verdict == PASS
+
+
+# ---------------------------------------------------------------- single_active
+def roles(h: History, end: float, mode: str = "active-standby",
+          **nodes: list[tuple[float, str]]) -> None:
+    """The runner's last op: every node's role timeline (starts are "joining")."""
+    h.info(CLUSTER_PROCESS, end, F_ROLES, {"mode": mode, "end": end, "nodes": nodes})
+
+
+def test_single_active_passes_when_one_member_holds_the_role_at_a_time() -> None:
+    h = History()
+    fault(h, "kill", "a", 5.0, 6.0)  # a's process dies at 5: its role with it
+    roles(h, 20.0, a=[(0.0, "joining"), (0.1, "active"), (6.4, "joining"), (6.9, "standby")],
+          b=[(0.0, "joining"), (0.3, "standby"), (5.05, "active")])
+    r = run("single_active", h)
+    assert r.verdict == PASS and r.detail == "never two actives at once"
+
+
+def test_single_active_allows_a_split_brain_while_a_fault_keeps_the_members_apart() -> None:
+    """a's broker link is cut from 5 s to 8 s: b takes over at 5.8 s, a hears
+    b's term 10 ms after the heal. Fenced later than fence_within: a failure."""
+    h = History()
+    fault(h, "partition_broker", "a", 5.0, 8.0)
+    roles(h, 20.0, a=[(0.0, "joining"), (0.1, "active"), (8.01, "standby")],
+          b=[(0.0, "joining"), (0.3, "standby"), (5.8, "active")])
+    r = run("single_active", h)
+    assert r.verdict == PASS, r
+    assert r.detail == ("two actives for 2210 ms in all, each window within its bound: "
+                        "a+b 5.800-8.010 s (2210 ms, partition_broker→a, ended 10 ms after "
+                        "its heal)")
+    h = History()
+    fault(h, "partition_broker", "a", 5.0, 8.0)
+    roles(h, 20.0, a=[(0.0, "joining"), (0.1, "active"), (9.5, "standby")],
+          b=[(0.0, "joining"), (0.3, "standby"), (5.8, "active")])
+    r = run("single_active", h, fence_within=1.0)
+    assert r.verdict == FAIL
+    assert r.detail == ("1 of 1 windows with two actives outlasted their bound (handover "
+                        "500 ms, fenced within 1000 ms of a fault's heal): a+b 5.800-9.500 s "
+                        "(3700 ms, partition_broker→a, ended 1500 ms after its heal); two "
+                        "actives for 3700 ms in all")
+    assert run("single_active", h).verdict == PASS  # (5 s: a TCP retransmission's backoff)
+
+
+def test_single_active_leaves_out_the_time_a_paused_member_acts_on_nothing() -> None:
+    h = History()
+    fault(h, "pause", "a", 5.0, 8.0)
+    roles(h, 20.0, a=[(0.0, "joining"), (0.1, "active"), (8.05, "standby")],
+          b=[(0.0, "joining"), (0.3, "standby"), (5.8, "active")])
+    r = run("single_active", h)
+    assert r.verdict == PASS
+    assert r.detail.startswith("two actives for 50 ms in all") and "a+b 8.000-8.050 s" in r.detail
+
+
+def test_single_active_bounds_a_handover_with_no_fault_behind_it() -> None:
+    """A preemption: a takes the role back, b steps down when it hears the new
+    term. A card fault keeps nobody apart: it explains nothing."""
+    h = History()
+    roles(h, 20.0, a=[(0.0, "joining"), (0.5, "standby"), (10.0, "active")],
+          b=[(0.0, "joining"), (0.2, "active"), (10.2, "standby")])
+    r = run("single_active", h)
+    assert r.verdict == PASS and "(200 ms, no fault: a handover)" in r.detail
+    h = History()
+    fault(h, "card_insert_fail", "b", 9.0, 12.0)
+    roles(h, 20.0, a=[(0.0, "joining"), (0.5, "standby"), (10.0, "active")],
+          b=[(0.0, "joining"), (0.2, "active"), (10.7, "standby")])
+    r = run("single_active", h)
+    assert r.verdict == FAIL and "(700 ms, no fault: a handover)" in r.detail
+    assert run("single_active", h, handover=1.0).verdict == PASS
+
+
+def test_single_active_a_member_that_never_steps_down_holds_until_the_end() -> None:
+    h = History()
+    roles(h, 20.0, a=[(0.0, "joining"), (0.1, "active")],
+          b=[(0.0, "joining"), (0.3, "standby"), (12.0, "active")])
+    r = run("single_active", h)
+    assert r.verdict == FAIL and "a+b 12.000-20.000 s (8000 ms" in r.detail
+
+
+def test_single_active_is_unknown_without_role_logs_or_in_active_active() -> None:
+    assert run("single_active", History()).verdict == UNKNOWN
+    h = History()
+    roles(h, 20.0, mode="active-active", a=[(0.1, "active")], b=[(0.1, "active")])
+    r = run("single_active", h)
+    assert r.verdict == UNKNOWN and "active-active" in r.detail
+    h = History()
+    roles(h, 20.0, a=[(0.0, "joining"), (0.1, "standby")])
+    assert run("single_active", h).verdict == UNKNOWN
+
+
+def test_single_active_reads_a_nodes_role_log_as_the_runner_reports_it() -> None:
+    """/state's role log (its repr lines) and the processes' starts."""
+    log = [[-0.827, "GateChanged(state='ready', reason='no peer holds state', timed_out=False)"],
+           [-0.827, "RoleChanged(old='joining', new='active', term=1, reason='no live active')"],
+           [-0.347, "PeerUp(node='c')"],
+           [12.305, "RoleChanged(old='joining', new='standby', term=0, reason='b is active')"],
+           [13.907, "RoleChanged(old='standby', new='active', term=3, reason='no live active')"],
+           [16.9, "RoleChanged(old='active', new='fault', term=3, reason='data port down')"]]
+    assert single_active.role_timeline(log, [-1.155, 11.921]) == [
+        (-1.155, "joining"), (-0.827, "active"), (11.921, "joining"), (12.305, "standby"),
+        (13.907, "active"), (16.9, "fault")]

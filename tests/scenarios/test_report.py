@@ -27,6 +27,7 @@ from scenarios.model import (
     F_HW_HITS,
     F_OPEN,
     F_PREINSTALL,
+    F_ROLES,
     Fault,
     FaultRecord,
     History,
@@ -36,7 +37,7 @@ from scenarios.model import (
 REQUIRED = {"scenario", "seed", "backend", "verdict", "invariants", "faults", "metrics"}
 METRICS = {"failover_ms", "flows_established_before", "flows_survived",
            "hw_hit_ratio_after_failover", "preinstalled_ratio_at_failover", "sync_lag_ms",
-           "events_published", "events_applied", "bad_messages"}
+           "events_published", "events_applied", "bad_messages", "split_brain"}
 
 
 def sample_history() -> History:
@@ -61,6 +62,9 @@ def sample_history() -> History:
         h.invoke(f"web-{i}", 18.0, F_CLOSE, {"key": f"tcp k{i}"})
     for i in range(40):
         h.ok(f"web-{i}", 18.2, F_CLOSE, {"key": f"tcp k{i}"})
+    h.info(CLUSTER_PROCESS, 19.9, F_ROLES, {"mode": "active-standby", "end": 19.9, "nodes": {
+        "a": [(-0.5, "joining"), (0.1, "active"), (12.4, "joining"), (12.9, "standby")],
+        "b": [(-0.5, "joining"), (0.3, "standby"), (6.3, "active")]}})
     for step in range(200):
         t = step * 0.1
         a_up = not 6.0 <= t < 12.5
@@ -252,6 +256,31 @@ def test_a_campaign_index_lists_each_run(tmp_path: Path) -> None:
     assert "shrunk to" not in html_  # (no run of that index was shrunk)
     empty = report.render_index([])
     assert "No run completed." in empty
+
+
+def test_the_report_gives_the_time_with_two_actives() -> None:
+    """metrics.split_brain (single_active's windows), its card on the page, and
+    the campaign's row, line and index column."""
+    r = sample_report()
+    assert r["metrics"]["split_brain"] == {"total_ms": 0.0, "windows": []}  # a killed: gone
+    assert "<dt>two actives</dt><dd>never</dd>" in report.render_html(r)
+    h = sample_history()  # b does not step down when a comes back active at 12.9 s
+    h.info(CLUSTER_PROCESS, 19.95, F_ROLES, {"mode": "active-standby", "end": 19.9, "nodes": {
+        "a": [(-0.5, "joining"), (0.1, "active"), (12.4, "joining"), (12.9, "active")],
+        "b": [(-0.5, "joining"), (0.3, "standby"), (6.3, "active"), (13.15, "standby")]}})
+    m = report.metrics(h)
+    assert m["split_brain"] == {"total_ms": 250.0,
+                                "windows": [{"from": 12.9, "to": 13.15, "nodes": ["a", "b"]}]}
+    r["metrics"] = m
+    assert "<dt>two actives</dt><dd>250.0 ms in 1 window</dd>" in report.render_html(r)
+    row = report.campaign_row({**r, "chaos": {"replay": "x"}}, "seed-1/report.html")
+    assert row["two_actives_ms"] == 250.0
+    assert ", two actives 250 ms" in report.campaign_line(row)
+    assert "<td>250.0 ms</td>" in report.render_index([row])
+    h = History()
+    h.info(CLUSTER_PROCESS, 5.0, F_ROLES, {"mode": "active-active", "end": 5.0, "nodes": {
+        "a": [(0.1, "active")], "b": [(0.1, "active")]}})
+    assert report.metrics(h)["split_brain"] is None
 
 
 def test_a_campaign_index_says_what_the_campaign_exercised(tmp_path: Path) -> None:

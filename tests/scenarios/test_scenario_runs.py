@@ -70,6 +70,7 @@ def test_failover_basic(backend: str, tmp_path: Path) -> None:
     assert m["hw_hit_ratio_after_failover"] >= 0.99
     assert m["preinstalled_ratio_at_failover"] >= 0.99
     assert 0 < m["failover_ms"] < 1000
+    assert m["split_brain"] == {"total_ms": 0.0, "windows": []}  # a died with its role
     if backend == "local":
         assert rep["duration"] < 60, rep["duration"]
     # the wall time of each phase, in order: the run phase is the scenario's 22 s
@@ -101,6 +102,10 @@ def test_library_scenario_passes(name: str, backend: str, tmp_path: Path) -> Non
                    for r in rep["nodes"]["a"]["roles"]), rep["nodes"]["a"]["roles"]
         took = next(i["detail"] for i in rep["invariants"] if i["name"] == "failover_time")
         assert took.startswith("a→b in ") and ", b resumed in " in took, took
+        # two actives only from a's wake-up (9 s) to its fencing: while stopped it did nothing
+        split = rep["metrics"]["split_brain"]
+        assert [w["nodes"] for w in split["windows"]] == [["a", "b"]], split
+        assert split["windows"][0]["from"] >= 8.95 and split["total_ms"] < 500, split
     if name == "active-broker-cut":  # b took over during the cut; a, back, was fenced
         assert [n for n, _ in became_active(rep)] == ["a", "b"], summary(rep)
         took = next(r[0] for r in rep["nodes"]["b"]["roles"] if "new='active'" in r[1])
@@ -108,6 +113,8 @@ def test_library_scenario_passes(name: str, backend: str, tmp_path: Path) -> Non
         # on the run's clock, the faults' (the cut from 5 s to 8 s): b within
         # dead_after of the cut, a once the cut healed (a reconnect's backoff later)
         assert 4.95 <= took < 6.5 and 7.95 <= fenced < 11.0, (took, fenced)
+        split = rep["metrics"]["split_brain"]  # the split brain: b's takeover to a's fencing
+        assert split["windows"] == [{"from": took, "to": fenced, "nodes": ["a", "b"]}], split
         took_ms = next(i["detail"] for i in rep["invariants"] if i["name"] == "failover_time")
         assert took_ms.startswith("a→b in "), took_ms  # the switch's move, not the detection
     if name == "active-broker-flap":  # two flaps within will_grace: nobody took over
@@ -162,7 +169,7 @@ def test_chaos_replays_its_schedule_and_breaks_nothing(tmp_path: Path) -> None:
         [("card_insert_fail", "c"), ("kill", "active")]
     assert rep["chaos"]["mix"] == 3 and rep["chaos"]["replay"] == \
         "ctlab chaos --seed 120 --duration 15 --mix 3"
-    assert rep["seed"] == 120 and len(rep["invariants"]) == 9  # every invariant checked
+    assert rep["seed"] == 120 and len(rep["invariants"]) == 10  # every invariant checked
     took = next(i for i in rep["invariants"] if i["name"] == "failover_time")
     assert took["detail"].startswith("a→b in "), summary(rep)
     assert not [i["name"] for i in rep["invariants"] if i["verdict"] == "unknown"], summary(rep)
