@@ -314,6 +314,7 @@ PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#0
 FAMILY_COLOURS = {"process": "#C0392B", "broker": "#D35400", "broker-link": "#8E44AD",
                   "data-link": "#6C3483", "sync": "#1F618D", "card": "#117A65",
                   "clock": "#5D6D7E"}
+SPLIT_COLOUR = "#B7950B"  # two actives: a state of the cluster, not a fault
 VERDICT_COLOURS = {"pass": "#1a7f37", "fail": "#cf222e", "unknown": "#9a6700"}
 
 CSS = """
@@ -491,11 +492,17 @@ def _run_end(report: Mapping[str, Any]) -> float:
     return max(ends) or 1.0
 
 
+TWO_ACTIVES = "two actives"  # the timeline's lane for metrics.split_brain's windows
+
+
 def _timeline(report: Mapping[str, Any], end: float) -> str:
     faults = report.get("faults", [])
-    if not faults:
+    split = ((report.get("metrics") or {}).get("split_brain") or {}).get("windows") or []
+    if not faults and not split:
         return '<p class="empty">No fault was injected.</p>'
     targets = sorted({f["target"] for f in faults}, key=lambda t: (t == "broker", t))
+    if split:
+        targets.append(TWO_ACTIVES)
     lane, top, left, right, width = 34, 10, 110, 16, 1040
     height = top + lane * len(targets) + 40
 
@@ -533,14 +540,28 @@ def _timeline(report: Mapping[str, Any], end: float) -> str:
         else:
             g.append(f'<text x="{x1 + 4:.1f}" y="{y + lane / 2 - 1:.0f}" font-size="12">'
                      f"{_e(label)}</text>")
+    for w in split:
+        y = top + targets.index(TWO_ACTIVES) * lane + 3
+        x0, x1 = x(w["from"]), x(w["to"])
+        tip = (f"{' and '.join(w['nodes'])} both active from {w['from']:g}s to {w['to']:g}s "
+               f"({(w['to'] - w['from']) * 1000:.0f} ms)")
+        g.append(f'<rect x="{x0:.1f}" y="{y}" width="{max(x1 - x0, 3):.1f}" '
+                 f'height="{lane - 12}" rx="4" fill="{SPLIT_COLOUR}" fill-opacity="0.85">'
+                 f"<title>{_e(tip)}</title></rect>")
+        label = "+".join(w["nodes"])
+        if x1 - x0 > 7.5 * len(label):
+            g.append(f'<text x="{x0 + 6:.1f}" y="{y + lane / 2 - 1:.0f}" font-size="12" '
+                     f'style="fill:#fff" font-weight="600">{_e(label)}</text>')
     g += _time_axis(x, end, top + lane * len(targets) + 2, left, width - right)
     svg = (f'<svg viewBox="0 0 {width} {height}" role="img" aria-label="fault timeline">'
            + "".join(g) + "</svg>")
     kinds = sorted({FAULTS[f["kind"]].resource for f in faults if f["kind"] in FAULTS})
-    legend = _legend((k, FAMILY_COLOURS[k], "box") for k in kinds)
+    legend = _legend([*((k, FAMILY_COLOURS[k], "box") for k in kinds),
+                      *([(TWO_ACTIVES, SPLIT_COLOUR, "box")] if split else [])])
     return (f"<figure>{svg}{legend}<figcaption>Each bar runs from injection to heal; hover "
             "for details. A dashed outline marks a fault that did not take effect."
-            "</figcaption></figure>")
+            + (" The last lane: when two members held the active role at once (their "
+               "role logs)." if split else "") + "</figcaption></figure>")
 
 
 def _rates(report: Mapping[str, Any], end: float) -> str:
@@ -654,7 +675,7 @@ def _two_actives(split: Mapping[str, Any] | None) -> str:
     if not split:
         return "—"
     n = len(split["windows"])
-    return (f"{_fmt(split['total_ms'], ' ms')} in {n} window{'s' if n != 1 else ''}"
+    return (f"{split['total_ms']:,.0f} ms in {n} window{'s' if n != 1 else ''}"
             if n else "never")
 
 

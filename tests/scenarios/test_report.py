@@ -272,7 +272,10 @@ def test_the_report_gives_the_time_with_two_actives() -> None:
     assert m["split_brain"] == {"total_ms": 250.0,
                                 "windows": [{"from": 12.9, "to": 13.15, "nodes": ["a", "b"]}]}
     r["metrics"] = m
-    assert "<dt>two actives</dt><dd>250.0 ms in 1 window</dd>" in report.render_html(r)
+    page = report.render_html(r)
+    assert "<dt>two actives</dt><dd>250 ms in 1 window</dd>" in page
+    assert "<title>a and b both active from 12.9s to 13.15s (250 ms)</title>" in page
+    assert ">two actives</text>" in page  # the fault timeline's last lane
     row = report.campaign_row({**r, "chaos": {"replay": "x"}}, "seed-1/report.html")
     assert row["two_actives_ms"] == 250.0
     assert ", two actives 250 ms" in report.campaign_line(row)
