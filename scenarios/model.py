@@ -19,6 +19,9 @@ through it, which faults to inject when, and which invariants must hold::
       will_grace: 500ms             # a member's MQTT will waits this long for it to
                                     # reconnect (at most dead_after, 800ms; default 0:
                                     # a flap of a member's broker link moves the role)
+      step_down_isolated: 1s        # an active whose own heartbeats have not come back
+                                    # through the broker this long gives the role up
+                                    # (default 0: never; else at least dead_after)
       nodes:
         a: {priority: 200}
         b: {priority: 100, card: small}   # a card profile below (default: "default")
@@ -239,6 +242,7 @@ class Cluster:
     cluster_key: bool = False
     defer: float = 0.0  # seconds (node config sync.defer); 0: off
     will_grace: float = 0.0  # seconds (node config role.will_grace); 0: a will acts at once
+    step_down_isolated: float = 0.0  # seconds (role.step_down_isolated); 0: never
 
     @property
     def node_names(self) -> tuple[str, ...]:
@@ -458,6 +462,11 @@ class _Loader:
         key = s.flag("cluster_key", False)
         defer = s.seconds("defer", 0.0, lo=0.0, hi=MAX_DEFER) or 0.0
         will_grace = s.seconds("will_grace", 0.0, lo=0.0, hi=DEAD_AFTER) or 0.0
+        isolated_node = s.node("step_down_isolated")
+        isolated = s.seconds("step_down_isolated", 0.0, lo=0.0, hi=3600.0) or 0.0
+        if isolated and isolated < DEAD_AFTER:
+            raise self.error(isolated_node, "step_down_isolated: 0 (never) or at least the "
+                             f"nodes' dead_after ({_num(DEAD_AFTER)} s)")
         nodes = []
         for nname, value in s.mapping_of("nodes", required=True).entries(named=True):
             n = self.mapping(value, f"node {nname}")
@@ -477,7 +486,8 @@ class _Loader:
             raise self.error(knode, f"{reserved[0]!r} is reserved (fault targets active, "
                              "standby and broker); name the node otherwise")
         s.done()
-        return Cluster(tuple(nodes), name, mode, preempt, broker, key, defer, will_grace)
+        return Cluster(tuple(nodes), name, mode, preempt, broker, key, defer, will_grace,
+                       isolated)
 
     def broker(self, node: yaml.Node | None) -> Broker:
         if node is None:

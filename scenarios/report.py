@@ -743,6 +743,8 @@ def cluster_line(c: Mapping[str, Any]) -> str:
              "preempt " + ("on" if c.get("preempt") else "off"),
              f"heartbeat {ms('hb_interval')}", f"dead_after {ms('dead_after')}",
              f"will_grace {ms('will_grace')}",
+             *([f"step_down_isolated {ms('step_down_isolated')}"]
+               if c.get("step_down_isolated") else []),
              "defer " + (ms("defer") if c.get("defer") else "off"),
              "cluster key " + ("on" if c.get("cluster_key") else "off")]
     if off:

@@ -229,7 +229,7 @@ class Runner:
         cl, m = self.sc.cluster, self.sc.mechanisms
         return {"mode": cl.mode, "preempt": cl.preempt, "broker": cl.broker.kind,
                 "cluster_key": cl.cluster_key, "defer": cl.defer, "will_grace": cl.will_grace,
-                **ROLE_TIMING,
+                "step_down_isolated": cl.step_down_isolated, **ROLE_TIMING,
                 "nodes": {n.name: {"priority": n.priority, "card": n.card} for n in cl.nodes},
                 "mechanisms": dataclasses.asdict(m)}
 
@@ -244,7 +244,8 @@ class Runner:
                      "insert_latency": card.insert_latency,
                      "poll_interval": card.poll_interval},
             "role": {"mode": cl.mode, "priority": spec.priority, "preempt": cl.preempt,
-                     "will_grace": cl.will_grace, **ROLE_TIMING},
+                     "will_grace": cl.will_grace,
+                     "step_down_isolated": cl.step_down_isolated, **ROLE_TIMING},
             "sysctl": dict(sc.sysctl),
             "mechanisms": dataclasses.asdict(m),
         }

@@ -27,6 +27,14 @@ Active-standby (VRRP's rules, with pfsync's gate and a fencing term):
     role at once, is no candidate, and its heartbeats say so, so that the
     best standby takes over; once the link is back it is a standby again (and
     preempts if it may);
+  - with `step_down_isolated` (0, the default: never; else at least
+    `dead_after`), an active whose own heartbeats have not come back through
+    the broker for that long (its link to the broker cut, or the broker
+    stalled or gone) gives the role up: a member cut off from the cluster
+    stops claiming it, as a partition minority does under a quorum rule. The
+    split brain of a cut then lasts until that, not until the heal; the price
+    is a broker outage longer than that, which leaves no member active until
+    the broker is back (the best member then takes over with a new term);
   - no promotion while the bus is down (the node cannot see the others), and
     no peer is declared dead meanwhile; once back, peers get `reconnect_grace`
     to reappear (a broker restart is not the active's death). "Down" includes a
@@ -100,6 +108,7 @@ class ElectionConfig:
     # (a restarted broker takes 1-2 s to listen, and each member its reconnect backoff)
     readiness_gate: bool = True  # False (a negative control): eligible at once
     will_grace: float = 0.0  # a will waits this long for its peer to reconnect
+    step_down_isolated: float = 0.0  # an active unheard by itself this long steps down
 
     def __post_init__(self) -> None:
         if not 0 <= self.priority <= 255:
@@ -113,6 +122,9 @@ class ElectionConfig:
         if not 0 <= self.will_grace <= self.dead_after:
             raise ValueError("need 0 <= will_grace <= dead_after (beyond it the silence "
                              "decides)")
+        if self.step_down_isolated and not self.step_down_isolated >= self.dead_after:
+            raise ValueError("step_down_isolated must be 0 (never) or at least dead_after "
+                             "(a shorter stall of the broker moves no role)")
 
 
 # ---------------------------------------------------------------- events
@@ -204,6 +216,7 @@ class Election:
         # When the last will of a live peer came: it takes effect once a heartbeat
         # we sent after it is back (the broker still works after the will).
         self._will_at = float("-inf")
+        self._isolated_at = float("-inf")  # when we last gave the role up, cut off
         self._grace_until = float("-inf")  # the end of the last reconnect grace
         self._grace_from = float("-inf")  # and its start
         self.transitions: list[tuple[float, RoleChanged]] = []
@@ -370,6 +383,8 @@ class Election:
     def next_deadline(self) -> float:
         """The next time tick() or heartbeat() has something to do."""
         t = self._next_hb
+        if self.role == ROLE_ACTIVE and self.cfg.step_down_isolated:
+            t = min(t, self._echo_at + self.cfg.step_down_isolated)  # (then tick() decides)
         if self.connected and self._echo_at + self.cfg.dead_after > t:
             for p in self.peers.values():
                 # until its probe has left (then on_echo() decides)
@@ -497,6 +512,11 @@ class Election:
             if best is not None and best.rank > me:
                 return self._set_role(ROLE_STANDBY, now,
                                       f"fenced by {best.node} (term {best.hb.term})")
+            isolated = self.cfg.step_down_isolated
+            if isolated and now - self._echo_at >= isolated:
+                self._isolated_at = now
+                return self._set_role(ROLE_STANDBY, now, "isolated: none of our heartbeats "
+                                      f"came back for {now - self._echo_at:.2f} s")
             return []
         if not eligible:
             return self._set_role(ROLE_JOINING, now, self.gate.reason)
@@ -507,6 +527,11 @@ class Election:
                 return self._promote(now, f"preempting {best.node} "
                                           f"(priority {self.cfg.priority} > {best.hb.priority})")
             return self._set_role(ROLE_STANDBY, now, f"{best.node} is active")
+        if any(p.beat_at < self._isolated_at for p in live):
+            # what we knew of them is from before we were cut off: one of them may
+            # have taken the role meanwhile (its heartbeat is on its way)
+            return self._set_role(ROLE_STANDBY, now, "isolated: waiting to hear every "
+                                                     "peer again")
         if live and now - self._eligible_since < 2 * self.cfg.hb_interval:
             # just became eligible (a cold start): let the peers hear that first,
             # so that every member compares the same candidates

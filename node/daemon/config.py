@@ -25,6 +25,11 @@
            will_grace: 0,         # a peer's MQTT will waits this long (<= dead_after) for
                                   #   the peer to reconnect: a shorter flap of its broker
                                   #   link moves no role; a kill -9 is found that much later
+           step_down_isolated: 0, # an active whose own heartbeats have not come back
+                                  #   through the broker this long (0: never; else at
+                                  #   least dead_after) gives the role up: a cut from the
+                                  #   broker ends the split brain then, not at the heal;
+                                  #   a broker outage that long leaves nobody active
            track_data: true}      # a data port's link down (or its wire cut): FAULT,
                                   #   the active role given up (keepalived's track_interface)
     control: {listen: "127.0.0.1:8001"}
@@ -120,6 +125,7 @@ class RoleConfig:
     sync_timeout: float = 10.0
     track_data: bool = True  # data links tracked: one down puts the node in FAULT (link.py)
     will_grace: float = 0.0  # a peer's will waits this long for the peer to reconnect
+    step_down_isolated: float = 0.0  # unheard by itself this long, an active steps down
 
 
 @dataclass(frozen=True)
@@ -306,13 +312,17 @@ def _role(s: _Section) -> RoleConfig:
                      s.number("discover", 0.3, lo=0.0, hi=600.0),
                      s.number("sync_timeout", 10.0, lo=0.001, hi=3600.0),
                      s.flag("track_data", True),
-                     s.number("will_grace", 0.0, lo=0.0, hi=600.0))
+                     s.number("will_grace", 0.0, lo=0.0, hi=600.0),
+                     s.number("step_down_isolated", 0.0, lo=0.0, hi=3600.0))
     s.done()
     if not out.hb_interval < out.dead_after:
         raise ConfigError("role.dead_after: must be longer than role.hb_interval")
     if out.will_grace > out.dead_after:
         raise ConfigError("role.will_grace: must not be longer than role.dead_after "
                           "(a peer silent that long is dead anyway)")
+    if out.step_down_isolated and out.step_down_isolated < out.dead_after:
+        raise ConfigError("role.step_down_isolated: 0 (never) or at least role.dead_after "
+                          "(a shorter stall of the broker must move no role)")
     return out
 
 

@@ -79,6 +79,9 @@ def test_a_good_config_parses_into_frozen_values() -> None:
     ("role.track_data", "no", "role.track_data: expected true or false"),
     ("role.will_grace", -0.1, "role.will_grace: -0.1 is out of range"),
     ("role.will_grace", 0.5, "role.will_grace: must not be longer than role.dead_after"),
+    ("role.step_down_isolated", 0.2, "role.step_down_isolated: 0 (never) or at least "
+                                     "role.dead_after"),
+    ("role.step_down_isolated", -1, "role.step_down_isolated: -1 is out of range"),
     ("control.listen", "127.0.0.1", "control.listen: expected HOST:PORT"),
     ("sysctl", {"nf_conntrack_bogus": 1}, "sysctl: unknown sysctl net.netfilter.nf_conntrack_bo"),
     ("sysctl", {"nf_conntrack_udp_timeout": "x"}, "sysctl: net.netfilter.nf_conntrack_udp"),
@@ -104,6 +107,8 @@ def test_data_links_are_tracked_unless_turned_off() -> None:
 def test_a_will_acts_at_once_unless_a_grace_is_set() -> None:
     assert config.parse(good()).role.will_grace == 0.0
     assert config.parse(with_("role.will_grace", 0.35)).role.will_grace == 0.35
+    assert config.parse(good()).role.step_down_isolated == 0.0
+    assert config.parse(with_("role.step_down_isolated", 2)).role.step_down_isolated == 2.0
 
 
 def test_tc_inline_and_tc_file_are_exclusive() -> None:

@@ -407,6 +407,36 @@ def test_with_a_will_grace_a_short_broker_flap_of_the_active_moves_no_role(cl: C
 
 
 @pytest.mark.broker
+def test_with_step_down_isolated_an_active_cut_off_the_broker_gives_the_role_up(
+        cl: Cluster) -> None:
+    """role.step_down_isolated 0.6 s: a's broker link is cut for 2 s. b takes
+    over on a's will; a, which cannot hear that, gives the role up 0.6 s after
+    its last heartbeat came back, not at the heal: the split brain lasts about
+    that long. After the heal a stays standby (it waits to hear b, active) and
+    b keeps the role."""
+    role = {"step_down_isolated": 0.6, "dead_after": 0.35}
+    a = cl.node("a", priority=200, role=role).wait_ready()
+    b = cl.node("b", priority=100, role=role).wait_ready()
+    wait_until(lambda: a.role() == "active" and b.role() == "standby", 15,
+               "a active and b standby")
+    assert a.state()["step_down_isolated"] == 0.6
+    t0 = time.monotonic()
+    assert a.post("/nemesis", {"broker_link": "cut"})["broker_link"] == "cut"
+    wait_until(lambda: b.role() == "active", 5, "b to take over on a's will")
+    wait_until(lambda: a.role() == "standby", 5, "a to give the role up", interval=0.01)
+    gave_up = time.monotonic() - t0
+    assert 0.5 <= gave_up < 1.5, gave_up
+    time.sleep(max(0.0, 2.0 - (time.monotonic() - t0)))
+    assert a.post("/nemesis", {"broker_link": "up"})["broker_link"] == "up"
+    wait_until(lambda: a.state()["bus"]["connects"] >= 2, 5, "a to reconnect")
+    time.sleep(1.0)
+    assert (a.role(), b.role()) == ("standby", "active")
+    reasons = [r for _, r in a.state()["roles"] if r.startswith("RoleChanged")]
+    assert "reason='isolated: none of our heartbeats came back for" in reasons[-1], reasons
+    assert sum("new='active'" in r for r in reasons) == 1, reasons  # never took it back
+
+
+@pytest.mark.broker
 def test_a_frozen_active_that_wakes_up_is_fenced_and_stays_standby(cl: Cluster) -> None:
     """SIGSTOP, the stuck process of the textbook split brain: its broker
     connection stays up (the freeze is shorter than the keepalive), so no will

@@ -185,6 +185,8 @@ def test_broker_url_and_tc_file(tmp_path: Path) -> None:
      "broker: expected embedded, mosquitto or an mqtt:// or mqtts:// URL"),
     ("cluster:\n", "cluster:\n  defer: 5s\n", "5s", "defer: "),
     ("cluster:\n", "cluster:\n  will_grace: 1s\n", "1s", "will_grace: "),
+    ("cluster:\n", "cluster:\n  step_down_isolated: 500ms\n", "500ms",
+     "step_down_isolated: 0 (never) or at least the nodes' dead_after (0.8 s)"),
 ])
 def test_errors_point_at_the_offending_value(old: str, new: str, needle: str,
                                              message: str) -> None:

@@ -458,11 +458,35 @@ def test_the_report_gives_each_nodes_role_log_in_seconds_of_the_run() -> None:
     assert nodes["b"] == {"reachable": False}
 
 
-@pytest.mark.parametrize(("line", "grace"), [("", 0.0), ("  will_grace: 500ms\n", 0.5)])
-def test_the_clusters_will_grace_reaches_every_nodes_role_config(line: str, grace: float,
-                                                                  tmp_path: Path) -> None:
+def test_the_runner_hands_single_active_every_nodes_role_timeline() -> None:
+    """The last op of a run's history: each node's processes' starts (joining)
+    and the roles its RoleChanged lines moved it to, in seconds of the run."""
+    r = Runner(load(LIBRARY / "failover-basic.yaml"),
+               SimpleNamespace(control_url=lambda n: ""),  # type: ignore[arg-type]
+               RunOptions(progress=False))
+    r.t0 = 1000.0
+    a = r.views["a"]
+    a.note_started({"epoch": 7, "uptime": 2.0, "roles": [
+        [0.3, "RoleChanged(old='joining', new='active', term=1, reason='no live active')"],
+        [0.7, "PeerUp(node='b')"]]}, 1000.99, 1001.01)
+    a.note_started({"epoch": 9, "uptime": 1.0, "roles": [
+        [0.25, "RoleChanged(old='joining', new='standby', term=0, reason='b is active')"]]},
+        1012.0, 1012.1)
+    roles = r._roles()
+    assert roles["mode"] == "active-standby" and set(roles["nodes"]) == {"a", "b"}
+    assert roles["nodes"]["a"] == [(-1.0, "joining"), (-0.7, "active"), (11.05, "joining"),
+                                   (11.3, "standby")]
+    assert roles["nodes"]["b"] == []  # never read
+
+
+@pytest.mark.parametrize(("line", "grace", "isolated"), [
+    ("", 0.0, 0.0), ("  will_grace: 500ms\n", 0.5, 0.0),
+    ("  step_down_isolated: 1.5s\n", 0.0, 1.5)])
+def test_the_clusters_will_grace_reaches_every_nodes_role_config(
+        line: str, grace: float, isolated: float, tmp_path: Path) -> None:
     """cluster.will_grace becomes each node's role.will_grace, under the
-    nodes' dead_after (the node's own parser accepts the config)."""
+    nodes' dead_after (the node's own parser accepts the config), and
+    cluster.step_down_isolated each node's role.step_down_isolated."""
     from node.daemon import config
 
     text = (LIBRARY / "failover-basic.yaml").read_text().replace("cluster:\n",
@@ -477,8 +501,10 @@ def test_the_clusters_will_grace_reaches_every_nodes_role_config(line: str, grac
         cfg["ports"] = {"inside": {"bind": "127.0.0.1:1"}}
         role = config.parse(cfg).role
         assert role.will_grace == grace and role.dead_after == 0.8
+        assert role.step_down_isolated == isolated
     settings = r.cluster_settings()  # (report.json "cluster")
     assert settings["will_grace"] == grace and settings["dead_after"] == 0.8
+    assert settings["step_down_isolated"] == isolated
     assert settings["nodes"] == {"a": {"priority": 200, "card": "default"},
                                  "b": {"priority": 100, "card": "default"}}
     assert settings["mechanisms"] == dict.fromkeys(

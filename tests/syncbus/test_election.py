@@ -32,6 +32,7 @@ class Cluster:
         self.seqs: dict[str, int] = {}
         self.epochs: dict[str, int] = {}
         self.down: set[str] = set()  # paused / partitioned: neither sends nor receives
+        self.cut: set[str] = set()  # running, but cut off the broker: its heartbeats are lost
         self.stalled = False  # the broker forwards nothing (connections stay up)
         self.held: list[tuple[str, float]] = []  # heartbeats it took meanwhile: (node, sent)
         self.now = T0
@@ -53,7 +54,7 @@ class Cluster:
         # its own heartbeat comes back through the broker (a pending will takes effect)
         self.events += [(name, ev) for ev in e.on_echo(self.now, self.now)]
         for other, o in self.nodes.items():
-            if other != name and other not in self.down:
+            if other != name and other not in self.down and other not in self.cut:
                 self.events += [(other, ev) for ev in
                                 o.on_heartbeat(self.epochs[name], self.seqs[name], hb, self.now)]
 
@@ -71,7 +72,10 @@ class Cluster:
                         self.events += [(name, x) for x in
                                         e.snapshot_complete(ev[1].source, self.now)]
                 if e.heartbeat_due(self.now):
-                    self.beat(name)
+                    if name in self.cut:
+                        e.heartbeat(self.now, 0, 0)  # lost on the way
+                    else:
+                        self.beat(name)
 
     def will(self, name: str, session: int = 0, term: int | None = None) -> None:
         """The broker publishes `name`'s will: the heartbeat it registered when
@@ -714,3 +718,72 @@ def test_a_will_grace_delays_a_takeover_by_that_much() -> None:
 def test_a_will_grace_is_between_zero_and_dead_after(grace: float) -> None:
     with pytest.raises(ValueError, match="will_grace"):
         ElectionConfig("a", will_grace=grace)
+
+
+def _cut_active(c: Cluster, **cfg: object) -> tuple[Election, Election]:
+    """a active, b standby; then a's link to the broker is cut (the broker
+    publishes a's will: b takes over at once)."""
+    a = c.add("a", priority=200, **cfg)
+    c.run(1.0)
+    b = c.add("b", priority=100, **cfg)
+    c.run(1.0)
+    c.cut.add("a")
+    a.set_connected(False, 1, c.now)
+    will = Heartbeat("a", "offline", 200, a.term, False, 0, 0, 0)
+    c.events += [("b", ev) for ev in b.on_heartbeat(1, 0, will, c.now)]
+    return a, b
+
+
+@pytest.mark.parametrize("isolated", [0.0, 0.5])
+def test_an_active_cut_off_the_broker_steps_down_with_step_down_isolated(
+        isolated: float) -> None:
+    """b takes over on a's will. Without step_down_isolated (the default) a,
+    which cannot hear b, stays active until the cut heals: two actives. With
+    0.5 s, a gives the role up 0.5 s after its last heartbeat came back, stays
+    standby while cut off (no promotion without the bus), and after the heal
+    b keeps the role."""
+    c = Cluster()
+    a, b = _cut_active(c, step_down_isolated=isolated)
+    cut = c.now
+    c.run(0.4)
+    assert (a.role, b.role) == ("active", "active")
+    c.run(1.6)
+    if not isolated:
+        assert (a.role, b.role) == ("active", "active")  # the split brain lasts
+    else:
+        assert (a.role, b.role) == ("standby", "active")
+        down = next((t, ev) for t, ev in a.transitions if ev.new == "standby")
+        assert cut + 0.4 < down[0] <= cut + 0.5 and down[1].reason.startswith("isolated: ")
+    c.cut.discard("a")
+    a.set_connected(True, 2, c.now)
+    c.run(1.0)
+    assert (a.role, b.role) == ("standby", "active")
+    assert [ev.new for _, ev in a.transitions].count("active") == 1  # never took it back
+
+
+def test_a_stalled_broker_longer_than_step_down_isolated_leaves_nobody_active() -> None:
+    """The price: every member's heartbeats stop coming back, so the active
+    gives the role up and nobody may take it; once the broker forwards again
+    the best member takes over with a new term."""
+    c = Cluster()
+    a = c.add("a", priority=200, step_down_isolated=0.5)
+    c.run(1.0)
+    b = c.add("b", priority=100, step_down_isolated=0.5)
+    c.run(1.0)
+    term = a.term
+    c.stalled = True
+    c.run(2.0)
+    assert (a.role, b.role) == ("standby", "standby")
+    c.stalled = False
+    c.run(1.0)
+    assert (a.role, b.role) == ("active", "standby") and a.term == term + 1
+
+
+@pytest.mark.parametrize(("isolated", "ok"), [(0.0, True), (0.35, True), (5.0, True),
+                                              (0.3, False), (-1.0, False)])
+def test_step_down_isolated_is_zero_or_at_least_dead_after(isolated: float, ok: bool) -> None:
+    if ok:
+        assert ElectionConfig("a", step_down_isolated=isolated).step_down_isolated == isolated
+    else:
+        with pytest.raises(ValueError, match="step_down_isolated"):
+            ElectionConfig("a", step_down_isolated=isolated)
