@@ -116,8 +116,8 @@ def metrics(history: History) -> dict[str, Any]:
     per_node = _points(history)
     return {
         "failover_ms": round(max(took) * 1000, 3) if took else None,
-        # two members active at once (active-standby; None without role logs)
-        "split_brain": single_active.summary(history),
+        # two members active at once, and none (active-standby; None without role logs)
+        **single_active.summary(history),
         "flows_established_before": len(survival.before),
         "flows_survived": len(survival.survived),
         "hw_hit_ratio_after_failover": round(hw / total, 6) if total else None,
@@ -655,7 +655,8 @@ def _metric_cards(m: Mapping[str, Any]) -> str:
     lag = m.get("sync_lag_ms") or {}
     cards = [
         ("failover", _fmt(m.get("failover_ms"), " ms")),
-        ("two actives", _two_actives(m.get("split_brain"))),
+        ("two actives", _windows_card(m.get("split_brain"))),
+        ("no active", _windows_card(m.get("no_active"))),
         ("flows survived", f"{_fmt(m.get('flows_survived'))} / "
                            f"{_fmt(m.get('flows_established_before'))}"),
         ("hw hits after failover", _fmt(m.get("hw_hit_ratio_after_failover"), "%")),
@@ -670,12 +671,12 @@ def _metric_cards(m: Mapping[str, Any]) -> str:
                                          for k, v in cards) + "</dl>"
 
 
-def _two_actives(split: Mapping[str, Any] | None) -> str:
-    """The metric card: how long two members held the active role at once."""
-    if not split:
+def _windows_card(found: Mapping[str, Any] | None) -> str:
+    """A metric card of windows (two actives, no active): their total, how many."""
+    if not found:
         return "—"
-    n = len(split["windows"])
-    return (f"{split['total_ms']:,.0f} ms in {n} window{'s' if n != 1 else ''}"
+    n = len(found["windows"])
+    return (f"{found['total_ms']:,.0f} ms in {n} window{'s' if n != 1 else ''}"
             if n else "never")
 
 

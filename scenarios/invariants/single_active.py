@@ -20,6 +20,7 @@ counted from its start: a clock_skew step moves the ones after it."""
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -123,9 +124,10 @@ def overlaps(spans: Mapping[str, Sequence[Span]]) -> list[Window]:
     return out
 
 
-def split_brain(history: History) -> tuple[list[Window], list[FaultWindow]] | str:
-    """The windows with two or more actives (and the faults that may explain
-    them: every applied one but the card's), or why there is no answer."""
+def held(history: History) -> tuple[dict[str, list[Span]], list[FaultWindow], float] | str:
+    """When each node held the active role (its spans), the faults that may
+    explain two actives (every applied one but the card's), and the end of
+    the run; or why there is no answer."""
     seen = history.by_f(F_ROLES)
     if not seen or not isinstance(seen[-1].value, Mapping):
         return "no role logs were read"
@@ -140,27 +142,53 @@ def split_brain(history: History) -> tuple[list[Window], list[FaultWindow]] | st
         spans[node] = active_spans(roles_of, end, down_windows(node, faults, roles_of, end))
     if not any(spans.values()):
         return "no member's role log shows the active role"
-    return overlaps(spans), faults
+    return spans, faults, end
 
 
-def summary(history: History) -> dict[str, Any] | None:
-    """report.json's "split_brain": the time with two actives, and when."""
-    found = split_brain(history)
+def gaps(spans: Mapping[str, Sequence[Span]], end: float) -> list[Span]:
+    """The windows in which no node held the role, from the first time one
+    did to `end`: a failover's detection and election, or a role given up."""
+    merged: list[Span] = []
+    for s, e in sorted(span for ss in spans.values() for span in ss):
+        if merged and s <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], e))
+        else:
+            merged.append((s, e))
+    out = [(a[1], b[0]) for a, b in itertools.pairwise(merged)]
+    if merged and merged[-1][1] < end:
+        out.append((merged[-1][1], end))
+    return out
+
+
+def summary(history: History) -> dict[str, dict[str, Any] | None]:
+    """report.json's metrics "split_brain" (the windows with two actives, and
+    who) and "no_active" (those with none), each with its total in ms; both
+    None in active-active or without role logs."""
+    found = held(history)
     if isinstance(found, str):
-        return None
-    windows = found[0]
-    return {"total_ms": round(1000 * sum(e - s for s, e, _ in windows), 1),
-            "windows": [{"from": round(s, 3), "to": round(e, 3), "nodes": list(who)}
-                        for s, e, who in windows]}
+        return {"split_brain": None, "no_active": None}
+    spans, _, end = found
+    two, none = overlaps(spans), gaps(spans, end)
+    return {"split_brain": {"total_ms": _total_ms((s, e) for s, e, _ in two),
+                            "windows": [{"from": round(s, 3), "to": round(e, 3),
+                                         "nodes": list(who)} for s, e, who in two]},
+            "no_active": {"total_ms": _total_ms(none),
+                          "windows": [{"from": round(s, 3), "to": round(e, 3)}
+                                      for s, e in none]}}
+
+
+def _total_ms(windows: Iterable[Span]) -> float:
+    return round(1000.0 * sum(e - s for s, e in windows), 1)
 
 
 def check(history: History, snapshots: Sequence[Snapshot], params: Mapping[str, Any]) -> Result:
     handover = float(params.get("handover", 0.5))
     fence = float(params.get("fence_within", 5.0))
-    found = split_brain(history)
+    found = held(history)
     if isinstance(found, str):
         return Result(NAME, UNKNOWN, found)
-    windows, faults = found
+    spans, faults, _ = found
+    windows = overlaps(spans)
     total = sum(e - s for s, e, _ in windows)
     late: list[str] = []
     lines: list[str] = []
@@ -173,8 +201,7 @@ def check(history: History, snapshots: Sequence[Snapshot], params: Mapping[str, 
             note = (f"{why}, ended {ms(e - healed)} after its heal" if healed < e
                     else f"during {why}")
         else:
-            allowed, why = s + handover, "no fault"
-            note = "no fault: a handover"
+            allowed, note = s + handover, "no fault: a handover"
         line = f"{'+'.join(who)} {s:.3f}-{e:.3f} s ({ms(e - s)}, {note})"
         lines.append(line)
         if e > allowed + 1e-9:
@@ -190,5 +217,5 @@ def check(history: History, snapshots: Sequence[Snapshot], params: Mapping[str, 
                   f"bound: {examples(lines)}")
 
 
-__all__ = ["NAME", "PARAMS", "active_spans", "check", "down_windows", "overlaps", "role_timeline",
-           "split_brain", "summary"]
+__all__ = ["NAME", "PARAMS", "active_spans", "check", "down_windows", "gaps", "held",
+           "overlaps", "role_timeline", "summary"]

@@ -516,6 +516,13 @@ def test_single_active_is_unknown_without_role_logs_or_in_active_active() -> Non
     assert run("single_active", h).verdict == UNKNOWN
 
 
+def test_the_windows_with_no_active_run_from_the_first_active_to_the_end() -> None:
+    spans = {"a": [(0.1, 6.0), (6.2, 6.5)], "b": [(6.3, 9.0), (12.0, 20.0)], "c": []}
+    assert single_active.gaps(spans, 20.0) == [(6.0, 6.2), (9.0, 12.0)]
+    assert single_active.gaps(spans, 25.0)[-1] == (20.0, 25.0)
+    assert single_active.gaps({"a": []}, 5.0) == []
+
+
 def test_single_active_reads_a_nodes_role_log_as_the_runner_reports_it() -> None:
     """/state's role log (its repr lines) and the processes' starts."""
     log = [[-0.827, "GateChanged(state='ready', reason='no peer holds state', timed_out=False)"],

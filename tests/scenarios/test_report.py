@@ -37,7 +37,7 @@ from scenarios.model import (
 REQUIRED = {"scenario", "seed", "backend", "verdict", "invariants", "faults", "metrics"}
 METRICS = {"failover_ms", "flows_established_before", "flows_survived",
            "hw_hit_ratio_after_failover", "preinstalled_ratio_at_failover", "sync_lag_ms",
-           "events_published", "events_applied", "bad_messages", "split_brain"}
+           "events_published", "events_applied", "bad_messages", "split_brain", "no_active"}
 
 
 def sample_history() -> History:
@@ -263,7 +263,11 @@ def test_the_report_gives_the_time_with_two_actives() -> None:
     the campaign's row, line and index column."""
     r = sample_report()
     assert r["metrics"]["split_brain"] == {"total_ms": 0.0, "windows": []}  # a killed: gone
-    assert "<dt>two actives</dt><dd>never</dd>" in report.render_html(r)
+    # from a's kill at 6 s to b's takeover: nobody held the role
+    assert r["metrics"]["no_active"] == {"total_ms": 300.0, "windows": [{"from": 6.0, "to": 6.3}]}
+    page = report.render_html(r)
+    assert "<dt>two actives</dt><dd>never</dd>" in page
+    assert "<dt>no active</dt><dd>300 ms in 1 window</dd>" in page
     h = sample_history()  # b does not step down when a comes back active at 12.9 s
     h.info(CLUSTER_PROCESS, 19.95, F_ROLES, {"mode": "active-standby", "end": 19.9, "nodes": {
         "a": [(-0.5, "joining"), (0.1, "active"), (12.4, "joining"), (12.9, "active")],
@@ -283,7 +287,7 @@ def test_the_report_gives_the_time_with_two_actives() -> None:
     h = History()
     h.info(CLUSTER_PROCESS, 5.0, F_ROLES, {"mode": "active-active", "end": 5.0, "nodes": {
         "a": [(0.1, "active")], "b": [(0.1, "active")]}})
-    assert report.metrics(h)["split_brain"] is None
+    assert report.metrics(h)["split_brain"] is None and report.metrics(h)["no_active"] is None
 
 
 def test_a_campaign_index_says_what_the_campaign_exercised(tmp_path: Path) -> None:

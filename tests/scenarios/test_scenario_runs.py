@@ -70,7 +70,11 @@ def test_failover_basic(backend: str, tmp_path: Path) -> None:
     assert m["hw_hit_ratio_after_failover"] >= 0.99
     assert m["preinstalled_ratio_at_failover"] >= 0.99
     assert 0 < m["failover_ms"] < 1000
-    assert m["split_brain"] == {"total_ms": 0.0, "windows": []}  # a died with its role
+    # a died with its role (the role logs' times on the run's clock are good to a
+    # millisecond or two: the start of each process is read within half a round trip)
+    assert m["split_brain"]["total_ms"] < 5, m["split_brain"]
+    # and nobody held it from the kill to b's takeover (a will: at once)
+    assert len(m["no_active"]["windows"]) == 1 and 0 < m["no_active"]["total_ms"] < 1000, m
     if backend == "local":
         assert rep["duration"] < 60, rep["duration"]
     # the wall time of each phase, in order: the run phase is the scenario's 22 s
