@@ -29,12 +29,16 @@ from node.conntrack.entry import (
     IP_CT_ESTABLISHED_REPLY,
     IP_CT_NEW,
     IPS_ASSURED,
+    IPS_CONFIRMED,
     IPS_DYING,
+    IPS_HELPER,
     IPS_OFFLOAD,
     IPS_SEEN_REPLY,
+    IPS_SEQ_ADJUST,
     Entry,
 )
 from node.conntrack.table import Conntrack
+from node.conntrack.tcp_table import sES
 from node.conntrack.tuple import Tuple
 from node.offload import flowtable as ft
 from node.offload.faults import Faults
@@ -66,6 +70,13 @@ _UNSUPPORTED, _NO_ENTRY, _FIN_RST, _TABLE_FULL = (
     MissReason.UNSUPPORTED, MissReason.NO_ENTRY, MissReason.FIN_RST, MissReason.TABLE_FULL)
 _QUEUED_OR_IN = (IN_HW, PENDING)  # a direction whose hardware entry is there or queued
 SYNC_RETRY_FOR = 30.0  # seconds a replicated entry's card state is retried
+# _steady(): an established, assured, offloaded TCP connection (no helper, no
+# seq adjust) whose flow is offloaded both ways and marked established
+_STEADY_MASK = (IPS_OFFLOAD | IPS_SEEN_REPLY | IPS_ASSURED | IPS_CONFIRMED | IPS_HELPER
+                | IPS_SEQ_ADJUST)
+_STEADY = IPS_OFFLOAD | IPS_SEEN_REPLY | IPS_ASSURED | IPS_CONFIRMED
+_STEADY_FLOW_MASK = ft.NF_FLOW_TEARDOWN | ft.NF_FLOW_HW_BIDIRECTIONAL | ft.NF_FLOW_HW_ESTABLISHED
+_STEADY_FLOW = ft.NF_FLOW_HW_BIDIRECTIONAL | ft.NF_FLOW_HW_ESTABLISHED
 
 
 def _fin_or_rst(pkt: Packet) -> bool:
@@ -271,10 +282,13 @@ class Card:
         offloadable, or an update of a flow already in the card)."""
         if self.work.jobs and self.work.jobs[0][0] <= now:
             self.work.run_due(now)
-        ctinfo = IP_CT_ESTABLISHED if entry.status & IPS_SEEN_REPLY else IP_CT_NEW
-        if entry.status & IPS_OFFLOAD:
-            self._update_synced(entry, ctinfo, now)
+        status = entry.status
+        if status & IPS_OFFLOAD:
+            if not self._steady(entry, status):
+                self._update_synced(entry, IP_CT_ESTABLISHED if status & IPS_SEEN_REPLY
+                                    else IP_CT_NEW, now)
             return None
+        ctinfo = IP_CT_ESTABLISHED if status & IPS_SEEN_REPLY else IP_CT_NEW
         direction = self.offer(entry, ctinfo, now)
         if direction is not None:
             self.counters.synced += 1
@@ -368,6 +382,35 @@ class Card:
         flows.flags[fid] = want
         self.work.add(fid, now)
         self._check_synced(entry, now)
+
+    def _steady(self, entry: Entry, status: int) -> bool:
+        """_update_synced()'s usual case, decided in one call (a standby's card
+        follows every record of every connection it holds): an established,
+        assured TCP connection, which should_offload() offloads both ways, whose
+        flow is not being torn down, is bidirectional and established, and has
+        both hardware entries in the card or queued. _update_synced() would then
+        only forget a pending retry; so does this, and returns True. False
+        says nothing: _update_synced() decides."""
+        if status & _STEADY_MASK != _STEADY or entry.orig[1] != IPPROTO_TCP:
+            return False
+        conn = entry.proto
+        if conn is None or (conn[0] if conn.__class__ is bytes else conn.state) != sES:
+            return False
+        ext = entry.ext
+        if ext is not None and ext.helper is not None:
+            return False
+        flows = self.flows  # (a flow of a software-only zone has no hardware entries)
+        omap = flows.orig_index.get(entry.zone)
+        fid = omap.get(entry.orig) if omap is not None else None
+        if fid is None or flows.owners[fid] is not entry \
+                or flows.flags[fid] & _STEADY_FLOW_MASK != _STEADY_FLOW:
+            return False
+        state = self.hw.state
+        if state[2 * fid] not in _QUEUED_OR_IN or state[2 * fid + 1] not in _QUEUED_OR_IN:
+            return False
+        if self._catch_up:
+            self._catch_up.pop(entry.id, None)
+        return True
 
     def _in_card(self, fid: int, flags: int) -> bool:
         """Every direction `flags` offloads has its hardware entry (or its insert
