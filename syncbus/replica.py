@@ -391,11 +391,12 @@ class Replica:
     # ------------------------------------------------------------ items
     def _items(self, items: Iterable[bytes | Item], origin: str, epoch: int, seq: int,
                now: float, sent_at: float | None) -> None:
+        done = fast = 0  # (counted here, per frame: a dict update per record costs)
         try:
             for item in items:
                 try:
                     if type(item) is bytes:
-                        self._plain(item, origin, epoch, seq, now, sent_at)
+                        fast += self._plain(item, origin, epoch, seq, now, sent_at)
                     else:
                         if self._creates:  # (the card takes the creates before it first)
                             self._install_creates(now)
@@ -406,8 +407,10 @@ class Replica:
                 except ValueError:  # a NAT range the engine refuses: nothing was changed
                     self.stats["bad_items"] += 1
                 else:
-                    self.stats["items"] += 1
+                    done += 1
         finally:
+            self.stats["items"] += done
+            self.stats["fast"] += fast
             if self._creates:
                 self._install_creates(now)
 
@@ -497,14 +500,15 @@ class Replica:
             self.install_latency.append(now - (sent_at - age))
 
     def _plain(self, rec: bytes, origin: str, epoch: int, seq: int, now: float,
-               sent_at: float | None) -> None:
+               sent_at: float | None) -> bool:
         """A plain upsert record (CtFrame). The usual one, the next state of a
         connection this replica follows from the same writer, is applied from
         the record's fields, as _upsert() would apply its CtUpsert; anything
         else (a tombstone, another writer, an adopted entry, an entry with
         extensions: labels, helper, NAT, expectations) is decoded and goes
         through _upsert(). A new connection is built from the fields too; its
-        card install waits for the end of its run of creates (_creates)."""
+        card install waits for the end of its run of creates (_creates).
+        Returns True if the record was applied from its fields (the fast lane)."""
         zone, orig, status, mark, ident, timeout, period, age, tcp = codec.plain_upsert(rec)
         ct = self.ct
         key = (zone, orig)
@@ -515,16 +519,15 @@ class Replica:
                                       timeout, period, age, mark, tcp)
             if not ct.insert_synced(entry, now):
                 self.stats["clashes"] += 1
-                return
+                return False
             ctstate.after_insert(ct, entry)
             self.meta[entry.id] = Meta(_new(ConnId, (origin, epoch, ident)), origin, epoch, seq)
             self.stats["created"] += 1
-            self.stats["fast"] += 1
             if self.last_seen:
                 self._kept(entry, key, now)
             if self.card is not None:
                 self._creates.append((entry, sent_at, age))
-            return
+            return True
         if self._creates:  # (the card takes the creates before this record first)
             self._install_creates(now)
         if entry is not None and not tombstoned:
@@ -534,16 +537,16 @@ class Replica:
                 # the next state from the writer it follows (_upsert()'s replace case)
                 if seq < m.seq:
                     self.stats["stale"] += 1
-                    return
+                    return False
                 ctstate.replace_plain(entry, ct, now, status, timeout, period, mark, tcp)
                 m.seq = seq
                 self.stats["updated"] += 1
-                self.stats["fast"] += 1
                 self._written(entry, key, now, sent_at, age)
-                return
+                return True
         up = codec.record_item(rec, origin, epoch)
         assert type(up) is CtUpsert
         self._upsert(up, origin, epoch, seq, now, sent_at)
+        return False
 
     def _delete(self, d: CtDelete, now: float) -> None:
         key = (d.zone, d.orig)
