@@ -385,7 +385,9 @@ class Conntrack:
         if entry.status & IPS_DYING:  # killed by its tracker before it was inserted
             self.stats["insert_failed"] += 1
             return CtResult(None, INVALID_CTINFO, l4proto.DROP, "entry died before commit")
-        zmap = self._zones.setdefault(entry.zone, {})
+        zmap = self._zones.get(entry.zone)
+        if zmap is None:  # (setdefault() would build a dict at every call)
+            zmap = self._zones[entry.zone] = {}
         clash = zmap.get(entry.orig) or zmap.get(entry.reply)
         if clash is not None:
             self.stats["insert_failed"] += 1
@@ -501,7 +503,9 @@ class Conntrack:
     def insert_synced(self, entry: Entry, now: float) -> bool:
         """Insert an entry built elsewhere (replication): no tracker runs, no
         events are emitted. Returns False if its tuples clash with another entry."""
-        zmap = self._zones.setdefault(entry.zone, {})
+        zmap = self._zones.get(entry.zone)
+        if zmap is None:  # (setdefault() would build a dict at every call)
+            zmap = self._zones[entry.zone] = {}
         for t in (entry.orig, entry.reply):
             other = zmap.get(t)
             if other is not None and other is not entry:

@@ -305,8 +305,12 @@ class FlowTables:
         if tcp:
             set_be_liberal(entry)
             freeze(entry)  # its packets bypass tcp_packet() until the teardown
-        self.orig_index.setdefault(zone, {})[entry.orig] = fid
-        self.reply_index.setdefault(zone, {})[entry.reply] = fid
+        omap = self.orig_index.get(zone)
+        if omap is None:  # (setdefault() would build two dicts at every add)
+            omap = self.orig_index[zone] = {}
+            self.reply_index[zone] = {}
+        omap[entry.orig] = fid
+        self.reply_index[zone][entry.reply] = fid
         flags = FLOW_USED
         if bidirectional:
             flags |= NF_FLOW_HW_BIDIRECTIONAL
