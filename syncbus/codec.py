@@ -54,6 +54,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgpack
+import numpy as np
 
 from node.conntrack.tuple import PORT_INTS, Tuple
 from syncbus.errors import CodecError
@@ -584,6 +585,13 @@ def _frame_records(body: object, origin: str, epoch: int) -> CtFrame:
     if type(body) is not tuple:
         raise _fail("items must be an array")
     _check_count(len(body), MAX_ITEMS, "items")
+    if len(body) >= COLUMNS_FROM and _plain_columns(body):
+        return CtFrame(body)
+    return _each_record(body, origin, epoch)
+
+
+def _each_record(body: tuple[Any, ...], origin: str, epoch: int) -> CtFrame:
+    """_frame_records() one record at a time."""
     out: list[bytes | Item] = []
     keep = out.append
     sizes = _PLAIN_SIZE
@@ -596,6 +604,36 @@ def _frame_records(body: object, origin: str, epoch: int) -> CtFrame:
         else:
             keep(_extended(it, origin, epoch))
     return CtFrame(tuple(out))
+
+
+# A frame of at least this many records, all plain ones of one layout (a busy
+# origin's usual frame: hundreds of TCP upserts), is checked by columns: one
+# NumPy comparison per field instead of _plain_ok() per record. Below it, or
+# when any column fails, each record is looked at in turn.
+COLUMNS_FROM = 128
+_BYTES_ONLY = {bytes}
+
+
+def _plain_columns(body: tuple[Any, ...]) -> bool:
+    """_plain_ok() of every record of `body`, for a body of records of one size
+    and one plain layout: its records as the rows of a byte matrix, each
+    field's limit checked on its column. False if any record is not bytes,
+    not of that size and layout, or not plain (the caller then looks at each)."""
+    if set(map(type, body)) != _BYTES_ONLY or len(set(map(len, body))) != 1:
+        return False
+    size = len(body[0])
+    rows = np.frombuffer(b"".join(body), np.uint8).reshape(len(body), size)
+    flags = rows[:, 0]
+    first = int(flags[0])
+    if _PLAIN_SIZE.get(first) != size or (flags != first).any() \
+            or (rows[:, _AT_OFFLOAD] > OFFLOAD_HW).any():
+        return False
+    proto = rows[:, 1]
+    if first & F_TCP:
+        if (proto != 6).any():
+            return False
+        return not any((rows[:, size - back] > hi).any() for back, hi in _TCP_LIMITS)
+    return not ((proto == 6) | (proto == 1) | (proto == 58)).any()
 
 
 def _plain_ok(rec: bytes) -> bool:

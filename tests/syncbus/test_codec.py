@@ -571,3 +571,115 @@ def test_the_fast_lane_packs_or_refuses_whatever_the_record_path_does(
     except CodecError:
         got = None
     assert got == want
+
+
+# A busy origin's frame: COLUMNS_FROM or more plain records of one layout, checked
+# by columns (codec._plain_columns()). Layouts: TCP over IPv4 and IPv6, UDP with
+# the reply tuple omitted and with it carried (NAT).
+_LAYOUTS = [upsert(conn=ConnId("a", 7, 1), labels=0, mark=5),
+            upsert(conn=ConnId("a", 7, 1), orig=Tuple(6, 6, bytes(range(16)), bytes(16), 9, 80),
+                   reply=Tuple(6, 6, bytes(16), bytes(range(16)), 80, 9)),
+            upsert(conn=ConnId("a", 7, 1), orig=Tuple(4, 17, V4.src, V4.dst, 5000, 53),
+                   reply=Tuple(4, 17, V4.dst, V4.src, 53, 5000), tcp=None),
+            upsert(conn=ConnId("a", 7, 1), orig=Tuple(4, 17, V4.src, V4.dst, 5000, 53),
+                   reply=Tuple(4, 17, V4.dst, b"\xc6\x12\x00\x09", 53, 61000), tcp=None)]
+
+
+def _busy_body(layout: int, n: int) -> list[bytes]:
+    """n plain records of one layout, each its own connection (id and source port)."""
+    base = _LAYOUTS[layout]
+    out = []
+    for i in range(n):
+        o = base.orig._replace(sport=1024 + i)
+        r = base.reply._replace(dport=1024 + i) if base.reply == base.orig.invert() \
+            else base.reply
+        rec = codec.item_record(base._replace(conn=ConnId("a", 7, 100 + i), orig=o, reply=r),
+                                "a", 7)[0]
+        out.append(rec)
+    return out
+
+
+def _both_ways(body: tuple[object, ...]) -> tuple[object, object]:
+    """_frame_records() (by columns when it can) and _each_record(): each one's
+    CtFrame, or the CodecError's message."""
+    got = []
+    for decode in (codec._frame_records, codec._each_record):
+        try:
+            got.append(decode(body, "a", 7))
+        except CodecError as exc:
+            got.append(f"CodecError: {exc}")
+    return got[0], got[1]
+
+
+def test_a_busy_frame_is_checked_by_columns() -> None:
+    """A busy frame is kept as it came (the same records, not one rebuilt), and
+    decodes as record by record does; every field the check reads, one above its
+    limit in one record in the middle, is refused as record by record refuses it."""
+    for layout in range(len(_LAYOUTS)):
+        body = tuple(_busy_body(layout, codec.COLUMNS_FROM + 5))
+        assert codec._plain_columns(body)
+        frame = codec._frame_records(body, "a", 7)
+        assert frame.records is body
+        assert frame == codec._each_record(body, "a", 7)
+    good = _busy_body(0, codec.COLUMNS_FROM)
+    hdr = struct.calcsize("!" + codec.UPSERT_HDR)
+    tcp_off = hdr + 12
+    for at, hi in [(hdr - 1, OFFLOAD_HW), (tcp_off, 9), (tcp_off + 17, 14), (tcp_off + 35, 14),
+                   (tcp_off + 37, 1), (tcp_off + 38, 5), (tcp_off + 55, 14), (1, 16), (0, 0)]:
+        bad = bytearray(good[60])
+        bad[at] = hi + 1 if at else good[60][0] | 0x40
+        body = tuple([*good[:60], bytes(bad), *good[61:]])
+        assert not codec._plain_columns(body)
+        by_columns, each = _both_ways(body)
+        assert isinstance(by_columns, str) and by_columns == each
+    udp = _busy_body(2, codec.COLUMNS_FROM)  # a UDP record saying ICMP, ICMPv6 or TCP
+    for proto in (1, 58, 6):
+        body = tuple([*udp[:9], udp[9][:1] + bytes((proto,)) + udp[9][2:], *udp[10:]])
+        assert not codec._plain_columns(body)
+        assert _both_ways(body)[0] == _both_ways(body)[1]
+    for body in (tuple(r[:-1] for r in good), tuple(r + b"\x00" for r in good),  # all of a
+                 tuple(r + b"\x00" for r in udp), tuple(r[:-1] for r in udp),  # wrong size
+                 tuple([*good[:5], "x" * len(good[0]), *good[6:]])):  # text of their size
+        assert not codec._plain_columns(body)
+        by_columns, each = _both_ways(body)
+        assert isinstance(by_columns, str) and by_columns == each
+
+
+_EDITS = st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 200), st.integers(0, 255)),
+                  max_size=3)
+_SHAPES = st.sampled_from(["same", "short", "long", "other_layout", "delete", "extended",
+                           "text", "icmp"])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, len(_LAYOUTS) - 1), st.integers(0, 40), _EDITS, _SHAPES,
+       st.integers(0, 10_000))
+def test_checking_by_columns_decodes_what_record_by_record_decodes(
+        layout: int, extra: int, edits: list[tuple[int, int, int]], shape: str,
+        where: int) -> None:
+    """Any busy frame, any bytes changed in any records, one record of another
+    size, layout, kind or type anywhere: the columns decide exactly as the
+    record-by-record check does (the same CtFrame, or the same refusal)."""
+    body: list[object] = list(_busy_body(layout, codec.COLUMNS_FROM + extra))
+    for which, at, value in edits:
+        rec = bytearray(body[which % len(body)])  # type: ignore[arg-type]
+        rec[at % len(rec)] = value
+        body[which % len(body)] = bytes(rec)
+    i = where % len(body)
+    odd = {"short": body[i][:-1], "long": body[i] + b"\x00",  # type: ignore[index,operator]
+           "other_layout": _busy_body((layout + 1) % len(_LAYOUTS), 1)[0],
+           "delete": codec.item_record(CtDelete(ConnId("a", 7, 5), V4, V4.invert(), 0),
+                                       "a", 7)[0],
+           "extended": [codec.item_record(upsert(conn=ConnId("b", 3, 9)), "a", 7)[0], "b", 3,
+                        None, None, None, None],
+           "text": "a record",
+           "icmp": codec.item_record(upsert(orig=Tuple(4, 1, V4.src, V4.dst, 8, 7),
+                                            reply=Tuple(4, 1, V4.dst, V4.src, 0, 7),
+                                            tcp=None), "a", 7)[0]}.get(shape)
+    if odd is not None:
+        body[i] = odd
+    if shape == "extended":  # (as msgpack gives it back: an array is a tuple)
+        body[i] = tuple(body[i])  # type: ignore[arg-type]
+    by_columns, each = _both_ways(tuple(body))
+    assert by_columns == each
+    _decodes_or_codec_error(_raw(1, body), None)
