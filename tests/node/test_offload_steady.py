@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from node.conntrack import Conntrack, Sysctl
 from node.conntrack.entry import (
     IPS_ASSURED,
+    IPS_CONFIRMED,
     IPS_HELPER,
     IPS_OFFLOAD,
     IPS_SEEN_REPLY,
@@ -35,7 +36,7 @@ KINDS = ("tcp", "tcp", "tcp", "udp_assured", "udp")
 CHANGES = ("none", "fin", "time_wait", "not_assured", "seq_adjust", "helper_bit",
            "helper", "teardown", "one_way", "not_established", "hw_pending_flag",
            "orig_failed", "reply_failed", "orig_absent", "reply_pending", "orig_dying",
-           "sw_only", "retry_waiting", "not_seen_reply")
+           "sw_only", "retry_waiting", "not_seen_reply", "reply_bit_only", "unconfirmed")
 
 # ... of which these leave the connection steady: nothing to send to the card (a
 # command in flight for the flow, an insert still queued, a zone made software-only
@@ -64,6 +65,10 @@ def _change(card: Card, entry: Entry, change: str, now: float) -> None:
         entry.status &= ~IPS_ASSURED
     elif change == "not_seen_reply":
         entry.status &= ~(IPS_SEEN_REPLY | IPS_ASSURED)
+    elif change == "reply_bit_only":  # (states no connection reaches: each bit checked)
+        entry.status &= ~IPS_SEEN_REPLY
+    elif change == "unconfirmed":
+        entry.status &= ~IPS_CONFIRMED
     elif change == "seq_adjust":
         entry.status |= IPS_SEQ_ADJUST
     elif change == "helper_bit":
