@@ -193,6 +193,25 @@ async def _shutdown(broker: Any) -> None:
 
 
 # ================================================================ mosquitto
+def bridge_config(name: str, host: str, port: int, *, prefix: str = "ctlab/#",
+                  username: str | None = None, password: str | None = None) -> str:
+    """Mosquitto configuration lines (for `Mosquitto(extra=...)` or a
+    mosquitto.conf) for a bridge from this broker to the one at host:port that
+    carries every topic under `prefix` both ways at QoS 1: one broker per site,
+    each member connected to its own. try_private tells the remote broker that
+    the client is a bridge (no echo of what it forwards); a clean session and a
+    one-second restart, because replication resyncs what a bridge outage
+    loses (gaps are detected and replayed, heartbeats say where a stream ended)."""
+    if not name or any(c.isspace() for c in name):
+        raise BrokerError(f"bad bridge name {name!r}")
+    lines = [f"connection {name}", f"address {host}:{port}", f"topic {prefix} both 1",
+             "try_private true", "cleansession true", "restart_timeout 1",
+             "notifications false", "bridge_protocol_version mqttv311"]
+    if username is not None:
+        lines += [f"remote_username {username}", f"remote_password {password or ''}"]
+    return "\n".join(lines)
+
+
 class Mosquitto:
     """A Mosquitto process on a loopback port. Use as a context manager, or
     start()/stop() (restart() keeps the port: a broker restart fault).
@@ -419,8 +438,8 @@ class BrokerProcess:
 
 
 __all__ = ["MOSQUITTO", "PORTS_FROM", "BrokerError", "BrokerProcess", "Mosquitto",
-           "embedded_broker", "free_port", "free_udp_port", "main", "port_pool", "serve",
-           "signal_process", "stop_process", "wait_listening"]
+           "bridge_config", "embedded_broker", "free_port", "free_udp_port", "main",
+           "port_pool", "serve", "signal_process", "stop_process", "wait_listening"]
 
 if __name__ == "__main__":
     raise SystemExit(main())
