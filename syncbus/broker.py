@@ -202,8 +202,14 @@ def bridge_config(name: str, host: str, port: int, *, prefix: str = "ctlab/#",
     the client is a bridge (no echo of what it forwards); a clean session and a
     one-second restart, because replication resyncs what a bridge outage
     loses (gaps are detected and replayed, heartbeats say where a stream ended)."""
-    if not name or any(c.isspace() for c in name):
-        raise BrokerError(f"bad bridge name {name!r}")
+    for what, value in (("name", name), ("host", host), ("prefix", prefix),
+                        ("username", username)):
+        if value is not None and (not value or any(c.isspace() for c in value)):
+            raise BrokerError(f"bridge {what} {value!r}: empty or with whitespace")
+    if password is not None and ("\n" in password or "\r" in password):
+        raise BrokerError("bridge password: a line break would end the configuration line")
+    if not 0 < port < 65536:
+        raise BrokerError(f"bridge port {port}: not in 1..65535")
     lines = [f"connection {name}", f"address {host}:{port}", f"topic {prefix} both 1",
              "try_private true", "cleansession true", "restart_timeout 1",
              "notifications false", "bridge_protocol_version mqttv311"]

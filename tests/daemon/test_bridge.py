@@ -20,7 +20,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from syncbus.broker import MOSQUITTO, Mosquitto, bridge_config
+from syncbus.broker import MOSQUITTO, BrokerError, Mosquitto, bridge_config
 from tests.daemon.conftest import Cluster, NodeProc, data_packets, wait_until
 from tests.daemon.test_replication import installed, open_flows, record, table
 
@@ -262,3 +262,12 @@ def test_a_bridge_with_credentials_under_the_shipped_acl(tmp_path: Path) -> None
         cluster.stop_all()
         for m in (m2, m1):
             m.close()
+
+
+@pytest.mark.parametrize("kw", [{"name": ""}, {"name": "site b"}, {"host": "a\nconnection x"},
+                                {"prefix": "ctlab/# in"}, {"username": "u v"},
+                                {"password": "p\ntopic # both 2"}, {"port": 0}])
+def test_bridge_config_refuses_what_would_misread_as_configuration(kw: dict[str, Any]) -> None:
+    args: dict[str, Any] = {"name": "site-b", "host": "127.0.0.1", "port": 1883, **kw}
+    with pytest.raises(BrokerError, match="bridge"):
+        bridge_config(args.pop("name"), args.pop("host"), args.pop("port"), **args)
