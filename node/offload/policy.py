@@ -62,7 +62,7 @@ def should_offload(entry: Entry, ctinfo: int) -> Direction | None:
     proto = entry.orig.proto
     established = ctinfo in (IP_CT_ESTABLISHED, IP_CT_ESTABLISHED_REPLY)
     if proto == IPPROTO_TCP:
-        if not established or not status & IPS_ASSURED or tcp_state(entry) != sES:
+        if not established or not status & IPS_ASSURED or state_of(entry) != sES:
             return None
         direction = BOTH
     elif proto == IPPROTO_UDP:
