@@ -13,6 +13,9 @@ through it, which faults to inject when, and which invariants must hold::
       mode: active-standby          # or active-active
       preempt: false                # a returning higher-priority node takes the role back
       broker: embedded              # embedded | mosquitto | mqtt://host:port | mqtts://...
+                                    # | bridged (local backend: two Mosquittos, bridged,
+                                    # one per site: the 1st, 3rd ... node on the first,
+                                    # the others on the second; broker faults hit the first)
       cluster_key: on               # HMAC on every sync message
       defer: 50ms                   # hold a packet that changed a connection until a
                                     # peer has the change (pfsync defer; default off)
@@ -100,7 +103,7 @@ MODES = ("active-standby", "active-active")
 # and the roles flap.
 HB_INTERVAL = 0.1
 DEAD_AFTER = 0.8
-BROKER_KINDS = ("embedded", "mosquitto")
+BROKER_KINDS = ("embedded", "mosquitto", "bridged")
 PROTOS = ("tcp", "udp", "icmp", "ftp")
 FTP_MODES = ("passive", "active")
 MECHANISMS = ("replication", "preinstall", "distributed_aging", "readiness_gate")
@@ -228,7 +231,7 @@ class NodeSpec:
 
 @dataclass(frozen=True)
 class Broker:
-    kind: str  # embedded | mosquitto | url
+    kind: str  # embedded | mosquitto | bridged (two Mosquittos, one per site) | url
     url: str | None = None
 
 
@@ -501,8 +504,8 @@ class _Loader:
             if not host.split(":")[0] or not port.isdigit() or not 0 < int(port) < 65536:
                 raise self.error(node, f"bad broker URL {value!r}: use mqtt://HOST[:PORT]")
             return Broker("url", value)
-        raise self.error(node, f"broker: expected embedded, mosquitto or an mqtt:// or "
-                         f"mqtts:// URL, not {value!r}")
+        raise self.error(node, f"broker: expected embedded, mosquitto, bridged or an mqtt:// "
+                         f"or mqtts:// URL, not {value!r}")
 
     def tc(self, top: _Map) -> str:
         inline, path = top.node("tc"), top.node("tc_file")

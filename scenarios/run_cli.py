@@ -35,7 +35,7 @@ from typing import Any
 
 from scenarios import faults
 from scenarios.faults import CHAOS_MIX, CHAOS_MIXES, FaultStep
-from scenarios.model import Broker, Fault, Scenario, ScenarioError, load
+from scenarios.model import BROKER_KINDS, Broker, Fault, Scenario, ScenarioError, load
 
 CHAOS_BASE = Path(__file__).parent / "examples" / "chaos-base.yaml"
 
@@ -94,8 +94,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                 "processes stopped, namespaces, links and containers removed.")
     p.add_argument("--backend", default="local", choices=["local", "netns", "docker"],
                    help="where the cluster runs (default local: processes on loopback)")
-    p.add_argument("--broker", default=None, metavar="URL|embedded|mosquitto",
-                   help="override the scenario's broker")
+    p.add_argument("--broker", default=None, metavar="URL|embedded|mosquitto|bridged",
+                   help="override the scenario's broker (bridged: two Mosquittos, bridged, "
+                        "one per site; local backend)")
     p.add_argument("--seed", type=int, default=None, help="override the scenario's seed")
     p.add_argument("--out", default="ctlab-report", metavar="DIR",
                    help="where report.json and report.html go (default ./ctlab-report)")
@@ -114,12 +115,12 @@ def _positive(text: str) -> int:
 
 
 def _broker(text: str) -> Broker:
-    if text in ("embedded", "mosquitto"):
+    if text in BROKER_KINDS:
         return Broker(text)
     if text.startswith(("mqtt://", "mqtts://")):
         return Broker("url", text)
-    raise ScenarioError("--broker", 1, 1, f"{text!r} is not embedded, mosquitto or an "
-                        "mqtt:// or mqtts:// URL")
+    raise ScenarioError("--broker", 1, 1, f"{text!r} is not embedded, mosquitto, bridged or "
+                        "an mqtt:// or mqtts:// URL")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -133,7 +134,8 @@ def main(args: argparse.Namespace) -> int:
         if args.seed is not None:
             base = base.with_seed(args.seed)
         prepared = [_prepare(args, base.with_seed(base.seed + i)) for i in range(runs)]
-        make(args.backend)  # (a bad one is bad input; each run gets a backend of its own)
+        # (a bad backend is bad input; each run gets a backend of its own)
+        make(args.backend).check_broker(base.cluster.broker.kind)
     except (ScenarioError, OSError, ValueError, BackendError) as exc:
         print(f"ctlab {args.command}: {exc}", file=sys.stderr)
         return 2

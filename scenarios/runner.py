@@ -259,6 +259,7 @@ class Runner:
     async def run(self) -> dict[str, Any]:
         sc = self.sc
         broker = sc.cluster.broker
+        self.backend.check_broker(broker.kind)
         plan = ClusterPlan(f"ctl{secrets.token_hex(3)}", self.nodes,
                            broker.url if broker.kind == "url" and broker.url else broker.kind,
                            self.opt.out / "work")

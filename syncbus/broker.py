@@ -218,6 +218,47 @@ def bridge_config(name: str, host: str, port: int, *, prefix: str = "ctlab/#",
     return "\n".join(lines)
 
 
+async def wait_bridged(url_a: str, url_b: str, *, prefix: str = "ctlab",
+                       timeout: float = 15.0) -> float:
+    """Until a message published on each broker of a bridged pair has reached a
+    subscriber on the other (Mosquitto starts its bridge after its listener, and
+    restarts it seconds after the remote comes back): the seconds it took.
+    Raises BrokerError after `timeout`. The probes go under `prefix`/, which
+    the bridge must carry."""
+    import asyncio
+
+    from syncbus.bus import BusConfig, BusMessage, MqttBus  # (bus: the MQTT client)
+
+    token = os.urandom(4).hex()
+    topic = f"{prefix}/-bridge-probe/{token}/"
+    t0 = time.monotonic()
+    got: set[str] = set()
+
+    async def listen(bus: MqttBus, side: str) -> None:
+        async for ev in bus.events():
+            if isinstance(ev, BusMessage) and ev.topic == topic + side:
+                got.add(side)
+                return
+
+    try:
+        async with asyncio.timeout(timeout), \
+                MqttBus(BusConfig(url_a, f"ctlab-probe-a-{token}", (topic + "a",))) as a, \
+                MqttBus(BusConfig(url_b, f"ctlab-probe-b-{token}", (topic + "b",))) as b, \
+                asyncio.TaskGroup() as tg:
+            await a.wait_connected(timeout)
+            await b.wait_connected(timeout)
+            tg.create_task(listen(a, "a"))
+            tg.create_task(listen(b, "b"))
+            while got != {"a", "b"}:
+                await a.publish(topic + "b", b"1")  # a -> the bridge -> b, and back
+                await b.publish(topic + "a", b"1")
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        raise BrokerError(f"no bridge between {url_a} and {url_b} after {timeout:g} s "
+                          f"(crossed: {sorted(got) or 'nothing'})") from None
+    return time.monotonic() - t0
+
+
 class Mosquitto:
     """A Mosquitto process on a loopback port. Use as a context manager, or
     start()/stop() (restart() keeps the port: a broker restart fault).
@@ -445,7 +486,8 @@ class BrokerProcess:
 
 __all__ = ["MOSQUITTO", "PORTS_FROM", "BrokerError", "BrokerProcess", "Mosquitto",
            "bridge_config", "embedded_broker", "free_port", "free_udp_port", "main",
-           "port_pool", "serve", "signal_process", "stop_process", "wait_listening"]
+           "port_pool", "serve", "signal_process", "stop_process", "wait_bridged",
+           "wait_listening"]
 
 if __name__ == "__main__":
     raise SystemExit(main())

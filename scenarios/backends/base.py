@@ -214,9 +214,17 @@ class Backend(abc.ABC):
 
     name: str = ""
     needs_root = False
+    # the broker kinds it can start (a URL it only connects to: any backend)
+    broker_kinds: tuple[str, ...] = ("embedded", "mosquitto")
 
     def __init__(self) -> None:
         self.plan: ClusterPlan | None = None
+
+    def check_broker(self, kind: str) -> None:
+        """BackendError unless this backend can run a cluster on `kind`."""
+        if kind != "url" and kind not in self.broker_kinds:
+            raise BackendError(f"broker {kind!r} is not available on the {self.name} backend "
+                               f"(it has: {', '.join(self.broker_kinds)} or a URL)")
 
     async def __aenter__(self) -> Backend:
         return self

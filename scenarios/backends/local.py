@@ -2,7 +2,13 @@
 loopback; the runner's traffic sockets are loopback sockets too. No
 privileges needed. Link faults go through the nodes' nemesis hooks (the
 node drops its broker session and refuses to reconnect; its ports drop
-everything), since loopback has no links to take down."""
+everything), since loopback has no links to take down.
+
+Broker `bridged`: two Mosquittos, the second bridged to the first
+(syncbus.broker.bridge_config(): one broker per site). The first, third ...
+node connect to the first, the others to the second. The broker faults (stop,
+pause, restart) hit the first: the broker of the site where the first node,
+usually the active, is."""
 
 from __future__ import annotations
 
@@ -25,7 +31,14 @@ from scenarios.backends.base import (
     python_env,
     wait_tcp,
 )
-from syncbus.broker import Mosquitto, free_port, free_udp_port
+from syncbus.broker import (
+    BrokerError,
+    Mosquitto,
+    bridge_config,
+    free_port,
+    free_udp_port,
+    wait_bridged,
+)
 
 HOST = "127.0.0.1"
 LINK_VERBS = {"broker": "broker_link", "data": "data"}
@@ -37,6 +50,7 @@ def _udp_port() -> int:
 
 class LocalBackend(ProcessBackend):
     name = "local"
+    broker_kinds = ("embedded", "mosquitto", "bridged")
 
     def __init__(self) -> None:
         super().__init__()
@@ -46,10 +60,13 @@ class LocalBackend(ProcessBackend):
         self.broker_port = 0
         self.broker_url = ""
         self.mosquitto: Mosquitto | None = None
+        self.site_b: Mosquitto | None = None  # bridged: the second site's broker
+        self.bridge_wait_s: float | None = None  # bridged: until the bridge carried a probe
 
     async def setup(self, plan: ClusterPlan) -> None:
         self.plan = plan
         self.mosquitto = None  # (a Mosquitto of an earlier run listened on its port)
+        self.site_b = None
         for side in ("inside", "outside"):
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             grow_buffers(s)
@@ -60,7 +77,7 @@ class LocalBackend(ProcessBackend):
             self.controls[n] = free_port(HOST)
             for side in ("inside", "outside"):
                 self.ports[(n, side)] = _udp_port()
-        if plan.broker in ("embedded", "mosquitto"):
+        if plan.broker in self.broker_kinds:
             self.broker_port = free_port(HOST)
             self.broker_url = f"mqtt://{HOST}:{self.broker_port}"
         else:
@@ -69,6 +86,8 @@ class LocalBackend(ProcessBackend):
     async def teardown(self) -> None:
         await self.stop_processes()
         await self.stop_broker()
+        if self.site_b is not None:
+            await asyncio.to_thread(self.site_b.close)
         for s in self.sockets.values():
             s.close()
         self.sockets.clear()
@@ -85,11 +104,26 @@ class LocalBackend(ProcessBackend):
                                                self.broker_proc.proc):
                     raise BackendError(f"the embedded broker did not start:\n"
                                        f"{self.broker_proc.tail()}")
-        elif self.plan.broker == "mosquitto":
+        elif self.plan.broker in ("mosquitto", "bridged"):
             if self.mosquitto is None:
                 self.mosquitto = Mosquitto(host=HOST, port=self.broker_port)
             if self.mosquitto.pid is None:
                 await asyncio.to_thread(self.mosquitto.start)
+            if self.plan.broker == "bridged" and self.site_b is None:
+                self.site_b = Mosquitto(host=HOST, extra=bridge_config(
+                    f"ctlab-{self.plan.run_id}", HOST, self.broker_port))
+                await asyncio.to_thread(self.site_b.start)
+                try:
+                    self.bridge_wait_s = await wait_bridged(self.broker_url, self.site_b.url)
+                except BrokerError as exc:
+                    raise BackendError(f"{exc}:\n{self.site_b.log()}") from None
+        return self.broker_url
+
+    def broker_of(self, name: str) -> str:
+        """The URL of the broker node `name` connects to."""
+        assert self.plan is not None
+        if self.site_b is not None and self.plan.nodes.index(name) % 2:
+            return self.site_b.url
         return self.broker_url
 
     async def stop_broker(self) -> Applied:
@@ -117,7 +151,7 @@ class LocalBackend(ProcessBackend):
         inside, outside = self.sockets["inside"], self.sockets["outside"]
         peers = {"inside": inside.getsockname(), "outside": outside.getsockname()}
         return {**config,
-                "broker": {**config.get("broker", {}), "url": self.broker_url},
+                "broker": {**config.get("broker", {}), "url": self.broker_of(name)},
                 "ports": {side: {"bind": f"{HOST}:{self.ports[(name, side)]}",
                                  "peer": f"{HOST}:{peers[side][1]}", "annotate": True}
                           for side in ("inside", "outside")},
@@ -138,6 +172,13 @@ class LocalBackend(ProcessBackend):
 
     async def restore(self, name: str, link: str) -> Applied:
         return await self._link(name, link, "up")
+
+    def logs(self) -> dict[str, str]:
+        out = super().logs()
+        for label, m in (("mosquitto", self.mosquitto), ("mosquitto-site-b", self.site_b)):
+            if m is not None:
+                out[label] = "\n".join(m.log().splitlines()[-20:])
+        return out
 
     # ------------------------------------------------------------ addresses
     def control_url(self, name: str) -> str:

@@ -12,6 +12,7 @@ that split brain."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from syncbus.broker import MOSQUITTO, BrokerError, Mosquitto, bridge_config
+from syncbus.broker import MOSQUITTO, BrokerError, Mosquitto, bridge_config, wait_bridged
 from tests.daemon.conftest import Cluster, NodeProc, data_packets, wait_until
 from tests.daemon.test_replication import installed, open_flows, record, table
 
@@ -40,7 +41,7 @@ class Sites:
     def start(self) -> None:
         self.m1.start()
         self.m2.start()
-        wait_bridged(self.m1, self.m2)
+        asyncio.run(wait_bridged(self.m1.url, self.m2.url))
 
     def node(self, name: str, broker: Mosquitto, **kw: Any) -> NodeProc:
         return self.cluster.node(name, broker={"url": broker.url}, **kw)
@@ -49,30 +50,6 @@ class Sites:
         self.cluster.stop_all()
         for m in (self.m2, self.m1):
             m.close()
-
-
-def wait_bridged(m1: Mosquitto, m2: Mosquitto, timeout: float = 15.0) -> None:
-    """Until a message published on each broker reaches a subscriber on the other."""
-    got: set[str] = set()
-    clients = []
-    try:
-        for here, there in ((m1, "m2"), (m2, "m1")):
-            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-            c.on_message = lambda _c, _u, m, there=there: got.add(m.payload.decode())
-            c.connect(here.host, here.port)
-            c.subscribe(f"ctlab/probe/{there}", 1)
-            c.loop_start()
-            clients.append(c)
-
-        def crossed() -> bool:
-            for c, there in zip(clients, ("m1", "m2"), strict=True):
-                c.publish(f"ctlab/probe/{'m2' if there == 'm1' else 'm1'}", there, qos=1)
-            return got == {"m1", "m2"}
-        wait_until(crossed, timeout, "the bridge to carry a message each way", interval=0.1)
-    finally:
-        for c in clients:
-            c.loop_stop()
-            c.disconnect()
 
 
 @pytest.fixture

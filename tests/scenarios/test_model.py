@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from scenarios.model import (
+    Broker,
     Fault,
     FaultRecord,
     History,
@@ -134,6 +135,11 @@ def test_broker_faults_target_the_broker_by_default() -> None:
     assert s.faults[0].target == "broker"
 
 
+def test_a_bridged_broker_pair() -> None:
+    s = loads(BASE.replace("cluster:\n", "cluster:\n  broker: bridged\n"), "s.yaml")
+    assert s.cluster.broker == Broker("bridged")
+
+
 def test_broker_url_and_tc_file(tmp_path: Path) -> None:
     (tmp_path / "fw.tc").write_text("qdisc add dev inside ingress\n")
     text = BASE.replace(TC, "tc_file: fw.tc\n").replace(
@@ -182,7 +188,7 @@ def test_broker_url_and_tc_file(tmp_path: Path) -> None:
     ("{proto: tcp, count: 10}", "{proto: ftp, count: 1, mode: active, nat: true}", "active,",
      "active-mode FTP through NAT needs nf_nat_ftp"),
     ("cluster:\n", "cluster:\n  broker: amqp://x\n", "amqp",
-     "broker: expected embedded, mosquitto or an mqtt:// or mqtts:// URL"),
+     "broker: expected embedded, mosquitto, bridged or an mqtt:// or mqtts:// URL"),
     ("cluster:\n", "cluster:\n  defer: 5s\n", "5s", "defer: "),
     ("cluster:\n", "cluster:\n  will_grace: 1s\n", "1s", "will_grace: "),
     ("cluster:\n", "cluster:\n  step_down_isolated: 500ms\n", "500ms",

@@ -90,6 +90,41 @@ def test_run_rejects_a_bad_broker_override(tmp_path: Path,
     assert "mqtt://" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("backend", ["netns", "docker"])
+def test_the_bridged_broker_pair_is_refused_where_it_is_not_built(
+        backend: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["run", str(LIBRARY / "failover-basic.yaml"), "--broker", "bridged",
+               "--backend", backend, "--out", str(tmp_path / "out")])
+    assert rc == 2
+    assert f"broker 'bridged' is not available on the {backend} backend" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_local_backend_starts_a_bridged_pair_and_stops_both(tmp_path: Path) -> None:
+    """The first and third node on the first broker, the second on the other;
+    the bridge carries a probe each way before the nodes start; the teardown
+    stops both Mosquittos."""
+    from scenarios.backends import make
+    from scenarios.backends.base import ClusterPlan, wait_tcp
+
+    backend = make("local")
+
+    async def go() -> tuple[list[int], float | None]:
+        await backend.setup(ClusterPlan("tb", ("a", "b", "c"), "bridged", tmp_path))
+        try:
+            first = await backend.start_broker()
+            urls = {n: backend.broker_of(n) for n in ("a", "b", "c")}
+            assert urls["a"] == urls["c"] == first != urls["b"]
+            assert backend.mosquitto is not None and backend.site_b is not None
+            return [backend.mosquitto.port, backend.site_b.port], backend.bridge_wait_s
+        finally:
+            await backend.teardown()
+    ports, waited = asyncio.run(go())
+    assert waited is not None and 0 < waited < 15
+    assert not any(wait_tcp("127.0.0.1", p, 0.2) for p in ports)  # both stopped
+
+
 def test_chaos_rejects_an_unknown_mix_and_kinds_with_a_mix(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["chaos", "--mix", "9", "--out", str(tmp_path / "out")]) == 2
