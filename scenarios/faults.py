@@ -14,7 +14,9 @@ verb with arguments ("$name" arguments are the fault's parameters). The verbs:
     broker-start      start it again
     broker-signal SIG send a signal to the broker (SIGSTOP: a stalled broker, SIGCONT)
     cut / restore     link=broker: the node's link to the broker;
-                      link=data: the node's data path (its traffic ports)
+                      link=data: the node's data path (its traffic ports);
+                      link=bridge (target broker): the link between the two
+                      brokers of a bridged pair
     impair / restore  link=sync: the node's sync messages (loss, dup, delay)
     card / card-reset set knobs of the node's offload card (node.offload.faults names)
     clock             set the node's clock offset (seconds)
@@ -121,6 +123,11 @@ FAULTS: dict[str, FaultKind] = {k.name: k for k in (
           Action("broker-signal", (("signal", "SIGCONT"),)),
           "SIGSTOP the MQTT broker (a stalled broker: every connection stays open, nothing "
           "is forwarded); heal: SIGCONT",
+          disruptive=True),
+    _kind("bridge_cut", BROKER, "bridge", Action("cut", (("link", "bridge"),)),
+          Action("restore", (("link", "bridge"),)),
+          "cut the bridge between the two brokers of a bridged pair (--broker bridged: a "
+          "partition between the sites, each broker up); heal: restore it. In no chaos mix",
           disruptive=True),
     _kind("partition_broker", NODE, "broker-link", Action("cut", (("link", "broker"),)),
           Action("restore", (("link", "broker"),)),

@@ -311,9 +311,9 @@ effect: {fired}. Invariants left unknown (not exercised by the run's schedule): 
 
 # ================================================================ report.html
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
-FAMILY_COLOURS = {"process": "#C0392B", "broker": "#D35400", "broker-link": "#8E44AD",
-                  "data-link": "#6C3483", "sync": "#1F618D", "card": "#117A65",
-                  "clock": "#5D6D7E"}
+FAMILY_COLOURS = {"process": "#C0392B", "broker": "#D35400", "bridge": "#935116",
+                  "broker-link": "#8E44AD", "data-link": "#6C3483", "sync": "#1F618D",
+                  "card": "#117A65", "clock": "#5D6D7E"}
 SPLIT_COLOUR = "#B7950B"  # two actives: a state of the cluster, not a fault
 VERDICT_COLOURS = {"pass": "#1a7f37", "fail": "#cf222e", "unknown": "#9a6700"}
 

@@ -31,6 +31,7 @@ from scenarios.backends.base import (
     python_env,
     wait_tcp,
 )
+from scenarios.backends.relay import Relay
 from syncbus.broker import (
     BrokerError,
     Mosquitto,
@@ -61,12 +62,13 @@ class LocalBackend(ProcessBackend):
         self.broker_url = ""
         self.mosquitto: Mosquitto | None = None
         self.site_b: Mosquitto | None = None  # bridged: the second site's broker
+        self.relay: Relay | None = None  # bridged: the bridge's link (cut by bridge_cut)
         self.bridge_wait_s: float | None = None  # bridged: until the bridge carried a probe
 
     async def setup(self, plan: ClusterPlan) -> None:
         self.plan = plan
         self.mosquitto = None  # (a Mosquitto of an earlier run listened on its port)
-        self.site_b = None
+        self.site_b = self.relay = None
         for side in ("inside", "outside"):
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             grow_buffers(s)
@@ -88,6 +90,8 @@ class LocalBackend(ProcessBackend):
         await self.stop_broker()
         if self.site_b is not None:
             await asyncio.to_thread(self.site_b.close)
+        if self.relay is not None:
+            await self.relay.close()
         for s in self.sockets.values():
             s.close()
         self.sockets.clear()
@@ -110,8 +114,9 @@ class LocalBackend(ProcessBackend):
             if self.mosquitto.pid is None:
                 await asyncio.to_thread(self.mosquitto.start)
             if self.plan.broker == "bridged" and self.site_b is None:
+                self.relay = Relay((HOST, self.broker_port))
                 self.site_b = Mosquitto(host=HOST, extra=bridge_config(
-                    f"ctlab-{self.plan.run_id}", HOST, self.broker_port))
+                    f"ctlab-{self.plan.run_id}", HOST, await self.relay.start()))
                 await asyncio.to_thread(self.site_b.start)
                 try:
                     self.bridge_wait_s = await wait_bridged(self.broker_url, self.site_b.url)
@@ -168,10 +173,26 @@ class LocalBackend(ProcessBackend):
         return Applied(True, f"{name}: {link} link {state} (node nemesis hook)")
 
     async def cut(self, name: str, link: str) -> Applied:
+        if link == "bridge":
+            return self._bridge(cut=True)
         return await self._link(name, link, "cut")
 
     async def restore(self, name: str, link: str) -> Applied:
+        if link == "bridge":
+            return self._bridge(cut=False)
         return await self._link(name, link, "up")
+
+    def _bridge(self, *, cut: bool) -> Applied:
+        """The link between the two brokers of a bridged pair: cut (every
+        bridge connection closed, reconnects refused) or restored."""
+        if self.relay is None:
+            return Applied(False, "no bridge: the broker is not a bridged pair (--broker bridged)")
+        if cut:
+            self.relay.cut()
+            return Applied(True, "the bridge between the brokers cut (its connection closed, "
+                                 "reconnects refused)")
+        self.relay.restore()
+        return Applied(True, "the bridge between the brokers restored (Mosquitto reconnects it)")
 
     def logs(self) -> dict[str, str]:
         out = super().logs()

@@ -34,7 +34,8 @@ ISSUE_FAULTS = {"kill", "pause", "restart", "broker_stop", "partition_broker", "
 
 
 def test_the_registry_covers_the_issues_fault_list() -> None:
-    assert set(FAULTS) == ISSUE_FAULTS | {"broker_pause"}  # a stalled broker, beyond the list
+    # beyond the list: a stalled broker, and a cut between the brokers of a bridged pair
+    assert set(FAULTS) == ISSUE_FAULTS | {"broker_pause", "bridge_cut"}
     for kind in FAULTS.values():
         assert kind.inject.verb in VERBS and kind.heal.verb in VERBS, kind.name
         assert kind.target in ("node", "broker") and kind.doc

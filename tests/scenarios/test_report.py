@@ -142,6 +142,13 @@ def test_faults_show_whether_they_fired() -> None:
     assert faults[2]["detail"] == "control API refused"
 
 
+def test_every_fault_kind_has_a_colour_in_the_timeline() -> None:
+    """Each fault kind's resource is a family with a colour and a legend entry
+    (a new kind without one broke report.html: KeyError in the legend)."""
+    from scenarios.faults import FAULTS
+    assert {k.resource for k in FAULTS.values()} <= set(report.FAMILY_COLOURS)
+
+
 def test_percentile_is_nearest_rank() -> None:
     values = [float(v) for v in range(1, 101)]
     assert report.percentile(values, 50) == 50 and report.percentile(values, 99) == 99

@@ -125,6 +125,40 @@ def test_a_local_backend_starts_a_bridged_pair_and_stops_both(tmp_path: Path) ->
     assert not any(wait_tcp("127.0.0.1", p, 0.2) for p in ports)  # both stopped
 
 
+def test_the_relay_pipes_until_cut_and_refuses_until_restored() -> None:
+    """scenarios.backends.relay: the bridged pair's link on the local backend."""
+    from scenarios.backends.relay import Relay
+
+    async def go() -> None:
+        async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            while data := await r.read(100):
+                w.write(data)
+                await w.drain()
+            w.close()
+        server = await asyncio.start_server(echo, "127.0.0.1", 0)
+        relay = Relay(server.sockets[0].getsockname()[:2])
+        port = await relay.start()
+        try:
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(b"ping")
+            assert await r.readexactly(4) == b"ping"
+            relay.cut()  # the piped connection ends
+            assert await asyncio.wait_for(r.read(100), 2) == b""
+            r2, w2 = await asyncio.open_connection("127.0.0.1", port)
+            assert await asyncio.wait_for(r2.read(100), 2) == b""  # refused while cut
+            relay.restore()
+            r3, w3 = await asyncio.open_connection("127.0.0.1", port)
+            w3.write(b"again")
+            assert await r3.readexactly(5) == b"again"
+            assert relay.stats["connections"] == 2 and relay.stats["refused"] == 1
+            for writer in (w, w2, w3):
+                writer.close()
+        finally:
+            await relay.close()
+            server.close()
+    asyncio.run(go())
+
+
 def test_chaos_rejects_an_unknown_mix_and_kinds_with_a_mix(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["chaos", "--mix", "9", "--out", str(tmp_path / "out")]) == 2

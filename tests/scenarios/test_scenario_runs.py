@@ -101,6 +101,24 @@ def test_failover_basic_over_a_bridged_broker_pair(tmp_path: Path) -> None:
     assert 0 < m["failover_ms"] < 1000 and m["split_brain"]["total_ms"] < 5, m
 
 
+def test_a_cut_between_the_sites_brokers_splits_a_bridged_pair(tmp_path: Path) -> None:
+    """scenarios/examples/bridge-cut.yaml: the bridge between the two brokers cut
+    for 3 s, both brokers and both nodes up. b takes over on a's silence, a keeps
+    the role: stable_roles fails as the scenario expects (exit 0), single_active
+    measures the split brain, and every flow survives the move to b."""
+    rc, rep = run(["run", str(ROOT / "scenarios" / "examples" / "bridge-cut.yaml")], tmp_path)
+    m = rep["metrics"]
+    assert rc == 0 and rep["expectation_met"], summary(rep)
+    assert rep["verdict"] == "fail"
+    failing = [i["name"] for i in rep["invariants"] if i["verdict"] == "fail"]
+    assert failing == ["stable_roles"], summary(rep)
+    assert [(f["kind"], f["applied"], f["healed"]) for f in rep["faults"]] == \
+        [("bridge_cut", True, True)]
+    [w] = m["split_brain"]["windows"]  # from b's takeover until a sees b's term
+    assert w["nodes"] == ["a", "b"] and 5.0 < w["from"] < 7.0 and w["to"] > 8.0, w
+    assert m["flows_established_before"] == m["flows_survived"] == 600
+
+
 def became_active(rep: dict[str, Any]) -> list[tuple[str, str]]:
     """(node, role log line) of every move into the active role, node by node."""
     return [(n, r[1]) for n, v in rep["nodes"].items() for r in v["roles"]
