@@ -50,7 +50,14 @@ from node.conntrack.tuple import tuple_of
 from node.offload import Card, Faults
 from node.packet import IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_SYN, Packet, Tcp, TcpOptions, Udp
 from syncbus import topics
-from syncbus.broker import MOSQUITTO, BrokerProcess, Mosquitto, stop_process
+from syncbus.broker import (
+    MOSQUITTO,
+    BrokerProcess,
+    Mosquitto,
+    bridge_config,
+    stop_process,
+    wait_bridged,
+)
 from syncbus.bus import BusConfig, BusMessage, MqttBus
 from syncbus.core import SyncConfig, SyncCore
 from syncbus.outbox import Outbox
@@ -98,12 +105,19 @@ def open_connection(ct: Conntrack, i: int, now: float) -> Entry:
     return entry
 
 
+def _control(run: str) -> str:
+    """The run's control topics (ready, go, done): under ctlab/, which a bridge
+    between two brokers carries (syncbus.broker.bridge_config()), beside the
+    clusters' trees (no cluster is named "-bench")."""
+    return f"ctlab/-bench/{run}"
+
+
 def _bus(url: str, client: str, subs: tuple[str, ...] = ()) -> MqttBus:
     return MqttBus(BusConfig(url, client, subs, max_pending=4096, timeout=30.0, keepalive=60))
 
 
 async def _publisher(args: argparse.Namespace) -> dict[str, Any]:
-    ctl = f"ctlab-bench/{args.run}"
+    ctl = _control(args.run)
     ct = Conntrack(Sysctl(nf_conntrack_max=4_000_000), events=args.mode == "latency")
     core = SyncCore(SyncConfig(CLUSTER, "a", KEY, budget=args.budget), ct, None,
                     epoch=1, now=clock())
@@ -182,16 +196,18 @@ async def _publish_paced(bus: MqttBus, core: SyncCore, ct: Conntrack, rate: int,
 
 # ================================================================ node B
 async def _receiver(url: str, mode: str, expect: int | None, argv: list[str],
-                    timeout: float) -> dict[str, Any]:
+                    timeout: float, publisher_url: str | None = None) -> dict[str, Any]:
+    """Node B on `url`; node A, its child, on `publisher_url` (default: the same)."""
     run = os.urandom(4).hex()
-    ctl = f"ctlab-bench/{run}"
+    ctl = _control(run)
     ct = Conntrack(Sysctl(nf_conntrack_max=4_000_000), events=False)
     card = Card(ct, Faults(insert_latency=0.0, capacity=8 * 1024 * 1024))
     core = SyncCore(SyncConfig(CLUSTER, "b", KEY), ct, card, epoch=1, now=clock())
     subs = (topics.ct(CLUSTER, "a"), f"{ctl}/ready", f"{ctl}/done")
     async with _bus(url, f"bench-b-{run}", subs) as bus:
         await bus.wait_connected(15)
-        with _child([*argv, "--run", run, "--url", url, "--mode", mode]) as child:
+        with _child([*argv, "--run", run, "--url", publisher_url or url,
+                     "--mode", mode]) as child:
             async with asyncio.timeout(timeout):
                 return await _receive(bus, core, ct, ctl, expect, child)
     raise AssertionError("unreachable")
@@ -270,17 +286,24 @@ def _child(argv: list[str]) -> Iterator[subprocess.Popen[bytes]]:
 
 # ================================================================ the benchmark
 @contextlib.contextmanager
-def broker_for(url: str | None, kind: str) -> Iterator[tuple[str, str]]:
-    """(url, name): the given URL, or a broker started for the run."""
+def broker_for(url: str | None, kind: str) -> Iterator[tuple[str, str, str]]:
+    """(B's URL, A's URL, name): the given URL, or a broker started for the run;
+    `bridged`: two Mosquittos, B's bridged to A's (one broker per site)."""
     if url is not None:
-        yield url, url
+        yield url, url, url
     elif kind == "amqtt":
         with BrokerProcess() as b:
-            yield b.url, "amqtt (embedded, own process)"
+            yield b.url, b.url, "amqtt (embedded, own process)"
     else:
+        ver = subprocess.run([MOSQUITTO, "-h"], capture_output=True, text=True).stdout
+        name = "mosquitto " + (ver.split()[2] if len(ver.split()) > 2 else "")
         with Mosquitto() as m:
-            ver = subprocess.run([MOSQUITTO, "-h"], capture_output=True, text=True).stdout
-            yield m.url, "mosquitto " + (ver.split()[2] if len(ver.split()) > 2 else "")
+            if kind != "bridged":
+                yield m.url, m.url, name
+                return
+            with Mosquitto(extra=bridge_config("ctlab-bench", m.host, m.port)) as m2:
+                asyncio.run(wait_bridged(m.url, m2.url))
+                yield m2.url, m.url, f"{name}, two bridged (A on one, B on the other)"
 
 
 def _pct(lat: list[float], q: float) -> float:
@@ -298,12 +321,12 @@ def bench_sync(broker_url: str | None = None, *, broker: str = "mosquitto",
     DESIGN.md section 5) and the details behind them."""
     out: dict[str, Any] = {}
     details: dict[str, Any] = {}
-    with broker_for(broker_url, broker) as (url, name):
+    with broker_for(broker_url, broker) as (url, a_url, name):
         out["broker"] = name
         if "events" in phases:
             ev = asyncio.run(_receiver(url, "events", None, [
                 "--conns", str(conns), "--rounds", str(rounds), "--budget", str(budget)],
-                timeout))
+                timeout, a_url))
             ev.pop("lat")
             pub = ev["publisher"]
             out["sync_events_per_s"] = ev["events_per_s"]
@@ -312,7 +335,8 @@ def bench_sync(broker_url: str | None = None, *, broker: str = "mosquitto",
                                  "record": "TCP upsert, IPv4, both directions' window data"}
         if "latency" in phases:
             lat = asyncio.run(_receiver(url, "latency", None, [
-                "--rate", str(rate), "--seconds", str(seconds), "--proto", proto], timeout))
+                "--rate", str(rate), "--seconds", str(seconds), "--proto", proto], timeout,
+                a_url))
             lats = lat.pop("lat")
             out["sync_install_p50_ms"] = _pct(lats, 0.50)
             out["sync_install_p99_ms"] = _pct(lats, 0.99)
@@ -370,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
         return _publisher_main(argv[1:])
     ap = argparse.ArgumentParser(prog="syncbus.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--broker", choices=["mosquitto", "amqtt"], default="mosquitto")
+    ap.add_argument("--broker", choices=["mosquitto", "amqtt", "bridged"], default="mosquitto",
+                    help="bridged: two Mosquittos, B's bridged to A's")
     ap.add_argument("--url", default=None, help="use this broker instead of starting one")
     ap.add_argument("--conns", type=int, default=50_000)
     ap.add_argument("--rounds", type=int, default=4)

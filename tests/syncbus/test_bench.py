@@ -15,14 +15,17 @@ from tests.syncbus.conftest import have_mosquitto
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(180)]
 
 
-@pytest.mark.parametrize("broker", [
-    pytest.param("mosquitto", marks=pytest.mark.skipif(not have_mosquitto(),
-                                                       reason="mosquitto is not installed")),
-    "amqtt"])
+_MOSQUITTO = pytest.mark.skipif(not have_mosquitto(), reason="mosquitto is not installed")
+
+
+@pytest.mark.parametrize("broker", [pytest.param("mosquitto", marks=_MOSQUITTO), "amqtt",
+                                    pytest.param("bridged", marks=_MOSQUITTO)])
 def test_bench_sync_reports_its_figures(broker: str) -> None:
+    """(bridged: A on one Mosquitto, B on another bridged to it)"""
     res = bench_sync(broker=broker, conns=300, rounds=2, rate=300, seconds=0.5,
                      stage_records=300, timeout=120)
-    assert res["broker"].startswith(broker)
+    assert res["broker"].startswith("mosquitto" if broker == "bridged" else broker)
+    assert ("bridged" in res["broker"]) == (broker == "bridged")
     for key in ("sync_events_per_s", "sync_install_p50_ms", "sync_install_p99_ms",
                 "sync_bytes_per_event"):
         assert res[key] > 0
