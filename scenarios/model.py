@@ -119,6 +119,7 @@ F_OPEN, F_CLOSE, F_TRANSFER, F_STALL = "open", "close", "transfer", "stall"
 F_FAILOVER, F_PREINSTALL, F_HW_HITS = "failover", "preinstall", "hw_hits"
 F_CT, F_EXPIRE, F_SEEN = "ct", "expire", "seen"
 F_ROLES = "roles"  # the members' role logs, read at the end of a run
+F_SITES = "sites"  # a bridged pair of brokers: {member: its broker, 1 or 2} (else absent)
 CLUSTER_PROCESS, NEMESIS_PROCESS = "cluster", "nemesis"
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

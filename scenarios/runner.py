@@ -61,6 +61,7 @@ from scenarios.model import (
     F_HW_HITS,
     F_PREINSTALL,
     F_ROLES,
+    F_SITES,
     HB_INTERVAL,
     FaultRecord,
     History,
@@ -184,6 +185,8 @@ class Runner:
         self.steps = schedule if schedule is not None else faults.plan(scenario.faults,
                                                                       scenario.duration)
         self.nodes = scenario.cluster.node_names
+        # a bridged pair of brokers: which one each member uses (1, 2), from the backend
+        self.sites: dict[str, int] = {}
         self.key = "hex:" + secrets.token_hex(24)
         self.views = {n: _NodeView(n) for n in self.nodes}
         self.ops: list[Op] = []
@@ -230,7 +233,9 @@ class Runner:
         return {"mode": cl.mode, "preempt": cl.preempt, "broker": cl.broker.kind,
                 "cluster_key": cl.cluster_key, "defer": cl.defer, "will_grace": cl.will_grace,
                 "step_down_isolated": cl.step_down_isolated, **ROLE_TIMING,
-                "nodes": {n.name: {"priority": n.priority, "card": n.card} for n in cl.nodes},
+                "nodes": {n.name: {"priority": n.priority, "card": n.card,
+                                   **({"site": self.sites[n.name]} if self.sites else {})}
+                          for n in cl.nodes},
                 "mechanisms": dataclasses.asdict(m)}
 
     def node_config(self, name: str) -> dict[str, Any]:
@@ -267,6 +272,8 @@ class Runner:
         try:
             async with self.backend:
                 await self.backend.setup(plan)
+                self.sites = {n: site for n in self.nodes
+                              if (site := self.backend.site_of(n)) is not None}
                 await self._setup()
                 self.t0 = time.monotonic()
                 self._enter("run")
@@ -846,6 +853,8 @@ class Runner:
     def _report(self, snapshots: list[Snapshot], elapsed: float) -> dict[str, Any]:
         self._collect()
         self.ops.append(Op("info", CLUSTER_PROCESS, self.now(), F_ROLES, self._roles()))
+        if self.sites:
+            self.ops.append(Op("info", CLUSTER_PROCESS, self.now(), F_SITES, self.sites))
         for op in sorted(self.ops, key=lambda o: o.time):
             self.history.append(op)
         for r in self.records:

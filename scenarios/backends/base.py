@@ -220,6 +220,11 @@ class Backend(abc.ABC):
     def __init__(self) -> None:
         self.plan: ClusterPlan | None = None
 
+    def site_of(self, name: str) -> int | None:
+        """Which broker of a bridged pair node `name` uses (1: the first, which
+        the broker faults hit; 2: the other), or None with a single broker."""
+        return None
+
     def check_broker(self, kind: str) -> None:
         """BackendError unless this backend can run a cluster on `kind`."""
         if kind != "url" and kind not in self.broker_kinds:

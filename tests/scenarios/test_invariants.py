@@ -29,6 +29,7 @@ from scenarios.model import (
     F_PREINSTALL,
     F_ROLES,
     F_SEEN,
+    F_SITES,
     F_STALL,
     F_TRANSFER,
     FaultRecord,
@@ -419,6 +420,25 @@ def test_stable_roles_fails_a_move_that_only_a_broker_or_card_fault_preceded(
     assert r.verdict == FAIL
     assert r.detail == ("1 of 1 moves of the active role had no fault or preemption behind "
                         "them: a→b at 5.400s (no live active)")
+
+
+@pytest.mark.parametrize("kind", ["broker_pause", "broker_stop", "bridge_cut"])
+def test_on_a_bridged_pair_a_site_partition_explains_a_move_between_the_sites(
+        kind: str) -> None:
+    """F_SITES (the runner's, on --broker bridged): a on the first broker, b on
+    the second, c on the first. The first broker's outage or a bridge cut is a
+    partition between the sites: it explains a→b, not a→c (the same site, the
+    same broker: as on one broker); without F_SITES it explains nothing."""
+    def history(to: str, sites: bool) -> History:
+        h = History()
+        fault(h, kind, "broker", 5.0, 8.0)
+        move(h, 5.8, "a", to, "no live active")
+        if sites:
+            h.info(CLUSTER_PROCESS, 20.0, F_SITES, {"a": 1, "b": 2, "c": 1})
+        return h
+    assert run("stable_roles", history("b", True)).verdict == PASS
+    assert run("stable_roles", history("c", True)).verdict == FAIL
+    assert run("stable_roles", history("b", False)).verdict == FAIL
 
 
 def test_stable_roles_slack_bounds_how_long_a_healed_fault_explains() -> None:
