@@ -273,6 +273,8 @@ class NetnsBackend(ProcessBackend):
         _sh("ip", "-n", ns, "link", "set", "data0", "up", check=False)
 
     async def cut(self, name: str, link: str) -> Applied:
+        if link not in ("broker", "data"):  # (bridge_cut: no bridged pair here)
+            return Applied(False, f"no link {link!r} on the netns backend")
         if (name, link) in self.cuts:
             return Applied(False, f"{name}: {link} link is already cut")
         ns = self.node_ns(name)
@@ -280,11 +282,9 @@ class NetnsBackend(ProcessBackend):
             if link == "broker":
                 await asyncio.to_thread(self._broker_rules, name, "-I")
                 how = f"iptables in {ns}: tcp to/from {self.sync_ip(2)}:{MQTT_PORT} dropped"
-            elif link == "data":
+            else:
                 await asyncio.to_thread(_sh, "ip", "-n", ns, "link", "set", "data0", "down")
                 how = f"ip -n {ns} link set data0 down"
-            else:
-                return Applied(False, f"no link {link!r} on the netns backend")
         except BackendError as exc:
             return Applied(False, str(exc))
         self.cuts.add((name, link))

@@ -125,6 +125,19 @@ def test_a_local_backend_starts_a_bridged_pair_and_stops_both(tmp_path: Path) ->
     assert not any(wait_tcp("127.0.0.1", p, 0.2) for p in ports)  # both stopped
 
 
+@pytest.mark.parametrize("backend", ["local", "netns", "docker"])
+def test_a_bridge_cut_without_a_bridged_pair_is_not_applied(backend: str) -> None:
+    """bridge_cut on a single broker (or a backend without bridged pairs): the
+    fault is recorded as not applied, with the reason; nothing raises (the
+    netns backend looked the target "broker" up as a node, and raised KeyError)."""
+    from scenarios.backends import make
+
+    b = make(backend)
+    for verb in (b.cut, b.restore):
+        got = asyncio.run(verb("broker", "bridge"))
+        assert not got.ok and "bridge" in got.detail, got
+
+
 def test_the_relay_pipes_until_cut_and_refuses_until_restored() -> None:
     """scenarios.backends.relay: the bridged pair's link on the local backend."""
     from scenarios.backends.relay import Relay
