@@ -390,7 +390,10 @@ class Card:
         flow is not being torn down, is bidirectional and established, and has
         both hardware entries in the card or queued. _update_synced() would then
         only forget a pending retry; so does this, and returns True. False
-        says nothing: _update_synced() decides."""
+        says nothing: _update_synced() decides. should_offload(), fid_of() and
+        _in_card() are written out here, not called (the calls were most of the
+        follow-up's cost): a change to one of them is a change here too
+        (tests/node/test_offload_steady.py compares the two paths)."""
         if status & _STEADY_MASK != _STEADY or entry.orig[1] != IPPROTO_TCP:
             return False
         conn = entry.proto
