@@ -68,7 +68,7 @@ class LocalBackend(ProcessBackend):
     async def setup(self, plan: ClusterPlan) -> None:
         self.plan = plan
         self.mosquitto = None  # (a Mosquitto of an earlier run listened on its port)
-        self.site_b = self.relay = None
+        self.site_b = self.relay = self.bridge_wait_s = None
         for side in ("inside", "outside"):
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             grow_buffers(s)
