@@ -222,8 +222,11 @@ class Backend(abc.ABC):
 
     def site_of(self, name: str) -> int | None:
         """Which broker of a bridged pair node `name` uses (1: the first, which
-        the broker faults hit; 2: the other), or None with a single broker."""
-        return None
+        the broker faults hit; 2: the other), or None with a single broker. The
+        first, third ... node are on the first broker, the others on the second."""
+        if self.plan is None or self.plan.broker != "bridged":
+            return None
+        return 2 if self.plan.nodes.index(name) % 2 else 1
 
     def check_broker(self, kind: str) -> None:
         """BackendError unless this backend can run a cluster on `kind`."""

@@ -124,12 +124,6 @@ class LocalBackend(ProcessBackend):
                     raise BackendError(f"{exc}:\n{self.site_b.log()}") from None
         return self.broker_url
 
-    def site_of(self, name: str) -> int | None:
-        assert self.plan is not None
-        if self.plan.broker != "bridged":
-            return None
-        return 2 if self.plan.nodes.index(name) % 2 else 1
-
     def broker_of(self, name: str) -> str:
         """The URL of the broker node `name` connects to."""
         if self.site_of(name) == 2 and self.site_b is not None:

@@ -13,12 +13,20 @@ made in).
     node i    198.18.K.10+i -> S (sync0: MQTT, control on 8000)
               198.18.K+1.10+i -> D (data0: ports inside 7001, outside 7002)
     traffic   198.18.K+1.2  -> D (the runner's inside 9001 / outside 9002 sockets)
+    broker 2  198.18.K.3    -> S         (broker `bridged` only: the second site's)
 
 Faults: the broker link is cut with iptables in the node's namespace (TCP to
 and from the broker's port dropped: the session dies by keepalive, as in a
 real partition); the data path by taking data0 down. Needs root, iproute2
 and iptables. Everything created is listed as it is made and removed in
-reverse order at teardown, also after a failure."""
+reverse order at teardown, also after a failure.
+
+Broker `bridged`: two Mosquittos, the second (in a namespace of its own)
+bridged to the first (syncbus.broker.bridge_config()); the first, third ...
+node use the first, the others the second; the broker faults hit the first.
+`bridge_cut` drops the bridge's TCP in the second broker's namespace, both
+ways: a silent partition between the sites (no reset, no FIN), which each
+broker finds, if ever, by its own keepalive."""
 
 from __future__ import annotations
 
@@ -47,11 +55,18 @@ from scenarios.backends.base import (
     wait_tcp,
     write_config,
 )
+from syncbus.broker import BrokerError, bridge_config, wait_bridged
 
 CLONE_NEWNET = 0x40000000
 MQTT_PORT, CONTROL_PORT = 1883, 8000
 NODE_PORTS = {"inside": 7001, "outside": 7002}
 TRAFFIC_PORTS = {"inside": 9001, "outside": 9002}
+# The two brokers of a bridged pair retransmit at least once a second
+# (net.ipv4.tcp_rto_max_ms, per namespace, Linux >= 6.15; 120 s by default).
+# With the kernel's backoff a silent partition of the bridge is over for the
+# cluster only at the bridge's next retransmission: a 20 s cut ended the split
+# brain 8.6 s after the heal (README.md, "Bridged brokers").
+RTO_MAX, RTO_MAX_MS = "/proc/sys/net/ipv4/tcp_rto_max_ms", 1000
 
 
 def _sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -100,6 +115,7 @@ def _used_subnets() -> set[int]:
 class NetnsBackend(ProcessBackend):
     name = "netns"
     needs_root = True
+    broker_kinds = ("embedded", "mosquitto", "bridged")
 
     def __init__(self) -> None:
         super().__init__()
@@ -109,6 +125,8 @@ class NetnsBackend(ProcessBackend):
         self.k = 0
         self.rid = ""
         self.cuts: set[tuple[str, str]] = set()
+        self.broker2: Process | None = None  # bridged: the second site's broker
+        self.bridge_wait_s: float | None = None  # bridged: until the bridge carried a probe
 
     # ------------------------------------------------------------ names
     def ns(self, who: str) -> str:
@@ -123,6 +141,10 @@ class NetnsBackend(ProcessBackend):
     def node_ns(self, name: str) -> str:
         return self.ns(f"n{self.index[name]}")
 
+    def broker_ip(self, name: str) -> str:
+        """The address of the broker node `name` connects to (its site's)."""
+        return self.sync_ip(3 if self.site_of(name) == 2 else 2)
+
     # ------------------------------------------------------------ setup
     async def setup(self, plan: ClusterPlan) -> None:
         if os.geteuid() != 0:
@@ -134,6 +156,7 @@ class NetnsBackend(ProcessBackend):
                                    "iptables)")
         self.plan = plan
         self.rid = plan.run_id[:9]
+        self.broker2 = self.bridge_wait_s = None
         used = _used_subnets()
         free = [k for k in range(2, 250, 2) if k not in used and k + 1 not in used]
         if not free:
@@ -173,6 +196,13 @@ class NetnsBackend(ProcessBackend):
         _sh("ip", "link", "set", host_if, "up")
         self._netns(self.ns("brk"))
         self._veth(self.ns("brk"), "sync0", "bs", f"{self.sync_ip(2)}/24", "vbrk")
+        if self.plan.broker == "bridged":
+            self._netns(self.ns("brk2"))
+            self._veth(self.ns("brk2"), "sync0", "bs", f"{self.sync_ip(3)}/24", "vbrk2")
+            if Path(RTO_MAX).exists():  # (Linux >= 6.15) see RTO_MAX_MS
+                for b in ("brk", "brk2"):
+                    _sh("ip", "netns", "exec", self.ns(b), "sysctl", "-qw",
+                        f"net.ipv4.tcp_rto_max_ms={RTO_MAX_MS}")
         self._netns(self.ns("trf"))
         self._veth(self.ns("trf"), "data0", "bd", f"{self.data_ip(2)}/24", "vtrf")
         for name, i in self.index.items():
@@ -185,7 +215,9 @@ class NetnsBackend(ProcessBackend):
 
     async def teardown(self) -> None:
         await self.stop_processes()
-        self.broker_proc = None
+        if self.broker2 is not None:
+            await asyncio.to_thread(self.broker2.stop)
+        self.broker_proc = self.broker2 = None
         for s in self.sockets.values():
             s.close()
         self.sockets.clear()
@@ -198,23 +230,44 @@ class NetnsBackend(ProcessBackend):
         host, url = self.sync_ip(2), f"mqtt://{self.sync_ip(2)}:{MQTT_PORT}"
         if self.broker_proc is not None and self.broker_proc.alive():
             return url
-        logs = self.plan.workdir / "logs"
-        if self.plan.broker == "mosquitto":
-            conf = write_config(self.plan.workdir / "mosquitto.conf", {})
-            conf.write_text(f"listener {MQTT_PORT} {host}\nallow_anonymous true\n"
-                            "persistence false\nmax_queued_messages 100000\n"
-                            "max_inflight_messages 100\nset_tcp_nodelay true\n",
-                            encoding="utf-8")
-            argv = ["mosquitto", "-c", str(conf)]
+        if self.plan.broker in ("mosquitto", "bridged"):
+            argv = ["mosquitto", "-c", str(self._mosquitto_conf("mosquitto.conf", host))]
         else:
             argv = broker_command(host, MQTT_PORT)
-        self.broker_proc = Process("broker", ["ip", "netns", "exec", self.ns("brk"), *argv],
-                                   logs / "broker.log", python_env())
-        ok = await asyncio.to_thread(wait_tcp, host, MQTT_PORT, 15.0, self.broker_proc.proc)
-        if not ok:
-            raise BackendError(f"the broker did not start in {self.ns('brk')}:\n"
-                               f"{self.broker_proc.tail()}")
+        self.broker_proc = await asyncio.to_thread(self._broker_process, "broker", "brk",
+                                                   host, argv)
+        if self.plan.broker == "bridged" and self.broker2 is None:
+            # the second site's broker, bridged to the first over the sync network
+            host2 = self.sync_ip(3)
+            conf = self._mosquitto_conf("mosquitto-site2.conf", host2, bridge_config(
+                f"ctlab-{self.rid}", host, MQTT_PORT))
+            self.broker2 = await asyncio.to_thread(self._broker_process, "broker2", "brk2",
+                                                   host2, ["mosquitto", "-c", str(conf)])
+            try:
+                self.bridge_wait_s = await wait_bridged(url, f"mqtt://{host2}:{MQTT_PORT}")
+            except BrokerError as exc:
+                raise BackendError(f"{exc}:\n{self.broker2.tail()}") from None
         return url
+
+    def _mosquitto_conf(self, file: str, host: str, extra: str = "") -> Path:
+        assert self.plan is not None
+        conf = write_config(self.plan.workdir / file, {})
+        conf.write_text(f"listener {MQTT_PORT} {host}\nallow_anonymous true\n"
+                        "persistence false\nmax_queued_messages 100000\n"
+                        "max_inflight_messages 100\nset_tcp_nodelay true\n"
+                        + (extra + "\n" if extra else ""), encoding="utf-8")
+        return conf
+
+    def _broker_process(self, label: str, ns: str, host: str, argv: list[str]) -> Process:
+        """A broker started in namespace `ns`, once it listens on host:1883."""
+        assert self.plan is not None
+        p = Process(label, ["ip", "netns", "exec", self.ns(ns), *argv],
+                    self.plan.workdir / "logs" / f"{label}.log", python_env())
+        if not wait_tcp(host, MQTT_PORT, 15.0, p.proc):
+            tail = p.tail()
+            p.stop()
+            raise BackendError(f"the broker did not start in {self.ns(ns)}:\n{tail}")
+        return p
 
     async def stop_broker(self) -> Applied:
         p = self.broker_proc
@@ -234,7 +287,7 @@ class NetnsBackend(ProcessBackend):
     def node_config(self, name: str, config: Mapping[str, Any]) -> dict[str, Any]:
         i = self.index[name]
         url = (self.plan.broker if self.plan and self.plan.broker.startswith("mqtt")
-               else f"mqtt://{self.sync_ip(2)}:{MQTT_PORT}")
+               else f"mqtt://{self.broker_ip(name)}:{MQTT_PORT}")
         return {**config,
                 "broker": {**config.get("broker", {}), "url": url},
                 "ports": {side: {"bind": f"{self.data_ip(10 + i)}:{port}",
@@ -254,34 +307,38 @@ class NetnsBackend(ProcessBackend):
         await asyncio.to_thread(self._heal_links, name)
 
     # ------------------------------------------------------------ links
-    def _broker_rules(self, name: str, op: str) -> None:
-        ns, b = self.node_ns(name), self.sync_ip(2)
-        for chain, rule in (("OUTPUT", ["-d", b, "-p", "tcp", "--dport", str(MQTT_PORT)]),
-                            ("INPUT", ["-s", b, "-p", "tcp", "--sport", str(MQTT_PORT)])):
+    @staticmethod
+    def _mqtt_drops(broker: str) -> tuple[tuple[str, list[str]], ...]:
+        """The iptables rules (chain, match) that drop TCP to and from `broker`'s MQTT port."""
+        return (("OUTPUT", ["-d", broker, "-p", "tcp", "--dport", str(MQTT_PORT)]),
+                ("INPUT", ["-s", broker, "-p", "tcp", "--sport", str(MQTT_PORT)]))
+
+    def _drop_mqtt(self, ns: str, broker: str, op: str) -> None:
+        """Insert (-I) or delete (-D) the drops of TCP to and from broker:1883 in `ns`."""
+        for chain, rule in self._mqtt_drops(broker):
             _sh("ip", "netns", "exec", ns, "iptables", op, chain, *rule, "-j", "DROP")
 
     def _heal_links(self, name: str) -> None:
         ns = self.node_ns(name)
-        while _sh("ip", "netns", "exec", ns, "iptables", "-D", "OUTPUT", "-d", self.sync_ip(2),
-                  "-p", "tcp", "--dport", str(MQTT_PORT), "-j", "DROP",
-                  check=False).returncode == 0:
-            pass
-        while _sh("ip", "netns", "exec", ns, "iptables", "-D", "INPUT", "-s", self.sync_ip(2),
-                  "-p", "tcp", "--sport", str(MQTT_PORT), "-j", "DROP",
-                  check=False).returncode == 0:
-            pass
+        for chain, rule in self._mqtt_drops(self.broker_ip(name)):
+            while _sh("ip", "netns", "exec", ns, "iptables", "-D", chain, *rule, "-j", "DROP",
+                      check=False).returncode == 0:
+                pass
         _sh("ip", "-n", ns, "link", "set", "data0", "up", check=False)
 
     async def cut(self, name: str, link: str) -> Applied:
-        if link not in ("broker", "data"):  # (bridge_cut: no bridged pair here)
+        if link == "bridge":
+            return await self._bridge(cut=True)
+        if link not in ("broker", "data"):
             return Applied(False, f"no link {link!r} on the netns backend")
         if (name, link) in self.cuts:
             return Applied(False, f"{name}: {link} link is already cut")
         ns = self.node_ns(name)
         try:
             if link == "broker":
-                await asyncio.to_thread(self._broker_rules, name, "-I")
-                how = f"iptables in {ns}: tcp to/from {self.sync_ip(2)}:{MQTT_PORT} dropped"
+                b = self.broker_ip(name)
+                await asyncio.to_thread(self._drop_mqtt, ns, b, "-I")
+                how = f"iptables in {ns}: tcp to/from {b}:{MQTT_PORT} dropped"
             else:
                 await asyncio.to_thread(_sh, "ip", "-n", ns, "link", "set", "data0", "down")
                 how = f"ip -n {ns} link set data0 down"
@@ -291,12 +348,14 @@ class NetnsBackend(ProcessBackend):
         return Applied(True, how)
 
     async def restore(self, name: str, link: str) -> Applied:
+        if link == "bridge":
+            return await self._bridge(cut=False)
         if (name, link) not in self.cuts:
             return Applied(False, f"{name}: {link} link is not cut")
         ns = self.node_ns(name)
         try:
             if link == "broker":
-                await asyncio.to_thread(self._broker_rules, name, "-D")
+                await asyncio.to_thread(self._drop_mqtt, ns, self.broker_ip(name), "-D")
                 how = f"iptables rules in {ns} removed"
             else:
                 await asyncio.to_thread(_sh, "ip", "-n", ns, "link", "set", "data0", "up")
@@ -305,6 +364,32 @@ class NetnsBackend(ProcessBackend):
             return Applied(False, str(exc))
         self.cuts.discard((name, link))
         return Applied(True, how)
+
+    async def _bridge(self, *, cut: bool) -> Applied:
+        """The bridge between the two brokers of a bridged pair: its TCP dropped
+        both ways in the second broker's namespace (silently: no reset), or let
+        through again."""
+        if self.broker2 is None:
+            return Applied(False, "no bridge: the broker is not a bridged pair (--broker bridged)")
+        if (("broker", "bridge") in self.cuts) == cut:
+            return Applied(False, f"the bridge is {'already' if cut else 'not'} cut")
+        ns, first = self.ns("brk2"), self.sync_ip(2)
+        try:
+            await asyncio.to_thread(self._drop_mqtt, ns, first, "-I" if cut else "-D")
+        except BackendError as exc:
+            return Applied(False, str(exc))
+        if cut:
+            self.cuts.add(("broker", "bridge"))
+            return Applied(True, f"iptables in {ns}: the bridge's tcp to/from "
+                                 f"{first}:{MQTT_PORT} dropped (silently)")
+        self.cuts.discard(("broker", "bridge"))
+        return Applied(True, f"iptables rules in {ns} removed: the bridge's tcp flows again")
+
+    def logs(self) -> dict[str, str]:
+        out = super().logs()
+        if self.broker2 is not None:
+            out["broker-site2"] = self.broker2.tail(20)
+        return out
 
     # ------------------------------------------------------------ addresses
     def control_url(self, name: str) -> str:
