@@ -25,8 +25,10 @@ Broker `bridged`: two Mosquittos, the second (in a namespace of its own)
 bridged to the first (syncbus.broker.bridge_config()); the first, third ...
 node use the first, the others the second; the broker faults hit the first.
 `bridge_cut` drops the bridge's TCP in the second broker's namespace, both
-ways: a silent partition between the sites (no reset, no FIN), which each
-broker finds, if ever, by its own keepalive."""
+ways: a silent partition between the sites (no reset, no FIN). The bridge's
+connection lives through a short one (its retransmissions get through at the
+heal) and times out after about 14 s of a long one (RTO_MAX_MS), when
+Mosquitto starts making it again."""
 
 from __future__ import annotations
 
