@@ -13,6 +13,8 @@ verb with arguments ("$name" arguments are the fault's parameters). The verbs:
     broker-stop       stop the broker (every node loses its session)
     broker-start      start it again
     broker-signal SIG send a signal to the broker (SIGSTOP: a stalled broker, SIGCONT)
+                      (the broker verbs' target: "broker", or "broker2", the second
+                      broker of a bridged pair)
     cut / restore     link=broker: the node's link to the broker;
                       link=data: the node's data path (its traffic ports);
                       link=bridge (target broker): the link between the two
@@ -118,11 +120,12 @@ FAULTS: dict[str, FaultKind] = {k.name: k for k in (
     _kind("restart", NODE, "process", Action("stop"), Action("start"),
           "stop the node gracefully (SIGTERM); heal: start it again", outage=CRASH),
     _kind("broker_stop", BROKER, "broker", Action("broker-stop"), Action("broker-start"),
-          "stop the MQTT broker; heal: start it again", disruptive=True),
+          "stop the MQTT broker (target broker2: the second of a bridged pair); heal: start "
+          "it again", disruptive=True),
     _kind("broker_pause", BROKER, "broker", Action("broker-signal", (("signal", "SIGSTOP"),)),
           Action("broker-signal", (("signal", "SIGCONT"),)),
           "SIGSTOP the MQTT broker (a stalled broker: every connection stays open, nothing "
-          "is forwarded); heal: SIGCONT",
+          "is forwarded; target broker2: the second of a bridged pair); heal: SIGCONT",
           disruptive=True),
     _kind("bridge_cut", BROKER, "bridge", Action("cut", (("link", "bridge"),)),
           Action("restore", (("link", "bridge"),)),

@@ -13,9 +13,10 @@ through it, which faults to inject when, and which invariants must hold::
       mode: active-standby          # or active-active
       preempt: false                # a returning higher-priority node takes the role back
       broker: embedded              # embedded | mosquitto | mqtt://host:port | mqtts://...
-                                    # | bridged (local backend: two Mosquittos, bridged,
-                                    # one per site: the 1st, 3rd ... node on the first,
-                                    # the others on the second; broker faults hit the first)
+                                    # | bridged (local and netns backends: two Mosquittos,
+                                    # bridged, one per site: the 1st, 3rd ... node on the
+                                    # first, the others on the second; broker faults hit
+                                    # the first, or the second with target: broker2)
       cluster_key: on               # HMAC on every sync message
       defer: 50ms                   # hold a packet that changed a connection until a
                                     # peer has the change (pfsync defer; default off)
@@ -110,6 +111,12 @@ MECHANISMS = ("replication", "preinstall", "distributed_aging", "readiness_gate"
 VERDICTS = ("pass", "fail", "unknown")
 ROLE_TARGETS = ("active", "standby")  # resolved to a node when the fault fires
 BROKER_TARGET = "broker"
+BROKER2_TARGET = "broker2"  # the second broker of a bridged pair (broker_stop, broker_pause)
+
+
+def broker_site(target: str) -> int:
+    """Which broker of a bridged pair a broker fault's target names (1 or 2)."""
+    return 2 if target == BROKER2_TARGET else 1
 NETWORK = ipaddress.IPv4Network("198.18.0.0/15")  # RFC 2544 benchmarking: the only addresses
 DEFAULT_CARD = "default"
 MAX_PAYLOAD = 1400
@@ -285,7 +292,8 @@ class TrafficProfile:
 class Fault:
     """One fault: injected `at`, healed `duration` later (None: when the run
     ends, in the runner's heal-all phase). `target` is a node, a role
-    (active, standby: resolved when it fires) or "broker". `params` holds every
+    (active, standby: resolved when it fires), "broker" or, for a broker
+    outage, "broker2" (the second of a bridged pair). `params` holds every
     parameter of the kind, defaults filled in."""
 
     at: float
@@ -484,11 +492,12 @@ class _Loader:
             nodes.append(NodeSpec(nname, priority, card))
         if not nodes:
             raise self.error(s.node("nodes"), "a cluster needs at least one node")
-        reserved = [n.name for n in nodes if n.name in (BROKER_TARGET, *ROLE_TARGETS)]
+        reserved = [n.name for n in nodes
+                    if n.name in (BROKER_TARGET, BROKER2_TARGET, *ROLE_TARGETS)]
         if reserved:
             knode = s.mapping_of("nodes").key_node(reserved[0])
             raise self.error(knode, f"{reserved[0]!r} is reserved (fault targets active, "
-                             "standby and broker); name the node otherwise")
+                             "standby, broker and broker2); name the node otherwise")
         s.done()
         return Cluster(tuple(nodes), name, mode, preempt, broker, key, defer, will_grace,
                        isolated)
@@ -687,7 +696,8 @@ class _Loader:
             target_node = s.node("target")
             default_target = BROKER_TARGET if kind.target == "broker" else None
             target = s.text("target", default_target)
-            allowed = ((BROKER_TARGET,) if kind.target == "broker"
+            allowed = (((BROKER_TARGET, BROKER2_TARGET) if kind.resource == "broker"
+                        else (BROKER_TARGET,)) if kind.target == "broker"
                        else (*cluster.node_names, *ROLE_TARGETS))
             if target not in allowed:
                 raise self.error(target_node, f"{kind.name}: unknown target {target!r}; "
@@ -960,7 +970,7 @@ class FaultRecord:
 
     at: float
     kind: str
-    target: str  # the node it hit (a role target resolved), or "broker"
+    target: str  # the node it hit (a role target resolved), "broker" or "broker2"
     applied: bool
     action: str = "inject"  # or "heal"
     detail: str = ""

@@ -40,7 +40,7 @@ from scenarios.invariants import (
     single_active,
 )
 from scenarios.invariants import preinstalled_ratio as preinstalled
-from scenarios.model import FaultRecord, History
+from scenarios.model import BROKER2_TARGET, BROKER_TARGET, FaultRecord, History
 
 MAX_POINTS = 1500  # per node and metric in report.json (decimated beyond)
 LAG_BINS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
@@ -500,7 +500,8 @@ def _timeline(report: Mapping[str, Any], end: float) -> str:
     split = ((report.get("metrics") or {}).get("split_brain") or {}).get("windows") or []
     if not faults and not split:
         return '<p class="empty">No fault was injected.</p>'
-    targets = sorted({f["target"] for f in faults}, key=lambda t: (t == "broker", t))
+    targets = sorted({f["target"] for f in faults},
+                     key=lambda t: (t in (BROKER_TARGET, BROKER2_TARGET), t))
     if split:
         targets.append(TWO_ACTIVES)
     lane, top, left, right, width = 34, 10, 110, 16, 1040

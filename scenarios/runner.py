@@ -69,6 +69,7 @@ from scenarios.model import (
     Op,
     Scenario,
     Snapshot,
+    broker_site,
     flow_key,
 )
 from scenarios.progress import Progress
@@ -737,12 +738,12 @@ class Runner:
                     return True, f"{target} is already running"
             r = await b.start_node(target, self.node_config(target))
         elif verb == "broker-stop":
-            r = await b.stop_broker()
+            r = await b.stop_broker(broker_site(target))
         elif verb == "broker-start":
-            await b.start_broker()
-            return True, "broker started"
+            await b.start_broker(broker_site(target))
+            return True, f"{target} started"
         elif verb == "broker-signal":
-            r = await b.signal_broker(str(args["signal"]))
+            r = await b.signal_broker(str(args["signal"]), broker_site(target))
         elif verb == "cut":
             r = await b.cut(target, str(args["link"]))
         elif verb == "restore" and args.get("link") != "sync":

@@ -228,6 +228,12 @@ class Backend(abc.ABC):
             return None
         return 2 if self.plan.nodes.index(name) % 2 else 1
 
+    def no_second_broker(self) -> str:
+        """Why a fault on broker2 cannot be applied here."""
+        return (f"no second broker: broker2 is the second of a bridged pair "
+                f"(--broker bridged; the {self.name} backend has: "
+                f"{', '.join(self.broker_kinds)})")
+
     def check_broker(self, kind: str) -> None:
         """BackendError unless this backend can run a cluster on `kind`."""
         if kind != "url" and kind not in self.broker_kinds:
@@ -250,15 +256,17 @@ class Backend(abc.ABC):
         """Stop every process and remove everything the backend created (also
         after a failure half-way through setup)."""
 
+    # `site` 2: the second broker of a bridged pair (fault target broker2);
+    # a backend without one refuses it (BackendError, or Applied(False, why)).
     @abc.abstractmethod
-    async def start_broker(self) -> str:
+    async def start_broker(self, site: int = 1) -> str:
         """Start the broker (or restart it where it was); the URL nodes use."""
 
     @abc.abstractmethod
-    async def stop_broker(self) -> Applied: ...
+    async def stop_broker(self, site: int = 1) -> Applied: ...
 
     @abc.abstractmethod
-    async def signal_broker(self, sig: str) -> Applied:
+    async def signal_broker(self, sig: str, site: int = 1) -> Applied:
         """SIGSTOP (a stalled broker: connections stay open) or SIGCONT."""
 
     @abc.abstractmethod

@@ -451,7 +451,9 @@ class DockerBackend(Backend):
                     c.start()
 
     # ================================================================ broker
-    async def start_broker(self) -> str:
+    async def start_broker(self, site: int = 1) -> str:
+        if site != 1:
+            raise BackendError(self.no_second_broker())
         assert self.plan is not None
         if self.mode == "create" and self.plan.broker.startswith("mqtt"):
             return self.broker_url  # an outside broker: nothing to start
@@ -519,7 +521,9 @@ class DockerBackend(Backend):
                                                          ipv4_address=ips[role])
         return c
 
-    async def stop_broker(self) -> Applied:
+    async def stop_broker(self, site: int = 1) -> Applied:
+        if site != 1:
+            return Applied(False, self.no_second_broker())
         if self.broker is None:
             return Applied(False, "no broker container of ours")
         return await asyncio.to_thread(self._stop_broker)
@@ -533,7 +537,9 @@ class DockerBackend(Backend):
         self.broker.stop(timeout=int(STOP_TIMEOUT))
         return Applied(True, f"docker stop {self.broker.name}")
 
-    async def signal_broker(self, sig: str) -> Applied:
+    async def signal_broker(self, sig: str, site: int = 1) -> Applied:
+        if site != 1:
+            return Applied(False, self.no_second_broker())
         return await asyncio.to_thread(self._signal, self.broker, "the broker", sig)
 
     # ================================================================ nodes

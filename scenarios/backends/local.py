@@ -7,8 +7,8 @@ everything), since loopback has no links to take down.
 Broker `bridged`: two Mosquittos, the second bridged to the first
 (syncbus.broker.bridge_config(): one broker per site). The first, third ...
 node connect to the first, the others to the second. The broker faults (stop,
-pause, restart) hit the first: the broker of the site where the first node,
-usually the active, is."""
+pause, restart) hit the first, the broker of the site where the first node,
+usually the active, is, or the second with the target broker2."""
 
 from __future__ import annotations
 
@@ -97,7 +97,13 @@ class LocalBackend(ProcessBackend):
         self.sockets.clear()
 
     # ------------------------------------------------------------ broker
-    async def start_broker(self) -> str:
+    async def start_broker(self, site: int = 1) -> str:
+        if site != 1:
+            if self.site_b is None:
+                raise BackendError(self.no_second_broker())
+            if self.site_b.pid is None:
+                await asyncio.to_thread(self.site_b.start)
+            return self.site_b.url
         assert self.plan is not None
         if self.plan.broker == "embedded":
             if self.broker_proc is None or not self.broker_proc.alive():
@@ -130,7 +136,15 @@ class LocalBackend(ProcessBackend):
             return self.site_b.url
         return self.broker_url
 
-    async def stop_broker(self) -> Applied:
+    async def stop_broker(self, site: int = 1) -> Applied:
+        if site != 1:
+            if self.site_b is None:
+                return Applied(False, self.no_second_broker())
+            pid = self.site_b.pid
+            if pid is None:
+                return Applied(False, "the second broker is not running")
+            await asyncio.to_thread(self.site_b.stop)
+            return Applied(True, f"the second site's mosquitto (pid {pid}) stopped")
         if self.broker_proc is not None and self.broker_proc.alive():
             pid = self.broker_proc.pid
             await asyncio.to_thread(self.broker_proc.stop)
@@ -141,7 +155,13 @@ class LocalBackend(ProcessBackend):
             return Applied(True, f"mosquitto (pid {pid}) stopped")
         return Applied(False, "no broker of ours is running")
 
-    async def signal_broker(self, sig: str) -> Applied:
+    async def signal_broker(self, sig: str, site: int = 1) -> Applied:
+        if site != 1:
+            if self.site_b is None:
+                return Applied(False, self.no_second_broker())
+            ok = self.site_b.signal(getattr(signals, sig))
+            return Applied(ok, f"{sig} to the second site's mosquitto (pid {self.site_b.pid})"
+                           if ok else "the second broker is not running")
         if self.broker_proc is not None and self.broker_proc.alive():
             p = self.broker_proc
             ok = p.signal(getattr(signals, sig))

@@ -23,7 +23,8 @@ reverse order at teardown, also after a failure.
 
 Broker `bridged`: two Mosquittos, the second (in a namespace of its own)
 bridged to the first (syncbus.broker.bridge_config()); the first, third ...
-node use the first, the others the second; the broker faults hit the first.
+node use the first, the others the second; the broker faults hit the first,
+or the second with the target broker2.
 `bridge_cut` drops the bridge's TCP in the second broker's namespace, both
 ways: a silent partition between the sites (no reset, no FIN). The bridge's
 connection lives through a short one (its retransmissions get through at the
@@ -69,6 +70,7 @@ TRAFFIC_PORTS = {"inside": 9001, "outside": 9002}
 # cluster only at the bridge's next retransmission: a 20 s cut ended the split
 # brain 8.6 s after the heal (README.md, "Bridged brokers").
 RTO_MAX, RTO_MAX_MS = "/proc/sys/net/ipv4/tcp_rto_max_ms", 1000
+SITE2_CONF = "mosquitto-site2.conf"  # in the run's workdir
 
 
 def _sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -227,7 +229,16 @@ class NetnsBackend(ProcessBackend):
             await asyncio.to_thread(self.undo.pop())
 
     # ------------------------------------------------------------ broker
-    async def start_broker(self) -> str:
+    async def start_broker(self, site: int = 1) -> str:
+        if site != 1:
+            if self.broker2 is None:
+                raise BackendError(self.no_second_broker())
+            assert self.plan is not None
+            if not self.broker2.alive():  # (its configuration is still there)
+                self.broker2 = await asyncio.to_thread(
+                    self._broker_process, "broker2", "brk2", self.sync_ip(3),
+                    ["mosquitto", "-c", str(self.plan.workdir / SITE2_CONF)])
+            return f"mqtt://{self.sync_ip(3)}:{MQTT_PORT}"
         assert self.plan is not None
         host, url = self.sync_ip(2), f"mqtt://{self.sync_ip(2)}:{MQTT_PORT}"
         if self.broker_proc is not None and self.broker_proc.alive():
@@ -241,7 +252,7 @@ class NetnsBackend(ProcessBackend):
         if self.plan.broker == "bridged" and self.broker2 is None:
             # the second site's broker, bridged to the first over the sync network
             host2 = self.sync_ip(3)
-            conf = self._mosquitto_conf("mosquitto-site2.conf", host2, bridge_config(
+            conf = self._mosquitto_conf(SITE2_CONF, host2, bridge_config(
                 f"ctlab-{self.rid}", host, MQTT_PORT))
             self.broker2 = await asyncio.to_thread(self._broker_process, "broker2", "brk2",
                                                    host2, ["mosquitto", "-c", str(conf)])
@@ -271,19 +282,28 @@ class NetnsBackend(ProcessBackend):
             raise BackendError(f"the broker did not start in {self.ns(ns)}:\n{tail}")
         return p
 
-    async def stop_broker(self) -> Applied:
-        p = self.broker_proc
+    def _site_broker(self, site: int) -> tuple[Process | None, str]:
+        """The broker process of `site` and its namespace."""
+        return (self.broker2, self.ns("brk2")) if site == 2 else (self.broker_proc,
+                                                                   self.ns("brk"))
+
+    async def stop_broker(self, site: int = 1) -> Applied:
+        if site != 1 and self.broker2 is None:
+            return Applied(False, self.no_second_broker())
+        p, ns = self._site_broker(site)
         if p is None or not p.alive():
             return Applied(False, "no broker of ours is running")
         await asyncio.to_thread(p.stop)
-        return Applied(True, f"broker (pid {p.pid}) in {self.ns('brk')} stopped")
+        return Applied(True, f"{p.name} (pid {p.pid}) in {ns} stopped")
 
-    async def signal_broker(self, sig: str) -> Applied:
-        p = self.broker_proc
+    async def signal_broker(self, sig: str, site: int = 1) -> Applied:
+        if site != 1 and self.broker2 is None:
+            return Applied(False, self.no_second_broker())
+        p, ns = self._site_broker(site)
         if p is None or not p.alive():
             return Applied(False, "no broker of ours is running")
         ok = p.signal(getattr(signals, sig))
-        return Applied(ok, f"{sig} to the broker (pid {p.pid}) in {self.ns('brk')}")
+        return Applied(ok, f"{sig} to {p.name} (pid {p.pid}) in {ns}")
 
     # ------------------------------------------------------------ nodes
     def node_config(self, name: str, config: Mapping[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ spurious failover: its flows move, its card is reprogrammed, and two members
 may forward at once until the old one is fenced.
 
 On a bridged pair of brokers, one per site (the history's F_SITES says which
-member uses which), the first broker's outage and a cut of the bridge
+member uses which), either broker's outage and a cut of the bridge
 (bridge_cut) are partitions between the sites: each explains a move from a
 member of one site to a member of the other, which is what any member does
 when a whole site falls silent (without a witness nothing tells that from the

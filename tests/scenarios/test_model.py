@@ -140,6 +140,16 @@ def test_a_bridged_broker_pair() -> None:
     assert s.cluster.broker == Broker("bridged")
 
 
+@pytest.mark.parametrize("kind", ["broker_stop", "broker_pause"])
+def test_a_broker_outage_may_hit_the_second_broker_of_a_pair(kind: str) -> None:
+    """target broker2: the second broker of a bridged pair (which broker a
+    scenario runs on is known only at run time: --broker may override it, and a
+    backend without a second broker records the fault as not applied)."""
+    s = loads(BASE.replace("kind: kill, target: active", f"kind: {kind}, target: broker2"),
+              "s.yaml")
+    assert s.faults[0].target == "broker2"
+
+
 def test_broker_url_and_tc_file(tmp_path: Path) -> None:
     (tmp_path / "fw.tc").write_text("qdisc add dev inside ingress\n")
     text = BASE.replace(TC, "tc_file: fw.tc\n").replace(
@@ -181,6 +191,12 @@ def test_broker_url_and_tc_file(tmp_path: Path) -> None:
      "nodes: duplicate key 'a' (first on line 5)"),
     ("    a: {priority: 200}\n", "    active: {priority: 200}\n", "active:",
      "'active' is reserved"),
+    ("    a: {priority: 200}\n", "    broker2: {priority: 200}\n", "broker2:",
+     "'broker2' is reserved"),
+    ("kind: kill, target: active", "kind: bridge_cut, target: broker2", "broker2",
+     "bridge_cut: unknown target 'broker2'; known: broker"),
+    ("kind: kill, target: active", "kind: kill, target: broker2", "broker2",
+     "kill: unknown target 'broker2'; known: a, b, active, standby"),
     ("name: t\n", "name: t\nsysctl: {nf_conntrack_tcp_timeout_bogus: 3}\n", "3}",
      "sysctl: unknown sysctl net.netfilter.nf_conntrack_tcp_timeout_bogus"),
     ("name: t\n", "name: t\nexpect: {verdict: fail, failing: [convergence]}\n", "convergence",

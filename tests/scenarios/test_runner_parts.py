@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -103,7 +104,8 @@ def test_the_bridged_broker_pair_is_refused_where_it_is_not_built(
 def test_a_local_backend_starts_a_bridged_pair_and_stops_both(tmp_path: Path) -> None:
     """The first and third node on the first broker, the second on the other;
     the bridge carries a probe each way before the nodes start; the teardown
-    stops both Mosquittos."""
+    stops both Mosquittos. (Faults on its second broker: standby-site-broker.yaml
+    in test_scenario_runs.)"""
     from scenarios.backends import make
     from scenarios.backends.base import ClusterPlan, wait_tcp
 
@@ -154,11 +156,12 @@ def test_a_netns_bridged_pair_survives_a_silent_bridge_cut_that_ends_its_connect
         await backend.setup(ClusterPlan("tnb", ("a", "b", "c"), "bridged", tmp_path))
         try:
             first = await backend.start_broker()
-            brokers.extend([backend.broker_proc, backend.broker2])
             urls = {n: backend.node_config(n, {})["broker"]["url"] for n in ("a", "b", "c")}
             assert urls["a"] == urls["c"] == first != urls["b"], urls
             assert [backend.site_of(n) for n in ("a", "b", "c")] == [1, 2, 1]
             assert backend.bridge_wait_s is not None and 0 < backend.bridge_wait_s < 15
+            await second_broker_faults(backend, first, urls["b"], 1883)
+            assert await wait_bridged(first, urls["b"]) < 15
             site2 = backend.ns("brk2")
             if Path(RTO_MAX).exists():
                 for ns in (backend.ns("brk"), site2):
@@ -176,6 +179,7 @@ def test_a_netns_bridged_pair_survives_a_silent_bridge_cut_that_ends_its_connect
             with pytest.raises(BrokerError):  # no probe crosses a cut bridge
                 await wait_bridged(first, urls["b"], timeout=1.0)
             assert backend.broker2 is not None
+            brokers.extend([backend.broker_proc, backend.broker2])
             log = backend.broker2.log_path
             deadline = time.monotonic() + 20
             while "timed out" not in log.read_text() and time.monotonic() < deadline:
@@ -193,17 +197,59 @@ def test_a_netns_bridged_pair_survives_a_silent_bridge_cut_that_ends_its_connect
                                              text=True, check=True).stdout
 
 
+async def second_broker_faults(backend: Any, first: str, second: str, port: int) -> None:
+    """broker_stop and broker_pause on broker2 (site 2) of a running bridged
+    pair (netns): applied to the second broker alone, and healed."""
+    from scenarios.backends.base import wait_tcp
+
+    def is_stopped(pid: int, want: bool) -> bool:
+        """Whether the process is stopped by a signal (state T in /proc/PID/stat),
+        waiting up to a second for it to become `want`."""
+        def now() -> bool:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+        deadline = time.monotonic() + 1.0
+        while now() != want and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return now()
+
+    host = second.split("//")[1].split(":")[0]
+    stopped = await backend.stop_broker(2)
+    assert stopped.ok and "stopped" in stopped.detail, stopped
+    assert not await asyncio.to_thread(wait_tcp, host, port, 0.3)
+    assert not (await backend.stop_broker(2)).ok  # not running
+    assert await asyncio.to_thread(wait_tcp, first.split("//")[1].split(":")[0],
+                                   int(first.rsplit(":", 1)[1]), 1.0)  # the first is up
+    assert await backend.start_broker(2) == second
+    assert await asyncio.to_thread(wait_tcp, host, port, 5.0)
+    paused = await backend.signal_broker("SIGSTOP", 2)
+    assert paused.ok and "SIGSTOP" in paused.detail, paused
+    pid = int(paused.detail.split("(pid ")[1].split(")")[0])
+    assert pid == backend.broker2.pid != backend.broker_proc.pid  # the second one
+    try:
+        assert is_stopped(pid, True)
+    finally:
+        assert (await backend.signal_broker("SIGCONT", 2)).ok
+    assert not is_stopped(pid, False)
+
+
 @pytest.mark.parametrize("backend", ["local", "netns", "docker"])
 def test_a_bridge_cut_without_a_bridged_pair_is_not_applied(backend: str) -> None:
     """bridge_cut on a single broker (or a backend without bridged pairs): the
     fault is recorded as not applied, with the reason; nothing raises (the
-    netns backend looked the target "broker" up as a node, and raised KeyError)."""
+    netns backend looked the target "broker" up as a node, and raised KeyError).
+    So are broker faults on broker2 (the runner records a BackendError raised by
+    start_broker as not applied)."""
     from scenarios.backends import make
+    from scenarios.backends.base import BackendError
 
     b = make(backend)
     for verb in (b.cut, b.restore):
         got = asyncio.run(verb("broker", "bridge"))
         assert not got.ok and "bridge" in got.detail, got
+    for got in (asyncio.run(b.stop_broker(2)), asyncio.run(b.signal_broker("SIGSTOP", 2))):
+        assert not got.ok and "no second broker" in got.detail, got
+    with pytest.raises(BackendError, match="no second broker"):
+        asyncio.run(b.start_broker(2))
 
 
 def test_the_relay_pipes_until_cut_and_refuses_until_restored() -> None:

@@ -119,6 +119,25 @@ def test_a_cut_between_the_sites_brokers_splits_a_bridged_pair(backend: str,
     assert m["preinstalled_ratio_at_failover"] >= 0.99
 
 
+def test_the_standby_sites_broker_going_down_moves_no_role(tmp_path: Path) -> None:
+    """scenarios/examples/standby-site-broker.yaml: on a bridged pair, broker2
+    (b's site) stopped for 4 s, then stalled for 2 s. a hears b's will through
+    the bridge and keeps the role; b, cut off from everything, takes none;
+    afterwards b has caught up, every flow in its card."""
+    rc, rep = run(["run", str(ROOT / "scenarios" / "examples" / "standby-site-broker.yaml")],
+                  tmp_path)
+    assert rc == 0 and rep["verdict"] == "pass", summary(rep)
+    assert [(f["kind"], f["target"], f["applied"], f["healed"]) for f in rep["faults"]] == \
+        [("broker_stop", "broker2", True, True), ("broker_pause", "broker2", True, True)]
+    assert all("second site's mosquitto" in f["detail"] for f in rep["faults"]), rep["faults"]
+    a_log = [line for _, line in rep["nodes"]["a"]["roles"]]
+    assert "PeerDown(node='b', reason='will', was_active=False)" in a_log, a_log
+    assert not any("new='active'" in line for _, line in rep["nodes"]["b"]["roles"])
+    assert rep["metrics"]["split_brain"]["total_ms"] == 0
+    b = rep["nodes"]["b"]["tables"]
+    assert b["conntrack"] == b["card_flows"] == 600, b
+
+
 def became_active(rep: dict[str, Any]) -> list[tuple[str, str]]:
     """(node, role log line) of every move into the active role, node by node."""
     return [(n, r[1]) for n, v in rep["nodes"].items() for r in v["roles"]
