@@ -36,7 +36,7 @@ import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from scenarios.model import BROKER_TARGET, ROLE_TARGETS, Fault, Param, Params
+from scenarios.model import BROKER2_TARGET, BROKER_TARGET, ROLE_TARGETS, Fault, Param, Params
 
 NODE, BROKER = "node", "broker"
 
@@ -181,29 +181,45 @@ class ChaosMix:
     a kind's relative weight where it is not 1 (a mix without weights draws its
     kinds uniformly); active: the share of node-disruptive faults aimed at the
     active (the "active" role, resolved when the fault fires), or None to draw
-    their target uniformly from the nodes and the roles, as --kinds does."""
+    their target uniformly from the nodes and the roles, as --kinds does.
+    On a bridged pair of brokers only: site_kinds are drawn from too (after
+    `kinds`), and with either_broker a broker outage hits either broker
+    ("broker" or "broker2"). Elsewhere the mix draws as if it had neither."""
 
     kinds: tuple[str, ...]
     weights: tuple[tuple[str, int], ...] = ()
     active: float | None = None
+    site_kinds: tuple[str, ...] = ()
+    either_broker: bool = False
 
     def __post_init__(self) -> None:
         weighted = dict(self.weights)
-        if not self.kinds or len(set(self.kinds)) != len(self.kinds) \
-                or not set(self.kinds) <= set(FAULTS) or not set(weighted) <= set(self.kinds) \
+        every = (*self.kinds, *self.site_kinds)
+        if not self.kinds or len(set(every)) != len(every) \
+                or not set(every) <= set(FAULTS) or not set(weighted) <= set(self.kinds) \
                 or any(w < 1 for w in weighted.values()) \
                 or not (self.active is None or 0.0 < self.active < 1.0):
             raise ValueError(f"malformed chaos mix {self!r}")
+
+    def drawn(self, bridged: bool) -> tuple[str, ...]:
+        """The kinds a draw picks from, in order, on a bridged pair or not."""
+        return (*self.kinds, *self.site_kinds) if bridged else self.kinds
 
     def weight(self, kind: str) -> int:
         return dict(self.weights).get(kind, 1)
 
     def describe(self) -> str:
-        """As --help lists it: "kill x2" for a weight, then the active's share."""
-        kinds = ", ".join(k if self.weight(k) == 1 else f"{k} x{self.weight(k)}"
-                          for k in self.kinds)
-        return kinds if self.active is None else \
-            f"{kinds}; a node outage hits the active with p={self.active:g}"
+        """As --help lists it: "kill x2" for a weight, then the active's share,
+        then what a bridged pair adds."""
+        out = ", ".join(k if self.weight(k) == 1 else f"{k} x{self.weight(k)}"
+                        for k in self.kinds)
+        if self.active is not None:
+            out += f"; a node outage hits the active with p={self.active:g}"
+        if self.site_kinds or self.either_broker:
+            extra = [*self.site_kinds, *(["broker outages on either broker"]
+                                         if self.either_broker else [])]
+            out += f"; on a bridged pair also {', '.join(extra)}"
+        return out
 
 
 # Node faults that, aimed at the active, force a failover: kill, SIGSTOP,
@@ -228,6 +244,11 @@ CHAOS_MIXES: dict[int, ChaosMix] = {
     # with broker, card and sync faults still in 28-38% of the runs (README.md,
     # "Scenarios").
     3: ChaosMix(_MIX_2, weights=tuple((k, 2) for k in FAILOVER_KINDS), active=0.5),
+    # mix 3, and on a bridged pair (--broker bridged) the site partitions too:
+    # bridge_cut, and broker outages of the second broker. On one broker it
+    # draws exactly what mix 3 draws (the same seeds, the same schedules).
+    4: ChaosMix(_MIX_2, weights=tuple((k, 2) for k in FAILOVER_KINDS), active=0.5,
+                site_kinds=("bridge_cut",), either_broker=True),
 }
 CHAOS_MIX = max(CHAOS_MIXES)  # the default: the newest
 
@@ -292,14 +313,16 @@ class ChaosOptions:
     recover: float = 2.0
 
 
-def chaos_kinds(kinds: Iterable[str] | None = None, mix: int = CHAOS_MIX) -> list[str]:
+def chaos_kinds(kinds: Iterable[str] | None = None, mix: int = CHAOS_MIX,
+                bridged: bool = False) -> list[str]:
     """The kinds a draw picks from, in the order it indexes them: `kinds` as
-    given (duplicates dropped), or else chaos mix `mix`."""
+    given (duplicates dropped), or else chaos mix `mix` (on a bridged pair of
+    brokers or not)."""
     if kinds is None:
         if mix not in CHAOS_MIXES:
             raise ValueError(f"unknown chaos mix {mix!r}; known: "
                              f"{', '.join(map(str, CHAOS_MIXES))}")
-        return list(CHAOS_MIXES[mix].kinds)
+        return list(CHAOS_MIXES[mix].drawn(bridged))
     names = list(dict.fromkeys(kinds))
     for name in names:
         if name not in FAULTS:
@@ -310,9 +333,10 @@ def chaos_kinds(kinds: Iterable[str] | None = None, mix: int = CHAOS_MIX) -> lis
 def chaos_faults(seed: int, duration: float, nodes: Sequence[str],
                  kinds: Iterable[str] | None = None,
                  options: ChaosOptions = ChaosOptions(),
-                 mix: int = CHAOS_MIX) -> tuple[Fault, ...]:
+                 mix: int = CHAOS_MIX, *, bridged: bool = False) -> tuple[Fault, ...]:
     """A random schedule, deterministic from the seed, the duration, the nodes
-    and the kinds (`kinds`, or else chaos mix `mix`). Its safety rules:
+    and the kinds (`kinds`, or else chaos mix `mix`, which may draw more on a
+    bridged pair of brokers: `bridged`). Its safety rules:
 
     * every fault heals before `duration - settle`;
     * disruptive faults (kill, pause, restart, partitions, broker stop) never
@@ -326,8 +350,10 @@ def chaos_faults(seed: int, duration: float, nodes: Sequence[str],
     """
     if not nodes:
         raise ValueError("chaos needs at least one node")
-    names = chaos_kinds(kinds, mix)
+    names = chaos_kinds(kinds, mix, bridged)
     drawn = CHAOS_MIXES[mix] if kinds is None else ChaosMix(tuple(names))
+    brokers = ((BROKER_TARGET, BROKER2_TARGET) if bridged and drawn.either_broker
+               else (BROKER_TARGET,))
     active = drawn.active
     if len(nodes) < 2:
         names = [n for n in names if FAULTS[n].outage is None]
@@ -352,7 +378,8 @@ def chaos_faults(seed: int, duration: float, nodes: Sequence[str],
                       else rng.choices(names, weights)[0]]
         # Roles (resolved when the fault fires) only for disruptive faults: two
         # faults on one resource must not end up on one node.
-        targets = ((BROKER_TARGET,) if kind.target == BROKER
+        targets = ((brokers if kind.resource == BROKER else (BROKER_TARGET,))
+                   if kind.target == BROKER
                    else (*sorted(nodes), *ROLE_TARGETS) if kind.outage is not None
                    else tuple(sorted(nodes)))
         if active is not None and kind.outage is not None:
@@ -378,9 +405,10 @@ def chaos_faults(seed: int, duration: float, nodes: Sequence[str],
 def chaos_schedule(seed: int, duration: float, nodes: Sequence[str],
                    kinds: Iterable[str] | None = None,
                    options: ChaosOptions = ChaosOptions(),
-                   mix: int = CHAOS_MIX) -> tuple[FaultStep, ...]:
+                   mix: int = CHAOS_MIX, *, bridged: bool = False) -> tuple[FaultStep, ...]:
     """chaos_faults() as steps: every inject followed by its heal before the end."""
-    return plan(chaos_faults(seed, duration, nodes, kinds, options, mix), duration)
+    return plan(chaos_faults(seed, duration, nodes, kinds, options, mix, bridged=bridged),
+                duration)
 
 
 __all__ = ["BROKER_CUT", "CHAOS_MIX", "CHAOS_MIXES", "CRASH", "DATA_CUT", "FAILOVER_KINDS",

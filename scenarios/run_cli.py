@@ -217,10 +217,12 @@ def _prepare(args: argparse.Namespace, base: Scenario) -> Prepared:
         return base, None, None
     kinds = args.kinds.split(",") if args.kinds else None
     mix = CHAOS_MIX if args.mix is None else args.mix
-    chaos = _chaos_record(args, base.seed, faults.chaos_kinds(kinds, mix),
+    bridged = base.cluster.broker.kind == "bridged"
+    chaos = _chaos_record(args, base.seed, faults.chaos_kinds(kinds, mix, bridged),
                           None if kinds else mix)
     drawn = faults.chaos_faults(base.seed, args.duration, base.cluster.node_names, kinds,
-                                faults.ChaosOptions(interval=args.interval), mix)
+                                faults.ChaosOptions(interval=args.interval), mix,
+                                bridged=bridged)
     base = replace(base.with_faults(drawn), duration=args.duration, name=f"chaos-{base.seed}")
     return base, faults.plan(base.faults, base.duration), chaos
 

@@ -138,7 +138,7 @@ def test_each_node_outage_says_what_it_does_to_the_node_and_its_role() -> None:
 
 
 def test_the_chaos_mixes_are_an_explicit_versioned_registry() -> None:
-    assert CHAOS_MIX == max(CHAOS_MIXES) == 3
+    assert CHAOS_MIX == max(CHAOS_MIXES) == 4
     for version, mix in CHAOS_MIXES.items():
         assert mix.kinds and set(mix.kinds) <= set(FAULTS), version
         assert "clock_skew" not in mix.kinds  # only on request: it ages entries early
@@ -149,12 +149,13 @@ def test_the_chaos_mixes_are_an_explicit_versioned_registry() -> None:
     assert CHAOS_MIXES[3].active == 0.5
     assert CHAOS_MIXES[1].active is CHAOS_MIXES[2].active is None and not CHAOS_MIXES[2].weights
     assert chaos_kinds() == list(CHAOS_MIXES[CHAOS_MIX].kinds)
-    with pytest.raises(ValueError, match="unknown chaos mix 9; known: 1, 2, 3"):
+    with pytest.raises(ValueError, match="unknown chaos mix 9; known: 1, 2, 3, 4"):
         chaos_faults(3, 60.0, ["a", "b"], mix=9)
     # the default mix takes the active down (seed 159, 25 s: the chaos run in CI until
     # the library's active-hang took over its pauses)
     drawn = chaos_faults(159, 25.0, ["a", "b", "c"])
-    assert drawn == chaos_faults(159, 25.0, ["a", "b", "c"], mix=3)
+    assert drawn == chaos_faults(159, 25.0, ["a", "b", "c"], mix=3) == \
+        chaos_faults(159, 25.0, ["a", "b", "c"], mix=4)
     assert [(f.at, f.kind, f.target, f.duration) for f in drawn] == \
         [(5.009, "pause", "active", 4.285), (11.804, "pause", "active", 0.619),
          (16.122, "card_insert_fail", "b", 2.628)]
@@ -173,6 +174,35 @@ def test_the_chaos_mixes_are_an_explicit_versioned_registry() -> None:
 def test_a_malformed_chaos_mix_is_refused(fields: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="malformed chaos mix"):
         ChaosMix(**fields)  # type: ignore[arg-type]
+
+
+def test_mix_4_is_mix_3_on_one_broker_and_adds_the_site_partitions_on_a_bridged_pair() -> None:
+    """Mix 4 draws, on one broker, exactly what mix 3 draws (the same seeds
+    replay the same schedules); on a bridged pair it also cuts the bridge and
+    stops or stalls the second broker, within the same safety rules."""
+    assert CHAOS_MIXES[4].kinds == CHAOS_MIXES[3].kinds
+    assert CHAOS_MIXES[4].weights == CHAOS_MIXES[3].weights
+    assert chaos_kinds(mix=4) == chaos_kinds(mix=3)
+    assert chaos_kinds(mix=4, bridged=True) == [*chaos_kinds(mix=3), "bridge_cut"]
+    assert chaos_kinds(mix=3, bridged=True) == chaos_kinds(mix=3)  # older mixes: unchanged
+    nodes = ["a", "b", "c"]
+    for seed in range(300):
+        assert chaos_faults(seed, 30.0, nodes, mix=4) == chaos_faults(seed, 30.0, nodes, mix=3)
+        assert chaos_faults(seed, 30.0, nodes, mix=3, bridged=True) == \
+            chaos_faults(seed, 30.0, nodes, mix=3)
+    bridged = [f for s in range(300) for f in chaos_faults(s, 30.0, nodes, bridged=True)]
+    hit = {(f.kind, f.target) for f in bridged if FAULTS[f.kind].target == "broker"}
+    assert hit == {("broker_stop", "broker"), ("broker_stop", "broker2"),
+                   ("broker_pause", "broker"), ("broker_pause", "broker2"),
+                   ("bridge_cut", "broker")}, hit
+    # --kinds draws the broker outages on the first broker, bridged or not
+    assert {f.target for s in range(100)
+            for f in chaos_faults(s, 30.0, nodes, ["broker_stop", "kill"], bridged=True)
+            if f.kind == "broker_stop"} == {"broker"}
+    assert "on a bridged pair also bridge_cut, broker outages on either broker" in \
+        CHAOS_MIXES[4].describe()
+    with pytest.raises(ValueError, match="malformed chaos mix"):
+        ChaosMix(("kill",), site_kinds=("kill",))
 
 
 def _takes_the_active_down(faults: tuple[Fault, ...]) -> bool:  # ("a": the first active)

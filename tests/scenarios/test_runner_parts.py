@@ -305,7 +305,9 @@ def test_chaos_rejects_an_unknown_mix_and_kinds_with_a_mix(
 
 
 @pytest.mark.parametrize(("argv", "replay", "mix"), [
-    ([], "ctlab chaos --seed 1 --duration 30 --mix 3", 3),
+    ([], "ctlab chaos --seed 1 --duration 30 --mix 4", 4),
+    (["--seed", "7", "--broker", "bridged"],
+     "ctlab chaos --seed 7 --duration 30 --mix 4 --broker bridged", 4),
     (["--seed", "23", "--duration", "25", "--mix", "1", "--backend", "netns"],
      "ctlab chaos --seed 23 --duration 25 --mix 1 --backend netns", 1),
     (["--seed", "86", "--kinds", "broker_pause,pause,kill", "--interval", "2.5",
@@ -328,13 +330,16 @@ def test_a_chaos_report_says_how_to_replay_it(argv: list[str], replay: str,
         kinds = a.kinds.split(",") if a.kinds else None
         m = faults.CHAOS_MIX if a.mix is None else a.mix
         return _chaos_record(a, 1 if a.seed is None else a.seed,
-                             faults.chaos_kinds(kinds, m), None if kinds else m)
+                             faults.chaos_kinds(kinds, m, a.broker == "bridged"),
+                             None if kinds else m)
     rec = record(argv)
     assert rec["replay"] == replay and rec["mix"] == mix
     again = record(shlex.split(str(rec["replay"]))[2:])
     assert again == rec  # the replay command replays itself
     kinds = rec["kinds"]
-    assert isinstance(kinds, list) and (mix is None or kinds == list(faults.CHAOS_MIXES[mix].kinds))
+    assert isinstance(kinds, list) and (mix is None or kinds == list(
+        faults.CHAOS_MIXES[mix].drawn("bridged" in argv)))
+    assert ("bridge_cut" in kinds) == ("bridged" in argv)
 
 
 @pytest.mark.parametrize("broker", ["mosquitto", "embedded"])
