@@ -130,7 +130,8 @@ FAULTS: dict[str, FaultKind] = {k.name: k for k in (
     _kind("bridge_cut", BROKER, "bridge", Action("cut", (("link", "bridge"),)),
           Action("restore", (("link", "bridge"),)),
           "cut the bridge between the two brokers of a bridged pair (--broker bridged: a "
-          "partition between the sites, each broker up); heal: restore it. In no chaos mix",
+          "partition between the sites, each broker up); heal: restore it. Drawn by chaos "
+          "mix 4 on a bridged pair only",
           disruptive=True),
     _kind("partition_broker", NODE, "broker-link", Action("cut", (("link", "broker"),)),
           Action("restore", (("link", "broker"),)),

@@ -195,6 +195,9 @@ class Runner:
         self.history = History()
         self.t0 = 0.0
         self.resolved: dict[int, str] = {}  # fault index -> the node a role target hit
+        # node -> (epoch, term) it had when the switch last left it: a node the
+        # switch comes back to with both unchanged never gave the role up
+        self.left: dict[str, tuple[Any, Any]] = {}
         self.failover: _Failover | None = None
         self.cut: _Cut | None = None
         # (flow, direction) -> (hw | sw, when): its last delivery
@@ -485,6 +488,9 @@ class Runner:
         got = self._preinstalled(new, old)
         if got is not None:
             self.ops.append(Op("info", new, now, F_PREINSTALL, got))
+        if old is not None:
+            was = self.views[old].state or self.views[old].full or {}
+            self.left[old] = (was.get("epoch"), was.get("term"))
         sw.active = new
 
     def _preinstalled(self, new: str, old: str | None) -> dict[str, Any] | None:
@@ -498,7 +504,17 @@ class Runner:
         promo = st.get("promotion")  # brief /state; the full one lists them all
         if promo is None and st.get("promotions"):
             promo = st["promotions"][-1]
-        if not isinstance(promo, dict) or promo.get("term") != st.get("term"):
+        if st.get("epoch") is not None and self.left.get(new) == (st["epoch"], st.get("term")):
+            # The switch comes back to a node that never gave the role up (two
+            # actives: a partition, a stall): its promotion is from before the switch
+            # left it (the run's start, with an empty card; `ctlab chaos --seed 7608
+            # --backend netns --broker bridged` measured 0/800). What its card holds
+            # now is the measure (its last full /state, a second old at most).
+            off = (self.views[new].full or {}).get("offload") or {}
+            if off.get("installed") is None:
+                return None
+            promo = {**off, "pending": off.get("pending", 0), "at": None}
+        elif not isinstance(promo, dict) or promo.get("term") != st.get("term"):
             off = (self.views[new].standby_state or {}).get("offload") or {}
             if off.get("eligible") is None:  # (a big table's first count still under way)
                 return None

@@ -21,7 +21,7 @@ from node.packet import ip_bytes
 from scenarios import faults, report
 from scenarios.cli import main
 from scenarios.invariants import INVARIANTS
-from scenarios.model import F_FAILOVER, Expectation, History, flow_key, load
+from scenarios.model import F_FAILOVER, F_PREINSTALL, Expectation, History, flow_key, load
 from scenarios.progress import Progress
 from scenarios.runner import STATE_TIMEOUT, Runner, RunOptions, entry_key, expectation_met
 from scenarios.switch import Switch
@@ -515,6 +515,57 @@ def test_a_move_of_the_active_says_whether_a_fault_on_the_active_began_it() -> N
     assert r.switch.active == "a"
     moves = [op.value for op in r.ops if op.f == F_FAILOVER and op.type == "invoke"]
     assert moves[-1] == {"from": "b"}
+
+
+def test_the_switch_back_to_an_active_that_never_gave_the_role_up_measures_its_card_now(
+        ) -> None:
+    """Two actives (a partition: `ctlab chaos --seed 7608 --backend netns
+    --broker bridged`, the first site's broker stopped): the switch follows b,
+    which took over; b is killed, and the switch goes back to a, which never
+    gave the role up. a's promotion is from the run's start (its card empty
+    then): what a's card holds now is what preinstalled_ratio must measure
+    (it measured 0/800). A node promoted again (a new term) is measured at its
+    promotion, as before."""
+    r = Runner(load(LIBRARY / "failover-basic.yaml"),
+               SimpleNamespace(control_url=lambda n: ""),  # type: ignore[arg-type]
+               RunOptions(progress=False))
+    r.switch = Switch(r.gen, r.nodes, {}, lambda node, side: ("127.0.0.1", 9))
+    r.switch.active = "a"
+    start = {"term": 1, "reason": "no live active", "installed": 0, "pending": 0,
+             "eligible": 0, "at": 0.1}
+    r.views["a"].state = {"role": "active", "term": 1, "epoch": 5, "promotion": start}
+    r.views["a"].full = {**r.views["a"].state,
+                         "offload": {"installed": 800, "pending": 0, "eligible": 800}}
+    r.views["b"].state = {"role": "active", "term": 2, "epoch": 6, "promotion": {
+        "term": 2, "reason": "no live active", "installed": 800, "pending": 0,
+        "eligible": 800, "at": 6.2}}
+    r.views["b"].full = {**r.views["b"].state,
+                         "offload": {"installed": 800, "pending": 0, "eligible": 800}}
+    r._follow(r._known(), 6.3)
+    assert r.switch.active == "b"
+    r.failover = None
+    r._begin_failover("b", 10.2)  # b killed; a still active, term 1
+    r.views["b"].state = None
+    r.views["a"].full = {**r.views["a"].state,
+                         "offload": {"installed": 790, "pending": 4, "eligible": 800}}
+    r._follow(r._known(), 10.25)
+    assert r.switch.active == "a"
+    pre = [op.value for op in r.ops if op.f == F_PREINSTALL]
+    assert pre[-1]["installed"] == 794 and pre[-1]["eligible"] == 800, pre
+    # promoted again: measured at its new promotion
+    r.failover = None
+    r.views["b"].state = {"role": "active", "term": 3, "epoch": 7, "promotion": {
+        "term": 3, "reason": "no live active", "installed": 700, "pending": 0,
+        "eligible": 800, "at": 12.0}}
+    r._follow(r._known(), 12.1)
+    r.views["a"].state = {"role": "active", "term": 4, "epoch": 5, "promotion": {
+        "term": 4, "reason": "preempting", "installed": 650, "pending": 0,
+        "eligible": 800, "at": 13.0}}
+    r.views["b"].state = {"role": "standby", "term": 4, "epoch": 7}
+    r._follow(r._known(), 13.1)
+    assert r.switch.active == "a"
+    assert [(op.process, op.value["installed"]) for op in r.ops if op.f == F_PREINSTALL] == \
+        [("b", 800), ("a", 794), ("b", 700), ("a", 650)]
 
 
 def _outage_of_a(kind: str, times: list[float],
