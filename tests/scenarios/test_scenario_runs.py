@@ -214,8 +214,9 @@ def test_every_library_scenario_is_run() -> None:
 
 
 def test_chaos_replays_its_schedule_and_breaks_nothing(tmp_path: Path) -> None:
-    """Seed 120 of the default mix (3), 15 s: c's card refuses inserts for
-    3.8 s, then kill -9 of the active (a failover to b). Every invariant is
+    """Seed 120 of the default mix (4: on one broker, mix 3's draws), 15 s: c's
+    card refuses inserts for 3.8 s, then kill -9 of the active (a failover to
+    b). Every invariant is
     checked, none left unknown. (A hung active, and a stall shorter than
     dead_after, are the library's active-hang.)"""
     rc, rep = run(["chaos", "--duration", "15", "--seed", "120"], tmp_path)
@@ -225,8 +226,8 @@ def test_chaos_replays_its_schedule_and_breaks_nothing(tmp_path: Path) -> None:
         [(s.at, s.action, s.kind) for s in expected]  # the seed replays the schedule
     assert [(f.kind, f.target) for f in expected if f.action == "inject"] == \
         [("card_insert_fail", "c"), ("kill", "active")]
-    assert rep["chaos"]["mix"] == 3 and rep["chaos"]["replay"] == \
-        "ctlab chaos --seed 120 --duration 15 --mix 3"
+    assert rep["chaos"]["mix"] == 4 and rep["chaos"]["replay"] == \
+        "ctlab chaos --seed 120 --duration 15 --mix 4"
     assert rep["seed"] == 120 and len(rep["invariants"]) == 10  # every invariant checked
     took = next(i for i in rep["invariants"] if i["name"] == "failover_time")
     assert took["detail"].startswith("a→b in "), summary(rep)
