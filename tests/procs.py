@@ -15,12 +15,22 @@ from pathlib import Path
 from typing import Any
 
 
+def _stat(path: Path) -> list[str]:
+    """/proc/PID/stat's fields after the command name (state, ppid, ...)."""
+    return path.read_text().rsplit(")", 1)[1].split()
+
+
+def state(pid: int) -> str:
+    """The process's state letter (R, S, T when stopped by a signal, Z ...)."""
+    return _stat(Path(f"/proc/{pid}/stat"))[0]
+
+
 def descendants(pid: int) -> set[int]:
     """Every process below `pid` now (from /proc)."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            fields = _stat(stat)
         except OSError:
             continue  # gone meanwhile
         children.setdefault(int(fields[1]), []).append(int(stat.parent.name))

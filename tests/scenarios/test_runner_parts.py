@@ -25,6 +25,7 @@ from scenarios.model import F_FAILOVER, F_PREINSTALL, Expectation, History, flow
 from scenarios.progress import Progress
 from scenarios.runner import STATE_TIMEOUT, Runner, RunOptions, entry_key, expectation_met
 from scenarios.switch import Switch
+from tests.procs import netns_names, state
 
 LIBRARY = Path(__file__).resolve().parents[2] / "scenarios" / "library"
 
@@ -193,8 +194,7 @@ def test_a_netns_bridged_pair_survives_a_silent_bridge_cut_that_ends_its_connect
             await backend.teardown()
     asyncio.run(go())
     assert len(brokers) == 2 and not any(p.alive() for p in brokers)  # both stopped
-    assert backend.rid not in subprocess.run(["ip", "netns", "list"], capture_output=True,
-                                             text=True, check=True).stdout
+    assert not {n for n in netns_names() if n.startswith(backend.rid)}
 
 
 async def second_broker_faults(backend: Any, first: str, second: str, port: int) -> None:
@@ -206,7 +206,7 @@ async def second_broker_faults(backend: Any, first: str, second: str, port: int)
         """Whether the process is stopped by a signal (state T in /proc/PID/stat),
         waiting up to a second for it to become `want`."""
         def now() -> bool:
-            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+            return state(pid) == "T"
         deadline = time.monotonic() + 1.0
         while now() != want and time.monotonic() < deadline:
             time.sleep(0.01)
