@@ -117,6 +117,8 @@ BROKER2_TARGET = "broker2"  # the second broker of a bridged pair (broker_stop, 
 def broker_site(target: str) -> int:
     """Which broker of a bridged pair a broker fault's target names (1 or 2)."""
     return 2 if target == BROKER2_TARGET else 1
+
+
 NETWORK = ipaddress.IPv4Network("198.18.0.0/15")  # RFC 2544 benchmarking: the only addresses
 DEFAULT_CARD = "default"
 MAX_PAYLOAD = 1400
