@@ -1,6 +1,6 @@
 """What a test needs to check that a command left nothing behind: the
-processes below a PID, the network namespaces there are, and a command run
-until it is ready and then sent SIGTERM."""
+processes below a PID, the network namespaces there are (and those of one
+run), and a command run until it is ready and then sent SIGTERM."""
 
 from __future__ import annotations
 
@@ -51,6 +51,24 @@ def alive(pids: set[int]) -> set[int]:
 def netns_names() -> set[str]:
     r = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
     return {line.split()[0] for line in r.stdout.splitlines() if line.strip()}
+
+
+def netns_of_run(pid: int) -> set[str]:
+    """The network namespaces of the netns run below `pid`: those its processes
+    are in (`ip netns identify`: the same inode as /run/netns/NAME), and those
+    sharing their run's prefix (the hub, where no process lives). Unlike a
+    difference of two listings, it holds while other runs come and go."""
+    inodes = set()
+    for p in descendants(pid):
+        with contextlib.suppress(OSError):
+            inodes.add(os.stat(f"/proc/{p}/ns/net").st_ino)
+    names = netns_names()
+    runs = set()
+    for name in names:
+        with contextlib.suppress(OSError):
+            if os.stat(f"/run/netns/{name}").st_ino in inodes:
+                runs.add(name.split("-")[0])
+    return {name for name in names if name.split("-")[0] in runs}
 
 
 @dataclass

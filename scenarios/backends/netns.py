@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import fcntl
 import os
 import random
 import signal as signals
@@ -71,6 +72,7 @@ TRAFFIC_PORTS = {"inside": 9001, "outside": 9002}
 # brain 8.6 s after the heal (README.md, "Bridged brokers").
 RTO_MAX, RTO_MAX_MS = "/proc/sys/net/ipv4/tcp_rto_max_ms", 1000
 SITE2_CONF = "mosquitto-site2.conf"  # in the run's workdir
+SUBNET_LOCK = "/run/ctlab-netns.lock"  # held while a run chooses its subnets
 
 
 def _sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -161,11 +163,6 @@ class NetnsBackend(ProcessBackend):
         self.plan = plan
         self.rid = plan.run_id[:9]
         self.broker2 = self.bridge_wait_s = None
-        used = _used_subnets()
-        free = [k for k in range(2, 250, 2) if k not in used and k + 1 not in used]
-        if not free:
-            raise BackendError("no free /24 pair left in 198.18.0.0/16")
-        self.k = random.choice(free)
         self.index = {n: i for i, n in enumerate(plan.nodes)}
         await asyncio.to_thread(self._build)
 
@@ -196,7 +193,17 @@ class NetnsBackend(ProcessBackend):
             "netns", "1")
         self.undo.append(lambda: _sh("ip", "link", "del", host_if, check=False))
         _sh("ip", "-n", hub, "link", "set", "hostlink", "master", "bs", "up")
-        _sh("ip", "addr", "add", f"{self.sync_ip(1)}/24", "dev", host_if)
+        # Runs at once on one host (`pytest -n`, two shells) choose their subnets
+        # in turn: a run's choice is seen by the next (_used_subnets()) once its
+        # first address is on the host.
+        with open(SUBNET_LOCK, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            used = _used_subnets()
+            free = [k for k in range(2, 250, 2) if k not in used and k + 1 not in used]
+            if not free:
+                raise BackendError("no free /24 pair left in 198.18.0.0/16")
+            self.k = random.choice(free)
+            _sh("ip", "addr", "add", f"{self.sync_ip(1)}/24", "dev", host_if)
         _sh("ip", "link", "set", host_if, "up")
         self._netns(self.ns("brk"))
         self._veth(self.ns("brk"), "sync0", "bs", f"{self.sync_ip(2)}/24", "vbrk")

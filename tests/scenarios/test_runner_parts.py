@@ -197,6 +197,31 @@ def test_a_netns_bridged_pair_survives_a_silent_bridge_cut_that_ends_its_connect
     assert not {n for n in netns_names() if n.startswith(backend.rid)}
 
 
+def test_netns_runs_set_up_at_once_take_subnets_of_their_own(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three netns backends set up at once (threads: as two `ctlab run`s or
+    `pytest -n` workers would) each choose the lowest free /24 pair: the lock
+    around a run's choice and its first address makes them choose in turn."""
+    from scenarios.backends import netns
+    from scenarios.backends.base import ClusterPlan
+
+    monkeypatch.setattr(netns.random, "choice", min)
+    backends = [netns.NetnsBackend() for _ in range(3)]
+
+    async def go() -> list[int]:
+        try:
+            await asyncio.gather(*(b.setup(ClusterPlan(f"tsub{i}", ("a",), "embedded",
+                                                       tmp_path / str(i)))
+                                   for i, b in enumerate(backends)))
+            return [b.k for b in backends]
+        finally:
+            for b in backends:
+                await b.teardown()
+    ks = asyncio.run(go())
+    assert len(set(ks)) == 3, ks
+    assert not {n for n in netns_names() if n.startswith("tsub")}
+
+
 async def second_broker_faults(backend: Any, first: str, second: str, port: int) -> None:
     """broker_stop and broker_pause on broker2 (site 2) of a running bridged
     pair (netns): applied to the second broker alone, and healed."""

@@ -21,7 +21,7 @@ import pytest
 from scenarios.cli import main
 from scenarios.faults import chaos_schedule
 from scenarios.model import Broker, load
-from tests.procs import alive, descendants, netns_names, sigterm_when
+from tests.procs import alive, descendants, netns_names, netns_of_run, sigterm_when
 
 ROOT = Path(__file__).resolve().parents[2]
 LIBRARY = ROOT / "scenarios" / "library"
@@ -369,12 +369,11 @@ def test_sigterm_stops_the_run_and_removes_what_it_made(backend: str, tmp_path: 
     """`ctlab run` killed with SIGTERM (a CI timeout, `kill`) in the middle of
     its run: it exits 143 within seconds, having stopped its broker and nodes
     and removed its namespaces and links."""
-    before = netns_names()
     logs = tmp_path / "work" / "logs"
 
     def ready(pid: int) -> set[str] | bool:  # both nodes started (the namespaces made)
         up = (logs / "a.log").exists() and (logs / "b.log").exists()
-        return up and (netns_names() - before if backend == "netns" else True)
+        return up and (netns_of_run(pid) if backend == "netns" else True)
     t = sigterm_when([sys.executable, "-m", "scenarios.cli", "run",
                       str(LIBRARY / "failover-basic.yaml"), "--backend", backend,
                       "--out", str(tmp_path), "--quiet"], ready)
@@ -394,11 +393,10 @@ def test_sigterm_to_the_test_run_cleans_up_an_in_process_run(tmp_path: Path) -> 
     """pytest itself killed with SIGTERM (CI's timeout) while a test runs a
     scenario in-process: the run tears down, hands the signal on to the tests'
     conftest, and the session stops as after Ctrl-C, leaving nothing behind."""
-    before = netns_names()
     t = sigterm_when(
         [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "--basetemp",
          str(tmp_path / "inner"), f"{Path(__file__)}::test_failover_basic[netns]"],
-        lambda pid: len(descendants(pid)) >= 3 and netns_names() - before, cwd=ROOT)
+        lambda pid: len(descendants(pid)) >= 3 and netns_of_run(pid), cwd=ROOT)
     assert "KeyboardInterrupt" in t.output and "signal 15" in t.output, t.output
     assert "terminated (SIGTERM), cleaned up" in t.output, t.output
     assert t.returncode == pytest.ExitCode.INTERRUPTED, t.output
