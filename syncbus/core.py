@@ -121,6 +121,8 @@ class SyncConfig:
     reconnect_grace: float = 5.0
     will_grace: float = 0.0  # a peer's will waits this long for it to reconnect
     step_down_isolated: float = 0.0  # an active unheard by itself this long steps down
+    quorum: int = 0  # members (this one included) it must hear to be active; 0: no rule
+    witness: bool = False  # a vote in the quorum, never active
     budget: int = DEFAULT_BUDGET
     flush_delay: float = DEFAULT_DELAY
     history_bytes: int = DEFAULT_HISTORY
@@ -176,7 +178,7 @@ class SyncCore:
         self.election = Election(ElectionConfig(
             cfg.node, cfg.priority, cfg.preempt, cfg.mode, cfg.hb_interval, cfg.dead_after,
             cfg.discover, cfg.sync_timeout, cfg.reconnect_grace, cfg.readiness_gate,
-            cfg.will_grace, cfg.step_down_isolated), epoch, now)
+            cfg.will_grace, cfg.step_down_isolated, cfg.quorum, cfg.witness), epoch, now)
         self.deferrals: Deferrals[Any] | None = Deferrals(cfg.defer) if cfg.defer else None
         self._events: list[Event] = []
         self._snapshots: deque[SnapshotWriter] = deque()

@@ -35,6 +35,17 @@ Active-standby (VRRP's rules, with pfsync's gate and a fencing term):
     split brain of a cut then lasts until that, not until the heal; the price
     is a broker outage longer than that, which leaves no member active until
     the broker is back (the best member then takes over with a new term);
+  - with a quorum of q members (0, the default: no quorum rule; corosync's
+    expected votes), a member holds or takes the active role only while it
+    hears q members, itself included, and its own heartbeats come back through
+    the broker within `dead_after`: the side of a partition that hears fewer
+    (a bridge cut between two sites, an active cut off from its broker) has no
+    active, so no partition makes two. An active that loses the quorum gives
+    the role up at once and, as after `step_down_isolated`, takes it again only
+    once it has heard every live peer anew. A witness (`witness`: never a
+    candidate, no data path needed) is the odd vote of a two-node cluster. The
+    price: a broker stall or outage longer than `dead_after`, or the loss of
+    all but fewer than q members, leaves the cluster without an active;
   - no promotion while the bus is down (the node cannot see the others), and
     no peer is declared dead meanwhile; once back, peers get `reconnect_grace`
     to reappear (a broker restart is not the active's death). "Down" includes a
@@ -72,6 +83,7 @@ heartbeat_due(), and acts on the returned events.
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -83,11 +95,14 @@ from syncbus.messages import (
     ROLE_JOINING,
     ROLE_OFFLINE,
     ROLE_STANDBY,
+    ROLE_WITNESS,
     Heartbeat,
 )
 
 ACTIVE_STANDBY = "active-standby"
 ACTIVE_ACTIVE = "active-active"
+
+MAX_QUORUM = 64  # members; far above any cluster ctlab runs
 
 DISCOVERING = "discovering"
 SYNCING = "syncing"
@@ -109,6 +124,8 @@ class ElectionConfig:
     readiness_gate: bool = True  # False (a negative control): eligible at once
     will_grace: float = 0.0  # a will waits this long for its peer to reconnect
     step_down_isolated: float = 0.0  # an active unheard by itself this long steps down
+    quorum: int = 0  # members (this one included) it must hear to be active; 0: no rule
+    witness: bool = False  # a vote in the quorum, never active
 
     def __post_init__(self) -> None:
         if not 0 <= self.priority <= 255:
@@ -125,6 +142,8 @@ class ElectionConfig:
         if self.step_down_isolated and not self.step_down_isolated >= self.dead_after:
             raise ValueError("step_down_isolated must be 0 (never) or at least dead_after "
                              "(a shorter stall of the broker moves no role)")
+        if not 0 <= self.quorum <= MAX_QUORUM:
+            raise ValueError(f"quorum must be 0 (no quorum rule) .. {MAX_QUORUM}")
 
 
 # ---------------------------------------------------------------- events
@@ -217,6 +236,9 @@ class Election:
         # we sent after it is back (the broker still works after the will).
         self._will_at = float("-inf")
         self._isolated_at = float("-inf")  # when we last gave the role up, cut off
+        self._quorate_since = float("inf")  # with a quorum rule: since when we have it
+        # with a quorum rule: each time it was lost or regained (time, quorate, why)
+        self.quorum_log: deque[tuple[float, bool, str]] = deque(maxlen=64)
         self._grace_until = float("-inf")  # the end of the last reconnect grace
         self._grace_from = float("-inf")  # and its start
         self.transitions: list[tuple[float, RoleChanged]] = []
@@ -385,6 +407,8 @@ class Election:
         t = self._next_hb
         if self.role == ROLE_ACTIVE and self.cfg.step_down_isolated:
             t = min(t, self._echo_at + self.cfg.step_down_isolated)  # (then tick() decides)
+        if self.role == ROLE_ACTIVE and self.cfg.quorum:
+            t = min(t, self._echo_at + self.cfg.dead_after)  # (then quorate() fails)
         if self.connected and self._echo_at + self.cfg.dead_after > t:
             for p in self.peers.values():
                 # until its probe has left (then on_echo() decides)
@@ -476,9 +500,29 @@ class Election:
         return not self.has_ready_peer()
 
     def has_ready_peer(self) -> bool:
-        """A live peer that is ready and not going offline is there."""
-        return any(p.alive and p.hb.ready and p.hb.role != ROLE_OFFLINE
+        """A live peer that is ready, not going offline and no witness is there."""
+        return any(p.alive and p.hb.ready and p.hb.role not in (ROLE_OFFLINE, ROLE_WITNESS)
                    for p in self.peers.values())
+
+    def votes(self) -> int:
+        """The members this one hears, itself included (witnesses, joining
+        members and members in FAULT vote too)."""
+        return 1 + sum(p.alive for p in self.peers.values())
+
+    def quorate(self, now: float) -> bool:
+        """May this member hold the active role: always without a quorum rule;
+        with one, while it hears `quorum` members and its own heartbeats come
+        back through the broker within `dead_after` (a member cut off from the
+        broker hears nobody, whatever it last knew)."""
+        q = self.cfg.quorum
+        return not q or (self.connected and now - self._echo_at < self.cfg.dead_after
+                         and self.votes() >= q)
+
+    def _no_quorum(self, now: float) -> str:
+        if not (self.connected and now - self._echo_at < self.cfg.dead_after):
+            return ("no quorum: none of our heartbeats came back for "
+                    f"{now - self._echo_at:.2f} s")
+        return f"no quorum: {self.votes()} of {self.cfg.quorum} members heard"
 
     # ------------------------------------------------------------ roles
     def _set_role(self, role: str, now: float, reason: str) -> list[Event]:
@@ -494,14 +538,27 @@ class Election:
         return max(self.term, self._term_seen)
 
     def _decide(self, now: float) -> list[Event]:
+        if not self.quorate(now):
+            if self._quorate_since != float("inf") or not self.quorum_log:
+                self.quorum_log.append((now, False, self._no_quorum(now)))
+            self._quorate_since = float("inf")
+        elif self._quorate_since == float("inf"):
+            self._quorate_since = now
+            if self.cfg.quorum:
+                self.quorum_log.append((now, True, f"{self.votes()} of {self.cfg.quorum} "
+                                                   "members heard"))
         eligible = self.eligible()
         if not eligible:
             self._eligible_since = float("inf")
         elif self._eligible_since == float("inf"):
             self._eligible_since = now
+        if self.cfg.witness:
+            return self._set_role(ROLE_WITNESS, now, "a witness: a vote, never active")
         if self.fault is not None:
             return self._set_role(ROLE_FAULT, now, f"data link down: {self.fault}")
         if self.cfg.mode == ACTIVE_ACTIVE:
+            if eligible and not self.quorate(now):
+                return self._set_role(ROLE_STANDBY, now, self._no_quorum(now))
             return self._set_role(ROLE_ACTIVE if eligible else ROLE_JOINING, now,
                                   "active-active: every ready member forwards")
         me = (self.term, self.cfg.priority, self.cfg.node)
@@ -517,6 +574,9 @@ class Election:
                 self._isolated_at = now
                 return self._set_role(ROLE_STANDBY, now, "isolated: none of our heartbeats "
                                       f"came back for {now - self._echo_at:.2f} s")
+            if not self.quorate(now):
+                self._isolated_at = now
+                return self._set_role(ROLE_STANDBY, now, self._no_quorum(now))
             return []
         if not eligible:
             return self._set_role(ROLE_JOINING, now, self.gate.reason)
@@ -543,6 +603,14 @@ class Election:
         return self._promote(now, "no live active")
 
     def _promote(self, now: float, reason: str) -> list[Event]:
+        if not self.quorate(now):
+            return self._set_role(ROLE_STANDBY, now, self._no_quorum(now))
+        if self.cfg.quorum and now - self._quorate_since < self.cfg.dead_after:
+            # Just quorate (a partition healed, a broker back): the member that
+            # holds the role may not have been heard yet (the first heartbeat to
+            # arrive was the witness's); every reachable one is within dead_after.
+            return self._set_role(ROLE_STANDBY, now, "quorum regained: hearing every "
+                                                     "member first")
         self.term = self._max_term() + 1
         return self._set_role(ROLE_ACTIVE, now, reason)
 
@@ -551,8 +619,8 @@ class Election:
         """Live, ready members including this one, sorted (active-active owners);
         not those in FAULT (their data path is down)."""
         out = [p.node for p in self.peers.values()
-               if p.alive and p.hb.ready and p.hb.role != ROLE_FAULT]
-        if self.eligible() and self.fault is None:
+               if p.alive and p.hb.ready and p.hb.role not in (ROLE_FAULT, ROLE_WITNESS)]
+        if self.eligible() and self.fault is None and not self.cfg.witness:
             out.append(self.cfg.node)
         return sorted(out)
 

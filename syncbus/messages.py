@@ -53,7 +53,8 @@ ROLE_STANDBY = "standby"
 ROLE_ACTIVE = "active"
 ROLE_OFFLINE = "offline"  # the MQTT will: the node's connection died
 ROLE_FAULT = "fault"  # a tracked data link is down: not a candidate (VRRP's FAULT state)
-ROLES = (ROLE_JOINING, ROLE_STANDBY, ROLE_ACTIVE, ROLE_OFFLINE, ROLE_FAULT)
+ROLE_WITNESS = "witness"  # a vote in the quorum, never a candidate
+ROLES = (ROLE_JOINING, ROLE_STANDBY, ROLE_ACTIVE, ROLE_OFFLINE, ROLE_FAULT, ROLE_WITNESS)
 
 
 class ConnId(NamedTuple):
@@ -298,7 +299,8 @@ class Envelope:
 
 
 __all__ = ["OFFLOAD_HW", "OFFLOAD_NONE", "OFFLOAD_SW", "PROTOCOL_VERSION", "ROLES",
-           "ROLE_ACTIVE", "ROLE_FAULT", "ROLE_JOINING", "ROLE_OFFLINE", "ROLE_STANDBY", "Body",
+           "ROLE_ACTIVE", "ROLE_FAULT", "ROLE_JOINING", "ROLE_OFFLINE", "ROLE_STANDBY",
+           "ROLE_WITNESS", "Body",
            "ConnId", "ConnKey", "CtAck", "CtBatch", "CtDelete", "CtFrame", "CtUpsert", "Envelope",
            "ExpectInfo", "Heartbeat", "Item", "NatInfo", "NatRangeInfo", "ResyncRequest",
            "SnapshotChunk", "SnapshotEnd", "SnapshotStart", "TcpDir", "TcpInfo", "Touch",

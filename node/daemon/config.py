@@ -30,6 +30,12 @@
                                   #   least dead_after) gives the role up: a cut from the
                                   #   broker ends the split brain then, not at the heal;
                                   #   a broker outage that long leaves nobody active
+           quorum: 0,             # members (this one included) a node must hear to be or
+                                  #   become active (0: no quorum rule); a partition's
+                                  #   smaller side then has no active (no split brain), at
+                                  #   the price of none anywhere when fewer are heard
+           witness: false,        # a vote in the quorum that is never active (the odd
+                                  #   member of a two-node cluster: it needs no data path)
            track_data: true}      # a data port's link down (or its wire cut): FAULT,
                                   #   the active role given up (keepalived's track_interface)
     control: {listen: "127.0.0.1:8001"}
@@ -73,7 +79,7 @@ from node.offload.faults import DEFAULT_CAPACITY, DEFAULT_INSERT_LATENCY, DEFAUL
 from syncbus import topics
 from syncbus.bus import BusConfig
 from syncbus.core import MAX_DEFER
-from syncbus.election import ACTIVE_ACTIVE, ACTIVE_STANDBY
+from syncbus.election import ACTIVE_ACTIVE, ACTIVE_STANDBY, MAX_QUORUM
 from syncbus.errors import BusError
 
 Addr = tuple[str, int]
@@ -126,6 +132,8 @@ class RoleConfig:
     track_data: bool = True  # data links tracked: one down puts the node in FAULT (link.py)
     will_grace: float = 0.0  # a peer's will waits this long for the peer to reconnect
     step_down_isolated: float = 0.0  # unheard by itself this long, an active steps down
+    quorum: int = 0  # members it must hear (itself included) to be active; 0: no rule
+    witness: bool = False  # a vote in the quorum, never active
 
 
 @dataclass(frozen=True)
@@ -313,7 +321,9 @@ def _role(s: _Section) -> RoleConfig:
                      s.number("sync_timeout", 10.0, lo=0.001, hi=3600.0),
                      s.flag("track_data", True),
                      s.number("will_grace", 0.0, lo=0.0, hi=600.0),
-                     s.number("step_down_isolated", 0.0, lo=0.0, hi=3600.0))
+                     s.number("step_down_isolated", 0.0, lo=0.0, hi=3600.0),
+                     int(s.number("quorum", 0, lo=0, hi=MAX_QUORUM, integer=True)),
+                     s.flag("witness", False))
     s.done()
     if not out.hb_interval < out.dead_after:
         raise ConfigError("role.dead_after: must be longer than role.hb_interval")

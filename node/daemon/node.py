@@ -132,6 +132,7 @@ class Node:
                               dead_after=r.dead_after, discover=r.discover,
                               sync_timeout=r.sync_timeout, will_grace=r.will_grace,
                               step_down_isolated=r.step_down_isolated,
+                              quorum=r.quorum, witness=r.witness,
                               replication=m.replication,
                               preinstall=m.preinstall, distributed_aging=m.distributed_aging,
                               readiness_gate=m.readiness_gate, defer=cfg.sync.defer)

@@ -299,6 +299,10 @@ def state_json(node: Node, now: float, bus: dict[str, Any],
         "priority": node.cfg.role.priority, "active": el.active(), "eligible": el.eligible(),
         "fault": el.fault, "members": el.members(), "will_grace": el.cfg.will_grace,
         "step_down_isolated": el.cfg.step_down_isolated, "wills": dict(el.wills),
+        "quorum": {"of": el.cfg.quorum, "votes": el.votes(), "quorate": el.quorate(now),
+                   "history": [[round(t - node.started, 3), q, why]
+                               for t, q, why in el.quorum_log]},
+        "witness": el.cfg.witness,
         "gate": {"state": g.state, "reason": g.reason, "timed_out": g.timed_out,
                  "source": g.source, "since": round(now - g.since, 3),
                  "history": [[round(t - node.started, 3), s, r] for t, s, r in g.history]},
@@ -406,6 +410,9 @@ def metrics_text(node: Node, now: float, bus: dict[str, Any],
             int(el.gate.state == "ready"))
     m.gauge("ctlab_peers_alive", "Peers heard recently",
             sum(1 for p in el.peers.values() if p.alive))
+    if el.cfg.quorum:
+        m.gauge("ctlab_quorate", "Hears role.quorum members (itself included) and its own "
+                "heartbeats: may be active", int(el.quorate(now)))
     for outcome, n in el.wills.items():
         m.counter("ctlab_role_wills_total", "MQTT wills of live peers: received, and taken as "
                   "the peer's death, withdrawn (it reconnected within role.will_grace) or "

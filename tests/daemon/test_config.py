@@ -82,6 +82,9 @@ def test_a_good_config_parses_into_frozen_values() -> None:
     ("role.step_down_isolated", 0.2, "role.step_down_isolated: 0 (never) or at least "
                                      "role.dead_after"),
     ("role.step_down_isolated", -1, "role.step_down_isolated: -1 is out of range"),
+    ("role.quorum", 65, "role.quorum: 65 is out of range"),
+    ("role.quorum", 1.5, "role.quorum: expected an integer"),
+    ("role.witness", "yes", "role.witness: expected true or false"),
     ("control.listen", "127.0.0.1", "control.listen: expected HOST:PORT"),
     ("sysctl", {"nf_conntrack_bogus": 1}, "sysctl: unknown sysctl net.netfilter.nf_conntrack_bo"),
     ("sysctl", {"nf_conntrack_udp_timeout": "x"}, "sysctl: net.netfilter.nf_conntrack_udp"),
@@ -109,6 +112,13 @@ def test_a_will_acts_at_once_unless_a_grace_is_set() -> None:
     assert config.parse(with_("role.will_grace", 0.35)).role.will_grace == 0.35
     assert config.parse(good()).role.step_down_isolated == 0.0
     assert config.parse(with_("role.step_down_isolated", 2)).role.step_down_isolated == 2.0
+
+
+def test_no_quorum_rule_and_no_witness_unless_set() -> None:
+    role = config.parse(good()).role
+    assert (role.quorum, role.witness) == (0, False)
+    role = config.parse(with_("role", {"quorum": 2, "witness": True})).role
+    assert (role.quorum, role.witness) == (2, True)
 
 
 def test_tc_inline_and_tc_file_are_exclusive() -> None:

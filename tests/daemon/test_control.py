@@ -317,3 +317,24 @@ def test_ctlab_conntrack_E_prints_events(node: NodeProc, tmp_path: Path) -> None
 def test_ctlab_conntrack_against_no_node_fails_cleanly() -> None:
     res = ctlab("conntrack", "-L", "--node", "http://127.0.0.1:9", "--timeout", "2")
     assert res.returncode == 1 and "Traceback" not in res.stderr
+
+
+def test_a_lone_node_short_of_its_quorum_says_so_and_stays_standby(tmp_path: Path) -> None:
+    """role.quorum 2 and nobody else: the node hears 1 of 2 members, so it may
+    not take the role. /state and /metrics say why."""
+    cfg = node_config("q1", "ctlq", None, broker={"embedded": {"port": 0}})
+    cfg["role"]["quorum"] = 2
+    n = NodeProc(tmp_path, "q1", cfg)
+    try:
+        n.start().wait_ready()
+        wait_until(lambda: n.state()["gate"]["state"] == "ready", 10, "the gate to open")
+        wait_until(lambda: n.role() == "standby", 10, "the node to settle")
+        st = n.state()
+        assert st["quorum"]["of"] == 2 and st["quorum"]["votes"] == 1, st["quorum"]
+        assert st["quorum"]["quorate"] is False and st["witness"] is False
+        assert [h[1:] for h in st["quorum"]["history"]] == \
+            [[False, "no quorum: 1 of 2 members heard"]], st["quorum"]
+        assert metrics(n)[("ctlab_quorate", ())] == 0
+        assert n.role() == "standby"
+    finally:
+        n.stop()

@@ -34,6 +34,8 @@ class Cluster:
         self.down: set[str] = set()  # paused / partitioned: neither sends nor receives
         self.cut: set[str] = set()  # running, but cut off the broker: its heartbeats are lost
         self.stalled = False  # the broker forwards nothing (connections stay up)
+        # a partition between sites (a bridge cut): heartbeats reach the own side only
+        self.side: dict[str, int] = {}
         self.held: list[tuple[str, float]] = []  # heartbeats it took meanwhile: (node, sent)
         self.now = T0
         self.events: list[tuple[str, object]] = []
@@ -54,7 +56,8 @@ class Cluster:
         # its own heartbeat comes back through the broker (a pending will takes effect)
         self.events += [(name, ev) for ev in e.on_echo(self.now, self.now)]
         for other, o in self.nodes.items():
-            if other != name and other not in self.down and other not in self.cut:
+            if other != name and other not in self.down and other not in self.cut \
+                    and self.side.get(other, 0) == self.side.get(name, 0):
                 self.events += [(other, ev) for ev in
                                 o.on_heartbeat(self.epochs[name], self.seqs[name], hb, self.now)]
 
@@ -787,3 +790,187 @@ def test_step_down_isolated_is_zero_or_at_least_dead_after(isolated: float, ok: 
     else:
         with pytest.raises(ValueError, match="step_down_isolated"):
             ElectionConfig("a", step_down_isolated=isolated)
+
+
+# ---------------------------------------------------------------- quorum and witness
+def _with_witness(c: Cluster, **cfg: object) -> tuple[Election, Election, Election]:
+    """a (200) active, b (100) standby and the witness w, all with `cfg`."""
+    a = c.add("a", priority=200, **cfg)
+    c.run(1.0)
+    b = c.add("b", priority=100, **cfg)
+    w = c.add("w", priority=255, witness=True, **cfg)
+    c.run(1.0)
+    assert c.roles() == {"a": "active", "b": "standby", "w": "witness"}
+    return a, b, w
+
+
+def _most_actives(c: Cluster, seconds: float) -> int:
+    """Run `seconds`, returning the most members active at one moment."""
+    most = 0
+    for _ in range(round(seconds / 0.01)):
+        c.run(0.01)
+        most = max(most, list(c.roles().values()).count("active"))
+    return most
+
+
+@pytest.mark.parametrize("quorum", [0, 2])
+def test_with_a_quorum_the_side_of_a_partition_without_the_witness_takes_no_role(
+        quorum: int) -> None:
+    """The sites split (a bridge cut) with the witness on b's side. Without a
+    quorum rule a keeps the role and b takes it too: two actives until the
+    heal. With quorum 2, a hears 1 of 2 members and gives the role up, and b,
+    hearing the witness, takes over: never two actives at once."""
+    c = Cluster()
+    a, b, _w = _with_witness(c, quorum=quorum)
+    c.side = {"a": 1}  # b and w on side 0
+    cut = c.now
+    most = _most_actives(c, 2.0)
+    if not quorum:
+        assert most == 2 and c.roles() == {"a": "active", "b": "active", "w": "witness"}
+        return
+    assert most == 1 and c.roles() == {"a": "standby", "b": "active", "w": "witness"}
+    down = next(t for t, ev in a.transitions if ev.new == "standby" and t > cut)
+    up = next(t for t, ev in b.transitions if ev.new == "active")
+    assert cut < down < up < cut + 0.6, (cut, down, up)
+    assert a.transitions[-1][1].reason == "no quorum: 1 of 2 members heard"
+    assert not a.quorate(c.now) and b.quorate(c.now) and a.votes() == 1 and b.votes() == 2
+    c.side = {}
+    assert _most_actives(c, 1.0) == 1
+    assert c.roles() == {"a": "standby", "b": "active", "w": "witness"}  # preempt off
+
+
+def test_with_a_quorum_the_side_with_the_witness_keeps_its_active() -> None:
+    """The witness on the active's side: a keeps the role, b (hearing only
+    itself) never takes it, and nothing moves at the heal."""
+    c = Cluster()
+    a, b, _w = _with_witness(c, quorum=2)
+    term = a.term
+    c.side = {"b": 1}
+    assert _most_actives(c, 2.0) == 1
+    assert c.roles() == {"a": "active", "b": "standby", "w": "witness"}
+    assert not b.quorate(c.now) and b.votes() == 1
+    assert b.quorum_log[-1][1:] == (False, "no quorum: 1 of 2 members heard")
+    c.side = {}
+    c.run(1.0)
+    assert c.roles() == {"a": "active", "b": "standby", "w": "witness"} and a.term == term
+    assert b.quorum_log[-1][1:] == (True, "2 of 2 members heard")
+    assert [q for _, q, _ in a.quorum_log] == [False, True]  # alone at its start only
+
+
+def test_a_two_member_quorum_without_a_witness_leaves_a_partition_without_active() -> None:
+    """The price of a quorum: two members, quorum 2, split: neither side may
+    hold the role; at the heal the best one takes it again."""
+    c = Cluster()
+    a = c.add("a", priority=200, quorum=2)
+    c.run(1.0)
+    assert a.role == "standby"  # alone: 1 of 2
+    c.add("b", priority=100, quorum=2)
+    c.run(1.0)
+    assert c.roles() == {"a": "active", "b": "standby"}
+    c.side = {"a": 1}
+    c.run(2.0)
+    assert c.roles() == {"a": "standby", "b": "standby"}
+    c.side = {}
+    c.run(1.0)
+    assert c.roles() == {"a": "active", "b": "standby"}
+
+
+def test_with_a_quorum_an_active_cut_off_the_broker_gives_the_role_up_at_once() -> None:
+    """Its connection closed (the broker publishes its will): a gives the role
+    up as its bus goes down, before b takes over on the will; after the heal b
+    keeps the role (a waits to hear every peer anew)."""
+    c = Cluster()
+    a = c.add("a", priority=200, quorum=2)
+    c.run(1.0)
+    b = c.add("b", priority=100, quorum=2)
+    w = c.add("w", witness=True, quorum=2)
+    c.run(1.0)
+    c.cut.add("a")
+    a.set_connected(False, 1, c.now)
+    assert a.role == "standby" and a.transitions[-1][1].reason.startswith("no quorum: ")
+    will = Heartbeat("a", "offline", 200, a.term, False, 0, 0, 0)
+    for o in (b, w):
+        c.events += [(o.cfg.node, ev) for ev in o.on_heartbeat(1, 0, will, c.now)]
+    assert _most_actives(c, 1.0) == 1 and b.role == "active"
+    c.cut.discard("a")
+    a.set_connected(True, 2, c.now)
+    assert _most_actives(c, 1.0) == 1
+    assert c.roles() == {"a": "standby", "b": "active", "w": "witness"}
+
+
+def test_with_a_quorum_an_active_whose_heartbeats_stop_coming_back_steps_down() -> None:
+    """A silent cut of a's broker link (no will yet: the broker waits for the
+    keepalive): a's own heartbeats stop coming back, and a gives the role up
+    `dead_after` after the last one, before b declares it dead (one probe
+    later) and takes over."""
+    c = Cluster()
+    a, _b, _w = _with_witness(c, quorum=2)
+    c.cut.add("a")
+    last = a._echo_at
+    assert _most_actives(c, 2.0) == 1
+    assert c.roles() == {"a": "standby", "b": "active", "w": "witness"}
+    down = next(t for t, ev in a.transitions if ev.new == "standby" and t > last)
+    assert abs(down - (last + a.cfg.dead_after)) < 0.011, (down, last)
+    assert a.transitions[-1][1].reason.startswith("no quorum: none of our heartbeats")
+
+
+def test_with_a_quorum_a_stalled_broker_leaves_nobody_active_until_it_is_back() -> None:
+    """The price again: a broker stall longer than dead_after and every member
+    hears nobody; the active gives the role up, and takes it back with a new
+    term once the broker forwards again."""
+    c = Cluster()
+    a, _b, _w = _with_witness(c, quorum=2)
+    term = a.term
+    c.stalled = True
+    c.run(1.5)
+    assert c.roles() == {"a": "standby", "b": "standby", "w": "witness"}
+    c.stalled = False
+    c.run(1.0)
+    assert c.roles() == {"a": "active", "b": "standby", "w": "witness"} and a.term == term + 1
+
+
+def test_a_witness_is_never_active_nor_a_rival_nor_an_owner() -> None:
+    """A witness of the highest priority: never active, even alone; it does
+    not keep a lower-priority standby from taking over; it owns no flows in
+    active-active; and a joiner whose gate timed out does not count it as a
+    ready peer."""
+    c = Cluster()
+    w = c.add("w", priority=255, witness=True)
+    c.run(2.0)
+    assert w.role == "witness"
+    b = c.add("b", priority=10)
+    c.run(1.0)
+    assert c.roles() == {"w": "witness", "b": "active"}
+    assert not b.has_ready_peer() and w.members() == ["b"] == b.members()
+    c = Cluster()
+    x = c.add("x", mode=ACTIVE_ACTIVE)
+    y = c.add("y", mode=ACTIVE_ACTIVE)
+    v = c.add("v", mode=ACTIVE_ACTIVE, witness=True)
+    c.run(2.0)
+    assert c.roles() == {"x": "active", "y": "active", "v": "witness"}
+    assert x.members() == y.members() == v.members() == ["x", "y"]
+
+
+def test_active_active_with_a_quorum_the_smaller_side_forwards_nothing() -> None:
+    c = Cluster()
+    for n in ("x", "y", "z"):
+        c.add(n, mode=ACTIVE_ACTIVE, quorum=2)
+    c.run(2.0)
+    assert set(c.roles().values()) == {"active"}
+    c.side = {"z": 1}
+    c.run(2.0)
+    assert c.roles() == {"x": "active", "y": "active", "z": "standby"}
+    assert c.nodes["x"].members() == ["x", "y"]
+    c.side = {}
+    c.run(1.0)
+    assert set(c.roles().values()) == {"active"}
+
+
+@pytest.mark.parametrize(("quorum", "ok"), [(0, True), (1, True), (3, True), (64, True),
+                                            (-1, False), (65, False)])
+def test_quorum_is_zero_or_a_member_count(quorum: int, ok: bool) -> None:
+    if ok:
+        assert ElectionConfig("a", quorum=quorum).quorum == quorum
+    else:
+        with pytest.raises(ValueError, match="quorum"):
+            ElectionConfig("a", quorum=quorum)
