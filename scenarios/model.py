@@ -26,9 +26,13 @@ through it, which faults to inject when, and which invariants must hold::
       step_down_isolated: 1s        # an active whose own heartbeats have not come back
                                     # through the broker this long gives the role up
                                     # (default 0: never; else at least dead_after)
+      quorum: 2                     # members a node must hear (itself included) to be
+                                    # active: a partition's smaller side has none (default
+                                    # 0: no quorum rule; at most the number of nodes)
       nodes:
         a: {priority: 200}
         b: {priority: 100, card: small}   # a card profile below (default: "default")
+        w: {witness: true}          # a vote in the quorum, never active, no traffic
     cards:
       small: {capacity: 1000, insert_rate: 600000, insert_latency: 1ms, poll_interval: 1s}
     sysctl: {nf_conntrack_tcp_timeout_established: 600}   # net.netfilter.* on every node
@@ -237,6 +241,7 @@ class NodeSpec:
     name: str
     priority: int = 100
     card: str = DEFAULT_CARD
+    witness: bool = False  # a vote in the quorum (role.witness), never active
 
 
 @dataclass(frozen=True)
@@ -256,10 +261,16 @@ class Cluster:
     defer: float = 0.0  # seconds (node config sync.defer); 0: off
     will_grace: float = 0.0  # seconds (node config role.will_grace); 0: a will acts at once
     step_down_isolated: float = 0.0  # seconds (role.step_down_isolated); 0: never
+    quorum: int = 0  # members a node must hear to be active (role.quorum); 0: no rule
 
     @property
     def node_names(self) -> tuple[str, ...]:
         return tuple(n.name for n in self.nodes)
+
+    @property
+    def candidates(self) -> tuple[str, ...]:
+        """The nodes that may hold the active role and carry traffic (not witnesses)."""
+        return tuple(n.name for n in self.nodes if not n.witness)
 
 
 @dataclass(frozen=True)
@@ -482,6 +493,7 @@ class _Loader:
             raise self.error(isolated_node, "step_down_isolated: 0 (never) or at least the "
                              f"nodes' dead_after ({_num(DEAD_AFTER)} s)")
         nodes = []
+        first_witness: yaml.Node | None = None
         for nname, value in s.mapping_of("nodes", required=True).entries(named=True):
             n = self.mapping(value, f"node {nname}")
             priority = n.integer("priority", 100, lo=0, hi=255)
@@ -490,10 +502,20 @@ class _Loader:
             if card not in cards:
                 raise self.error(card_node, f"unknown card profile {card!r}; "
                                  f"known: {', '.join(sorted(cards))}")
+            witness_node = n.node("witness")
+            witness = n.flag("witness", False)
+            if witness and first_witness is None:
+                first_witness = witness_node
             n.done()
-            nodes.append(NodeSpec(nname, priority, card))
+            nodes.append(NodeSpec(nname, priority, card, witness))
         if not nodes:
             raise self.error(s.node("nodes"), "a cluster needs at least one node")
+        quorum = s.integer("quorum", 0, lo=0, hi=len(nodes))
+        if all(n.witness for n in nodes):
+            raise self.error(s.node("nodes"), "a cluster needs a node that is no witness")
+        if first_witness is not None and not quorum:
+            raise self.error(first_witness, "a witness is a vote in the quorum: set "
+                             "cluster.quorum (e.g. 2 of a two-node cluster and its witness)")
         reserved = [n.name for n in nodes
                     if n.name in (BROKER_TARGET, BROKER2_TARGET, *ROLE_TARGETS)]
         if reserved:
@@ -502,7 +524,7 @@ class _Loader:
                              "standby, broker and broker2); name the node otherwise")
         s.done()
         return Cluster(tuple(nodes), name, mode, preempt, broker, key, defer, will_grace,
-                       isolated)
+                       isolated, quorum)
 
     def broker(self, node: yaml.Node | None) -> Broker:
         if node is None:

@@ -747,6 +747,9 @@ def cluster_line(c: Mapping[str, Any]) -> str:
              f"will_grace {ms('will_grace')}",
              *([f"step_down_isolated {ms('step_down_isolated')}"]
                if c.get("step_down_isolated") else []),
+             *([f"quorum {c['quorum']}" + "".join(
+                 f" ({n}: witness)" for n, v in (c.get("nodes") or {}).items()
+                 if isinstance(v, Mapping) and v.get("witness"))] if c.get("quorum") else []),
              "defer " + (ms("defer") if c.get("defer") else "off"),
              "cluster key " + ("on" if c.get("cluster_key") else "off")]
     if off:

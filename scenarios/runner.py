@@ -77,6 +77,7 @@ from scenarios.switch import PathCount, Switch
 from scenarios.traffic import TrafficGen
 
 ACTIVE = "active"
+WITNESS = "witness"
 EVENT_INVARIANTS = ("no_resurrected_flows", "no_premature_aging")
 STATE_TIMEOUT = 0.5
 ROLE_TIMING = {"hb_interval": HB_INTERVAL, "dead_after": DEAD_AFTER}  # (scenarios.model)
@@ -236,8 +237,10 @@ class Runner:
         cl, m = self.sc.cluster, self.sc.mechanisms
         return {"mode": cl.mode, "preempt": cl.preempt, "broker": cl.broker.kind,
                 "cluster_key": cl.cluster_key, "defer": cl.defer, "will_grace": cl.will_grace,
-                "step_down_isolated": cl.step_down_isolated, **ROLE_TIMING,
+                "step_down_isolated": cl.step_down_isolated, "quorum": cl.quorum,
+                **ROLE_TIMING,
                 "nodes": {n.name: {"priority": n.priority, "card": n.card,
+                                   **({"witness": True} if n.witness else {}),
                                    **({"site": self.sites[n.name]} if self.sites else {})}
                           for n in cl.nodes},
                 "mechanisms": dataclasses.asdict(m)}
@@ -254,7 +257,8 @@ class Runner:
                      "poll_interval": card.poll_interval},
             "role": {"mode": cl.mode, "priority": spec.priority, "preempt": cl.preempt,
                      "will_grace": cl.will_grace,
-                     "step_down_isolated": cl.step_down_isolated, **ROLE_TIMING},
+                     "step_down_isolated": cl.step_down_isolated, "quorum": cl.quorum,
+                     "witness": spec.witness, **ROLE_TIMING},
             "sysctl": dict(sc.sysctl),
             "mechanisms": dataclasses.asdict(m),
         }
@@ -295,12 +299,18 @@ class Runner:
             await b.start_broker()
         # Highest priority first, and the rest once it holds the role: the run
         # starts from the cluster the scenario describes, not from a start race.
-        order = sorted(self.sc.cluster.nodes, key=lambda n: -n.priority)
-        await b.start_node(order[0].name, self.node_config(order[0].name))
-        if self.sc.cluster.mode != "active-active":
-            await self._wait_role(order[0].name, ACTIVE)
+        # With a quorum rule the first group is as large as the quorum (witnesses
+        # first, then by priority): a node alone may not take the role.
+        cl = self.sc.cluster
+        lead = min(cl.nodes, key=lambda n: (n.witness, -n.priority))
+        helpers = sorted((n for n in cl.nodes if n is not lead),
+                         key=lambda n: (not n.witness, -n.priority))[:max(cl.quorum - 1, 0)]
+        first = [lead, *helpers]
+        await asyncio.gather(*(b.start_node(n.name, self.node_config(n.name)) for n in first))
+        if cl.mode != "active-active":
+            await self._wait_role(lead.name, ACTIVE)
         await asyncio.gather(*(b.start_node(n.name, self.node_config(n.name))
-                               for n in order[1:]))
+                               for n in cl.nodes if n not in first))
         deadline = time.monotonic() + self.opt.startup
         while True:
             states = await self._states()
@@ -314,7 +324,7 @@ class Runner:
         actives = [n for n, s in states.items() if s and s.get("role") == ACTIVE]
         sockets = {side: b.traffic_socket(side) for side in ("inside", "outside")}
         asym = {p.name for p in self.sc.traffic if p.asymmetric}
-        self.switch = Switch(self.gen, self.nodes, sockets, b.port_address,
+        self.switch = Switch(self.gen, self.sc.cluster.candidates, sockets, b.port_address,
                              mode=self.sc.cluster.mode,
                              asymmetric=lambda fid: fid.rsplit("-", 1)[0] in asym,
                              record_seen=self.tail_events)
@@ -338,8 +348,11 @@ class Runner:
     def _settled(self, states: Mapping[str, dict[str, Any] | None]) -> bool:
         if any(s is None for s in states.values()):
             return False
-        roles = [s["role"] for s in states.values() if s]
         gates = all(s["gate"]["state"] == "ready" for s in states.values() if s)
+        candidates = self.sc.cluster.candidates
+        if any(s and s["role"] != WITNESS for n, s in states.items() if n not in candidates):
+            return False
+        roles = [s["role"] for n, s in states.items() if s and n in candidates]
         if self.sc.cluster.mode == "active-active":
             return gates and all(r == ACTIVE for r in roles)
         return gates and roles.count(ACTIVE) == 1 and all(r in (ACTIVE, "standby")
@@ -700,8 +713,9 @@ class Runner:
             target = (sw.active if sw and sw.active else self.nodes[0])
         elif target == "standby":
             active = sw.active if sw else None
-            others = [n for n in self.nodes if n != active and n not in self.down]
-            target = others[0] if others else self.nodes[-1]
+            candidates = self.sc.cluster.candidates
+            others = [n for n in candidates if n != active and n not in self.down]
+            target = others[0] if others else candidates[-1]
         self.resolved[step.fault] = target
         return target
 
@@ -806,7 +820,8 @@ class Runner:
             out[name] = {k: st.get(k) for k in (
                 "role", "term", "epoch", "gate", "tables", "sync_lag_ms",
                 "install_latency_ms", "bad_messages", "replica", "outbox", "nemesis",
-                "mechanisms", "offload", "counters", "promotions", "defer", "gc")}
+                "mechanisms", "offload", "counters", "promotions", "defer", "gc",
+                "quorum")}
             out[name]["reachable"] = v.state is not None
             out[name]["roles"] = v.role_log(self.t0)
             out[name]["started"] = v.role_starts(self.t0)

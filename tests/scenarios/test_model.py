@@ -209,6 +209,12 @@ def test_broker_url_and_tc_file(tmp_path: Path) -> None:
     ("cluster:\n", "cluster:\n  will_grace: 1s\n", "1s", "will_grace: "),
     ("cluster:\n", "cluster:\n  step_down_isolated: 500ms\n", "500ms",
      "step_down_isolated: 0 (never) or at least the nodes' dead_after (0.8 s)"),
+    ("cluster:\n", "cluster:\n  quorum: 3\n", "3\n", "quorum: 3 is above the maximum 2"),
+    ("    b: {}\n", "    b: {}\n    w: {witness: true}\n", "witness: |true",
+     "a witness is a vote in the quorum: set cluster.quorum"),
+    ("    a: {priority: 200}\n    b: {}\n", "    a: {witness: true}\n", "    |a: {w",
+     "a cluster needs a node that is no witness"),
+    ("    b: {}\n", "    b: {witness: yes please}\n", "yes please", "witness: "),
 ])
 def test_errors_point_at_the_offending_value(old: str, new: str, needle: str,
                                              message: str) -> None:
@@ -360,3 +366,12 @@ def test_the_documented_example_is_a_valid_scenario() -> None:
     assert s.card_of("b").capacity == 1000 and s.card("small").insert_latency == 0.001
     assert dict(s.sysctl) == {"nf_conntrack_tcp_timeout_established": 600}
     assert s.sysctl_values().nf_conntrack_tcp_timeout_established == 600
+
+
+def test_a_witness_is_a_node_that_is_no_candidate() -> None:
+    text = BASE.replace("cluster:\n", "cluster:\n  quorum: 2\n").replace(
+        "    b: {}\n", "    b: {}\n    w: {witness: true}\n")
+    sc = loads(text, "s.yaml")
+    assert sc.cluster.quorum == 2 and sc.cluster.node_names == ("a", "b", "w")
+    assert sc.cluster.candidates == ("a", "b")
+    assert [n.witness for n in sc.cluster.nodes] == [False, False, True]

@@ -756,6 +756,36 @@ def test_the_runner_hands_single_active_every_nodes_role_timeline() -> None:
     assert roles["nodes"]["b"] == []  # never read
 
 
+def test_the_clusters_quorum_and_its_witness_reach_the_nodes_role_config(
+        tmp_path: Path) -> None:
+    """cluster.quorum becomes each node's role.quorum and a witness node's
+    role.witness (the node's own parser accepts them); report.json's cluster
+    says both; the switch knows only the candidates."""
+    from node.daemon import config
+
+    text = (LIBRARY / "failover-basic.yaml").read_text().replace(
+        "cluster:\n", "cluster:\n  quorum: 2\n", 1).replace(
+        "    b: {priority: 100}\n", "    b: {priority: 100}\n    w: {witness: true}\n", 1)
+    (tmp_path / "firewall.tc").write_text((LIBRARY / "firewall.tc").read_text())
+    (tmp_path / "s.yaml").write_text(text)
+    r = Runner(load(tmp_path / "s.yaml"),
+               SimpleNamespace(control_url=lambda n: ""),  # type: ignore[arg-type]
+               RunOptions(progress=False))
+    roles = {}
+    for name in r.nodes:
+        cfg = r.node_config(name)
+        cfg["ports"] = {"inside": {"bind": "127.0.0.1:1"}}
+        role = config.parse(cfg).role
+        roles[name] = (role.quorum, role.witness)
+    assert roles == {"a": (2, False), "b": (2, False), "w": (2, True)}
+    settings = r.cluster_settings()
+    assert settings["quorum"] == 2
+    assert settings["nodes"]["w"] == {"priority": 100, "card": "default", "witness": True}
+    assert "witness" not in settings["nodes"]["a"]
+    assert report.cluster_line(settings).count("quorum 2 (w: witness)") == 1
+    assert r.sc.cluster.candidates == ("a", "b")
+
+
 @pytest.mark.parametrize(("line", "grace", "isolated"), [
     ("", 0.0, 0.0), ("  will_grace: 500ms\n", 0.5, 0.0),
     ("  step_down_isolated: 1.5s\n", 0.0, 1.5)])

@@ -119,6 +119,36 @@ def test_a_cut_between_the_sites_brokers_splits_a_bridged_pair(backend: str,
     assert m["preinstalled_ratio_at_failover"] >= 0.99
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_with_a_witness_and_a_quorum_a_bridge_cut_moves_no_role(backend: str,
+                                                                 tmp_path: Path) -> None:
+    """scenarios/examples/bridge-cut-witness.yaml: bridge-cut.yaml with a witness
+    on a's site and quorum 2. b, cut off with one vote of two, may not take the
+    role: no split brain, no move, no moment without an active, where the same
+    cut without the witness makes two actives (the test above). b's quorum
+    history says it lost the quorum for about the cut's 3 s."""
+    rc, rep = run(["run", str(ROOT / "scenarios" / "examples" / "bridge-cut-witness.yaml"),
+                   "--backend", backend], tmp_path)
+    m = rep["metrics"]
+    assert rc == 0 and rep["verdict"] == "pass", summary(rep)
+    cl = rep["cluster"]
+    assert cl["quorum"] == 2 and cl["nodes"]["w"]["witness"] is True
+    assert {n: v["site"] for n, v in cl["nodes"].items()} == {"a": 1, "b": 2, "w": 1}
+    assert [(f["kind"], f["applied"], f["healed"]) for f in rep["faults"]] == \
+        [("bridge_cut", True, True)]
+    assert m["split_brain"]["total_ms"] == 0 and m["no_active"]["total_ms"] == 0, m
+    stable = next(i for i in rep["invariants"] if i["name"] == "stable_roles")
+    assert stable["detail"] == "the active role never moved", stable
+    assert rep["nodes"]["w"]["role"] == "witness" and rep["nodes"]["b"]["role"] == "standby"
+    history = rep["nodes"]["b"]["quorum"]["history"]
+    lost = [i for i, (_, quorate, why) in enumerate(history)
+            if not quorate and why == "no quorum: 1 of 2 members heard"]
+    assert len(lost) == 1 and lost[0] + 1 < len(history), history  # lost once, regained
+    (t_lost, _, _), (t_back, back, _) = history[lost[0]], history[lost[0] + 1]
+    assert back and 2.0 < t_back - t_lost < 4.0, history
+    assert m["flows_established_before"] == m["flows_survived"] == 600
+
+
 def test_the_standby_sites_broker_going_down_moves_no_role(tmp_path: Path) -> None:
     """scenarios/examples/standby-site-broker.yaml: on a bridged pair, broker2
     (b's site) stopped for 4 s, then stalled for 2 s. a hears b's will through
