@@ -26,7 +26,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -229,6 +229,27 @@ def bridge_config(name: str, host: str, port: int, *, prefix: str = "ctlab/#",
     return "\n".join(lines)
 
 
+def mosquitto_config(host: str, port: int, auth: Sequence[str] = ("allow_anonymous true",),
+                     extra: str = "") -> str:
+    """A mosquitto.conf for replication: one listener on host:port, no
+    persistence, queue limits raised (Mosquitto's defaults, 1000 queued and 20
+    in flight per client, silently drop replication traffic) and Nagle off,
+    then the `auth` lines and `extra`. A broker-wide option that `extra` sets
+    before its first bridge (`connection`), as bridge_config() does with
+    max_inflight_messages, replaces the one here rather than following it."""
+    base = [f"listener {port} {host}", "persistence false", "max_queued_messages 100000",
+            "max_inflight_messages 100", "set_tcp_nodelay true", *auth]
+    own = set()
+    for line in extra.splitlines():
+        word = line.split()[0] if line.strip() and not line.lstrip().startswith("#") else ""
+        if word == "connection":
+            break
+        own.add(word)
+    own.discard("listener")  # another listener is one more, not this one replaced
+    lines = [line for line in base if line.split()[0] not in own]
+    return "\n".join([*lines, *([extra] if extra else [])]) + "\n"
+
+
 async def wait_bridged(url_a: str, url_b: str, *, prefix: str = "ctlab",
                        timeout: float = 15.0) -> float:
     """Until a message published on each broker of a bridged pair has reached a
@@ -308,12 +329,7 @@ class Mosquitto:
         if self.config is not None:
             conf.write_text(self.config.replace("{port}", str(self.port)))
             return conf
-        lines = [f"listener {self.port} {self.host}",
-                 "persistence false",
-                 # defaults that silently drop replication traffic (1000 queued, 20 in flight)
-                 "max_queued_messages 100000",
-                 "max_inflight_messages 100",
-                 "set_tcp_nodelay true"]
+        auth: list[str] = []
         if self.users:
             pw = d / "passwd"
             pw.unlink(missing_ok=True)
@@ -321,16 +337,14 @@ class Mosquitto:
             for user, password in self.users.items():
                 subprocess.run([MOSQUITTO_PASSWD, "-b", str(pw), user, password], check=True,
                                capture_output=True, timeout=10)
-            lines += ["allow_anonymous false", f"password_file {pw}"]
+            auth += ["allow_anonymous false", f"password_file {pw}"]
         else:
-            lines.append("allow_anonymous true")
+            auth.append("allow_anonymous true")
         if self.acl is not None:
             acl = d / "acl"
             acl.write_text(self.acl)
-            lines.append(f"acl_file {acl}")
-        if self.extra:
-            lines.append(self.extra)
-        conf.write_text("\n".join(lines) + "\n")
+            auth.append(f"acl_file {acl}")
+        conf.write_text(mosquitto_config(self.host, self.port, auth, self.extra))
         return conf
 
     def start(self) -> str:

@@ -59,7 +59,7 @@ from scenarios.backends.base import (
     wait_tcp,
     write_config,
 )
-from syncbus.broker import BrokerError, bridge_config, wait_bridged
+from syncbus.broker import BrokerError, bridge_config, mosquitto_config, wait_bridged
 
 CLONE_NEWNET = 0x40000000
 MQTT_PORT, CONTROL_PORT = 1883, 8000
@@ -272,10 +272,7 @@ class NetnsBackend(ProcessBackend):
     def _mosquitto_conf(self, file: str, host: str, extra: str = "") -> Path:
         assert self.plan is not None
         conf = write_config(self.plan.workdir / file, {})
-        conf.write_text(f"listener {MQTT_PORT} {host}\nallow_anonymous true\n"
-                        "persistence false\nmax_queued_messages 100000\n"
-                        "max_inflight_messages 100\nset_tcp_nodelay true\n"
-                        + (extra + "\n" if extra else ""), encoding="utf-8")
+        conf.write_text(mosquitto_config(host, MQTT_PORT, extra=extra), encoding="utf-8")
         return conf
 
     def _broker_process(self, label: str, ns: str, host: str, argv: list[str]) -> Process:

@@ -21,7 +21,14 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from syncbus.broker import MOSQUITTO, BrokerError, Mosquitto, bridge_config, wait_bridged
+from syncbus.broker import (
+    MOSQUITTO,
+    BrokerError,
+    Mosquitto,
+    bridge_config,
+    mosquitto_config,
+    wait_bridged,
+)
 from tests.daemon.conftest import Cluster, NodeProc, data_packets, wait_until
 from tests.daemon.test_replication import installed, open_flows, record, table
 
@@ -248,3 +255,18 @@ def test_bridge_config_refuses_what_would_misread_as_configuration(kw: dict[str,
     args: dict[str, Any] = {"name": "site-b", "host": "127.0.0.1", "port": 1883, **kw}
     with pytest.raises(BrokerError, match="bridge"):
         bridge_config(args.pop("name"), args.pop("host"), args.pop("port"), **args)
+
+
+def test_a_bridging_brokers_config_sets_each_broker_wide_option_once() -> None:
+    """mosquitto_config() (Mosquitto(extra=...) and the netns backend's files):
+    bridge_config()'s max_inflight_messages 0 replaces the base's 100 instead of
+    following it; the bridge's own lines and a second listener are kept."""
+    plain = mosquitto_config("198.18.2.2", 1883).splitlines()
+    assert plain[0] == "listener 1883 198.18.2.2" and "max_inflight_messages 100" in plain
+    assert "allow_anonymous true" in plain
+    extra = "listener 1884 198.18.2.2\n" + bridge_config("ctlab-b", "198.18.2.3", 1883)
+    lines = mosquitto_config("198.18.2.2", 1883, extra=extra).splitlines()
+    options = [ln.split()[0] for ln in lines[:lines.index("connection ctlab-b")]]
+    assert options.count("max_inflight_messages") == 1 and "max_inflight_messages 0" in lines
+    assert options.count("listener") == 2 and "max_queued_messages 100000" in lines
+    assert "topic ctlab/# both 1" in lines and "restart_timeout 1" in lines
