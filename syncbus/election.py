@@ -617,7 +617,7 @@ class Election:
     # ------------------------------------------------------------ inspection
     def members(self) -> list[str]:
         """Live, ready members including this one, sorted (active-active owners);
-        not those in FAULT (their data path is down)."""
+        not those in FAULT (their data path is down), nor witnesses."""
         out = [p.node for p in self.peers.values()
                if p.alive and p.hb.ready and p.hb.role not in (ROLE_FAULT, ROLE_WITNESS)]
         if self.eligible() and self.fault is None and not self.cfg.witness:
