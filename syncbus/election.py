@@ -40,9 +40,11 @@ Active-standby (VRRP's rules, with pfsync's gate and a fencing term):
     hears q members, itself included, and its own heartbeats come back through
     the broker within `dead_after`: the side of a partition that hears fewer
     (a bridge cut between two sites, an active cut off from its broker) has no
-    active, so no partition makes two. An active that loses the quorum gives
-    the role up at once and, as after `step_down_isolated`, takes it again only
-    once it has heard every live peer anew. A witness (`witness`: never a
+    active, so no partition makes two. A peer's vote lapses `dead_after` after
+    its last heartbeat. An active that loses the quorum gives the role up at
+    once and, as after `step_down_isolated`, takes it again only once it has
+    heard every live peer anew; a takeover waits a heartbeat interval after the
+    death it follows (_not_yet()). A witness (`witness`: never a
     candidate, no data path needed) is the odd vote of a two-node cluster. The
     price: a broker stall or outage longer than `dead_after`, or the loss of
     all but fewer than q members, leaves the cluster without an active;
@@ -237,6 +239,8 @@ class Election:
         self._will_at = float("-inf")
         self._isolated_at = float("-inf")  # when we last gave the role up, cut off
         self._quorate_since = float("inf")  # with a quorum rule: since when we have it
+        self._lost_at = float("-inf")  # when we last declared a peer dead
+        self._wait_end = float("inf")  # (quorum) the end of a takeover's wait, pending
         # with a quorum rule: each time it was lost or regained (time, quorate, why)
         self.quorum_log: deque[tuple[float, bool, str]] = deque(maxlen=64)
         self._grace_until = float("-inf")  # the end of the last reconnect grace
@@ -381,6 +385,8 @@ class Election:
     # ------------------------------------------------------------ time
     def tick(self, now: float) -> list[Event]:
         out: list[Event] = []
+        if now >= self._wait_end:
+            self._wait_end = float("inf")  # (_decide() below may take the role now)
         bus_ok = self.bus_ok(now)
         confirmed = self._echo_sent > self._will_at
         will_grace = self.cfg.will_grace
@@ -388,6 +394,7 @@ class Election:
             if p.pending_will is not None and confirmed and bus_ok \
                     and now - p.will_at >= will_grace:
                 out.append(PeerDown(p.node, "will", p.hb.role == ROLE_ACTIVE))
+                self._lost(now)
                 p.alive, p.hb, p.pending_will = False, p.pending_will, None
                 self.wills["taken"] += 1
             if p.alive and now - p.heard_at > self.cfg.dead_after:
@@ -396,15 +403,21 @@ class Election:
                 if bus_ok and self._echo_sent >= silent:
                     p.alive, p.quiet, p.pending_will = False, True, None
                     out.append(PeerDown(p.node, "timeout", p.hb.role == ROLE_ACTIVE))
+                    self._lost(now)
                 elif self._hb_sent < silent:
                     self._next_hb = min(self._next_hb, now)  # the probe leaves now
         out += self._gate_step(now)
         out += self._decide(now)
         return out
 
+    def _lost(self, now: float) -> None:
+        self._lost_at = now
+        if self.cfg.quorum:
+            self._wait_end = now + self.cfg.hb_interval  # (see _not_yet())
+
     def next_deadline(self) -> float:
         """The next time tick() or heartbeat() has something to do."""
-        t = self._next_hb
+        t = min(self._next_hb, self._wait_end)
         if self.role == ROLE_ACTIVE and self.cfg.step_down_isolated:
             t = min(t, self._echo_at + self.cfg.step_down_isolated)  # (then tick() decides)
         if self.role == ROLE_ACTIVE and self.cfg.quorum:
@@ -504,10 +517,16 @@ class Election:
         return any(p.alive and p.hb.ready and p.hb.role not in (ROLE_OFFLINE, ROLE_WITNESS)
                    for p in self.peers.values())
 
-    def votes(self) -> int:
+    def votes(self, now: float) -> int:
         """The members this one hears, itself included (witnesses, joining
-        members and members in FAULT vote too)."""
-        return 1 + sum(p.alive for p in self.peers.values())
+        members and members in FAULT vote too). A peer silent for `dead_after`
+        no longer votes, though it is dead only once our probe is back: peers cut
+        off together are declared dead one by one, and the first death must not
+        be weighed against the votes of the others (found by the bridge cut with
+        a witness: b took the role on a's death, w's vote still counted, and gave
+        it up 1 ms later, at w's)."""
+        limit = now - self.cfg.dead_after
+        return 1 + sum(p.alive and p.heard_at > limit for p in self.peers.values())
 
     def quorate(self, now: float) -> bool:
         """May this member hold the active role: always without a quorum rule;
@@ -516,13 +535,18 @@ class Election:
         broker hears nobody, whatever it last knew)."""
         q = self.cfg.quorum
         return not q or (self.connected and now - self._echo_at < self.cfg.dead_after
-                         and self.votes() >= q)
+                         and self.votes(now) >= q)
 
     def _no_quorum(self, now: float) -> str:
-        if not (self.connected and now - self._echo_at < self.cfg.dead_after):
+        if not self.connected:
+            return "no quorum: not connected to the broker"
+        if now - self._echo_at >= self.cfg.dead_after:
             return ("no quorum: none of our heartbeats came back for "
                     f"{now - self._echo_at:.2f} s")
-        return f"no quorum: {self.votes()} of {self.cfg.quorum} members heard"
+        return f"no quorum: {self._heard(now)}"
+
+    def _heard(self, now: float) -> str:
+        return f"{self.votes(now)} heard, {self.cfg.quorum} needed"
 
     # ------------------------------------------------------------ roles
     def _set_role(self, role: str, now: float, reason: str) -> list[Event]:
@@ -545,8 +569,7 @@ class Election:
         elif self._quorate_since == float("inf"):
             self._quorate_since = now
             if self.cfg.quorum:
-                self.quorum_log.append((now, True, f"{self.votes()} of {self.cfg.quorum} "
-                                                   "members heard"))
+                self.quorum_log.append((now, True, self._heard(now)))
         eligible = self.eligible()
         if not eligible:
             self._eligible_since = float("inf")
@@ -605,14 +628,29 @@ class Election:
     def _promote(self, now: float, reason: str) -> list[Event]:
         if not self.quorate(now):
             return self._set_role(ROLE_STANDBY, now, self._no_quorum(now))
-        if self.cfg.quorum and now - self._quorate_since < self.cfg.dead_after:
+        if self.cfg.quorum:
+            why = self._not_yet(now)
+            if why:
+                return self._set_role(ROLE_STANDBY, now, why)
+        self.term = self._max_term() + 1
+        return self._set_role(ROLE_ACTIVE, now, reason)
+
+    def _not_yet(self, now: float) -> str:
+        """Why a quorate member may not take the role yet (with a quorum rule),
+        or "". The active's side of a partition gives the role up when its
+        votes lapse, `dead_after` after the last heartbeats that crossed; this
+        side declares the active dead `dead_after` after the active's last one
+        crossed (and a probe), and the two can be a heartbeat interval apart. So
+        a takeover waits a heartbeat interval after the last death; by then the
+        vote of a member across the partition has lapsed too (votes())."""
+        if now - self._quorate_since < self.cfg.dead_after:
             # Just quorate (a partition healed, a broker back): the member that
             # holds the role may not have been heard yet (the first heartbeat to
             # arrive was the witness's); every reachable one is within dead_after.
-            return self._set_role(ROLE_STANDBY, now, "quorum regained: hearing every "
-                                                     "member first")
-        self.term = self._max_term() + 1
-        return self._set_role(ROLE_ACTIVE, now, reason)
+            return "quorum regained: hearing every member first"
+        if now - self._lost_at < self.cfg.hb_interval:
+            return "quorum: a heartbeat interval after the last death first"
+        return ""
 
     # ------------------------------------------------------------ inspection
     def members(self) -> list[str]:

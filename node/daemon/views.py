@@ -299,7 +299,7 @@ def state_json(node: Node, now: float, bus: dict[str, Any],
         "priority": node.cfg.role.priority, "active": el.active(), "eligible": el.eligible(),
         "fault": el.fault, "members": el.members(), "will_grace": el.cfg.will_grace,
         "step_down_isolated": el.cfg.step_down_isolated, "wills": dict(el.wills),
-        "quorum": {"of": el.cfg.quorum, "votes": el.votes(), "quorate": el.quorate(now),
+        "quorum": {"of": el.cfg.quorum, "votes": el.votes(now), "quorate": el.quorate(now),
                    "history": [[round(t - node.started, 3), q, why]
                                for t, q, why in el.quorum_log]},
         "witness": el.cfg.witness,

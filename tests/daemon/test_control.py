@@ -333,7 +333,7 @@ def test_a_lone_node_short_of_its_quorum_says_so_and_stays_standby(tmp_path: Pat
         assert st["quorum"]["of"] == 2 and st["quorum"]["votes"] == 1, st["quorum"]
         assert st["quorum"]["quorate"] is False and st["witness"] is False
         assert [h[1:] for h in st["quorum"]["history"]] == \
-            [[False, "no quorum: 1 of 2 members heard"]], st["quorum"]
+            [[False, "no quorum: 1 heard, 2 needed"]], st["quorum"]
         assert metrics(n)[("ctlab_quorate", ())] == 0
         assert n.role() == "standby"
     finally:
