@@ -119,6 +119,25 @@ def test_a_cut_between_the_sites_brokers_splits_a_bridged_pair(backend: str,
     assert m["preinstalled_ratio_at_failover"] >= 0.99
 
 
+def test_a_long_silent_bridge_cut_ends_its_split_brain_soon_after_the_heal(
+        tmp_path: Path) -> None:
+    """scenarios/examples/bridge-cut-long.yaml on netns: 20 s of silent
+    partition between the sites, long enough for the bridge's connection to
+    time out and for Mosquitto's in-flight quota for it to fill. The split
+    brain must end within seconds of the heal: it lasted to the end of the run
+    without bridge_config()'s max_inflight_messages 0 (Mosquitto 2.0.11), and
+    8.6 s past the heal without the brokers' retransmission cap."""
+    rc, rep = run(["run", str(ROOT / "scenarios" / "examples" / "bridge-cut-long.yaml"),
+                   "--backend", "netns"], tmp_path)
+    m = rep["metrics"]
+    assert rc == 0 and rep["verdict"] == "pass", summary(rep)
+    [f] = rep["faults"]
+    assert (f["kind"], f["applied"], f["healed"]) == ("bridge_cut", True, True), f
+    [w] = m["split_brain"]["windows"]
+    assert 5.0 < w["from"] < 7.0 and f["heal_at"] < w["to"] < f["heal_at"] + 3.0, (w, f)
+    assert m["flows_established_before"] == m["flows_survived"] == 600
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_with_a_witness_and_a_quorum_a_bridge_cut_moves_no_role(backend: str,
                                                                  tmp_path: Path) -> None:
