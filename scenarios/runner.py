@@ -75,9 +75,9 @@ from scenarios.model import (
 from scenarios.progress import Progress
 from scenarios.switch import PathCount, Switch
 from scenarios.traffic import TrafficGen
+from syncbus.messages import ROLE_WITNESS
 
 ACTIVE = "active"
-WITNESS = "witness"
 EVENT_INVARIANTS = ("no_resurrected_flows", "no_premature_aging")
 STATE_TIMEOUT = 0.5
 ROLE_TIMING = {"hb_interval": HB_INTERVAL, "dead_after": DEAD_AFTER}  # (scenarios.model)
@@ -350,7 +350,7 @@ class Runner:
             return False
         gates = all(s["gate"]["state"] == "ready" for s in states.values() if s)
         candidates = self.sc.cluster.candidates
-        if any(s and s["role"] != WITNESS for n, s in states.items() if n not in candidates):
+        if any(s and s["role"] != ROLE_WITNESS for n, s in states.items() if n not in candidates):
             return False
         roles = [s["role"] for n, s in states.items() if s and n in candidates]
         if self.sc.cluster.mode == "active-active":

@@ -533,17 +533,20 @@ class Election:
         with one, while it hears `quorum` members and its own heartbeats come
         back through the broker within `dead_after` (a member cut off from the
         broker hears nobody, whatever it last knew)."""
-        q = self.cfg.quorum
-        return not q or (self.connected and now - self._echo_at < self.cfg.dead_after
-                         and self.votes(now) >= q)
+        return not self._no_quorum(now)
 
     def _no_quorum(self, now: float) -> str:
+        """Why this member lacks the quorum, or "" (it has it, or there is no rule)."""
+        if not self.cfg.quorum:
+            return ""
         if not self.connected:
             return "no quorum: not connected to the broker"
         if now - self._echo_at >= self.cfg.dead_after:
             return ("no quorum: none of our heartbeats came back for "
                     f"{now - self._echo_at:.2f} s")
-        return f"no quorum: {self._heard(now)}"
+        if self.votes(now) < self.cfg.quorum:
+            return f"no quorum: {self._heard(now)}"
+        return ""
 
     def _heard(self, now: float) -> str:
         return f"{self.votes(now)} heard, {self.cfg.quorum} needed"
@@ -562,9 +565,10 @@ class Election:
         return max(self.term, self._term_seen)
 
     def _decide(self, now: float) -> list[Event]:
-        if not self.quorate(now):
+        no_quorum = self._no_quorum(now)
+        if no_quorum:
             if self._quorate_since != float("inf") or not self.quorum_log:
-                self.quorum_log.append((now, False, self._no_quorum(now)))
+                self.quorum_log.append((now, False, no_quorum))
             self._quorate_since = float("inf")
         elif self._quorate_since == float("inf"):
             self._quorate_since = now
@@ -580,8 +584,8 @@ class Election:
         if self.fault is not None:
             return self._set_role(ROLE_FAULT, now, f"data link down: {self.fault}")
         if self.cfg.mode == ACTIVE_ACTIVE:
-            if eligible and not self.quorate(now):
-                return self._set_role(ROLE_STANDBY, now, self._no_quorum(now))
+            if eligible and no_quorum:
+                return self._set_role(ROLE_STANDBY, now, no_quorum)
             return self._set_role(ROLE_ACTIVE if eligible else ROLE_JOINING, now,
                                   "active-active: every ready member forwards")
         me = (self.term, self.cfg.priority, self.cfg.node)
@@ -597,9 +601,9 @@ class Election:
                 self._isolated_at = now
                 return self._set_role(ROLE_STANDBY, now, "isolated: none of our heartbeats "
                                       f"came back for {now - self._echo_at:.2f} s")
-            if not self.quorate(now):
+            if no_quorum:
                 self._isolated_at = now
-                return self._set_role(ROLE_STANDBY, now, self._no_quorum(now))
+                return self._set_role(ROLE_STANDBY, now, no_quorum)
             return []
         if not eligible:
             return self._set_role(ROLE_JOINING, now, self.gate.reason)
@@ -626,10 +630,8 @@ class Election:
         return self._promote(now, "no live active")
 
     def _promote(self, now: float, reason: str) -> list[Event]:
-        if not self.quorate(now):
-            return self._set_role(ROLE_STANDBY, now, self._no_quorum(now))
         if self.cfg.quorum:
-            why = self._not_yet(now)
+            why = self._no_quorum(now) or self._not_yet(now)
             if why:
                 return self._set_role(ROLE_STANDBY, now, why)
         self.term = self._max_term() + 1
